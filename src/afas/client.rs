@@ -1,0 +1,810 @@
+//! The AFAS Profit REST client: authentication, GetConnector paging,
+//! metainfo, error mapping and retries.
+//!
+//! Paging is where a sync tool silently loses employees, so the rules are
+//! strict: `take` is always sent (AFAS defaults to 100 and the caller would
+//! never know), rows are always ordered on the configured unique key, and by
+//! default pages are fetched by keyset (`key > last key`), which neither skips
+//! nor repeats rows when AFAS inserts or deletes rows during the run. Every
+//! loop has a hard stop: the key must advance and the page count is bounded.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, Mutex, Semaphore};
+
+use super::error::{classify_500, AfasError};
+use super::rows::Row;
+use super::token::AppToken;
+use crate::config::{AfasAuth, AfasConfig, PagingMode, Secret};
+
+/// AFAS documents a query-string limit of about 2,049 characters; past it
+/// the request fails with an opaque 404, so refuse it locally instead.
+pub const MAX_QUERY_LEN: usize = 2049;
+
+/// A hard ceiling on pages per connector read. At the maximum page size this
+/// is far beyond any real company; it only exists so no bug can loop forever.
+const MAX_PAGES: u64 = 1_000_000;
+
+/// A page's rows and the reasons for entries that were not rows.
+type PageRows = (Vec<Row>, Vec<String>);
+
+/// Credentials as the client uses them.
+#[derive(Clone)]
+pub enum Credentials {
+    Token(AppToken),
+    OAuth { client_id: String, secret: Secret },
+}
+
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub base_url: url::Url,
+    pub credentials: Credentials,
+    pub integration_id: Option<String>,
+    pub concurrency: u32,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub max_retry_wait: Duration,
+    /// First backoff delay; tests shorten it.
+    pub min_backoff: Duration,
+}
+
+impl ClientOptions {
+    /// Builds client options from the config, validating the token first so
+    /// that a malformed token never reaches the network.
+    pub fn from_config(cfg: &AfasConfig) -> Result<Self, AfasError> {
+        let credentials = match &cfg.auth {
+            AfasAuth::Token(raw) => Credentials::Token(AppToken::parse(raw.expose())?),
+            AfasAuth::OAuth {
+                client_id,
+                client_secret,
+            } => Credentials::OAuth {
+                client_id: client_id.clone(),
+                secret: client_secret.clone(),
+            },
+        };
+        Ok(ClientOptions {
+            base_url: cfg.base_url.clone(),
+            credentials,
+            integration_id: cfg.integration_id.clone(),
+            concurrency: cfg.concurrency,
+            request_timeout: cfg.request_timeout,
+            connect_timeout: cfg.connect_timeout,
+            max_retries: cfg.max_retries,
+            max_retry_wait: cfg.max_retry_wait,
+            min_backoff: Duration::from_millis(500),
+        })
+    }
+}
+
+/// How to read one GetConnector.
+#[derive(Debug, Clone)]
+pub struct ReadSpec {
+    pub connector: String,
+    /// Unique key fields in order; `-` prefix = descending.
+    pub order: Vec<String>,
+    pub paging: PagingMode,
+    pub take: u32,
+}
+
+/// One page of rows, in order. Entries that were not JSON objects are kept
+/// as reasons so the caller can report them without losing the page.
+#[derive(Debug)]
+pub struct Page {
+    pub connector: String,
+    pub number: u64,
+    pub rows: Vec<Row>,
+    pub bad_rows: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldMeta {
+    pub id: String,
+    #[serde(default)]
+    pub field_id: Option<String>,
+    #[serde(default)]
+    pub data_type: String,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectorMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub fields: Vec<FieldMeta>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectorListEntry {
+    pub id: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaInfoInfo {
+    #[serde(default)]
+    pub envid: Option<String>,
+    #[serde(default)]
+    pub app_name: Option<String>,
+    #[serde(default)]
+    pub token_expiry: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaInfo {
+    #[serde(default)]
+    pub get_connectors: Vec<ConnectorListEntry>,
+    #[serde(default)]
+    pub info: MetaInfoInfo,
+}
+
+/// What a mapped field must be able to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Text,
+    Date,
+    Boolean,
+    Decimal,
+}
+
+impl FieldKind {
+    fn accepts(self, data_type: &str) -> bool {
+        match self {
+            FieldKind::Text => matches!(data_type, "string" | "int"),
+            FieldKind::Date => data_type == "date",
+            FieldKind::Boolean => matches!(data_type, "boolean" | "int"),
+            FieldKind::Decimal => matches!(data_type, "decimal" | "int"),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            FieldKind::Text => "string",
+            FieldKind::Date => "date",
+            FieldKind::Boolean => "boolean (or int 0/1)",
+            FieldKind::Decimal => "decimal",
+        }
+    }
+}
+
+/// A mapped field that the connector lacks or types differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub connector: String,
+    pub field: String,
+    pub config_key: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GetConnector `{}`: field `{}` (config key {}) {}",
+            self.connector, self.field, self.config_key, self.problem
+        )
+    }
+}
+
+/// Compares the mapping against a connector's metainfo.
+pub fn check_fields(
+    connector: &str,
+    meta: &ConnectorMeta,
+    wanted: &[(String, FieldKind, String)],
+) -> Vec<FieldProblem> {
+    let mut problems = Vec::new();
+    for (field, kind, config_key) in wanted {
+        let problem = match meta.fields.iter().find(|f| &f.id == field) {
+            None => Some("does not exist: add it to the GetConnector in AFAS or fix the mapping".to_string()),
+            Some(f) if !kind.accepts(&f.data_type) => {
+                Some(format!("has type `{}`, but {} is needed", f.data_type, kind.name()))
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            problems.push(FieldProblem {
+                connector: connector.to_string(),
+                field: field.clone(),
+                config_key: config_key.clone(),
+                problem,
+            });
+        }
+    }
+    problems
+}
+
+enum Auth {
+    Token(HeaderValue),
+    OAuth {
+        client_id: String,
+        secret: Secret,
+        cached: Mutex<Option<(HeaderValue, Instant)>>,
+    },
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: url::Url,
+    auth: Auth,
+    integration_id: Option<String>,
+    permits: Semaphore,
+    concurrency: u32,
+    max_retries: u32,
+    max_retry_wait: Duration,
+    min_backoff: Duration,
+}
+
+/// A cheap-to-clone AFAS client.
+#[derive(Clone)]
+pub struct AfasClient {
+    inner: Arc<Inner>,
+}
+
+/// Installs ring as rustls's process-wide crypto provider (once).
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn sensitive(value: &str) -> Result<HeaderValue, AfasError> {
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| AfasError::Setup("credential contains characters not allowed in a header".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+impl AfasClient {
+    pub fn new(opts: ClientOptions) -> Result<Self, AfasError> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .timeout(opts.request_timeout)
+            .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")))
+            // AFAS asks clients to keep connections open.
+            .pool_idle_timeout(Duration::from_secs(90))
+            .https_only(opts.base_url.scheme() == "https")
+            .build()
+            .map_err(|e| AfasError::Setup(e.to_string()))?;
+        let auth = match opts.credentials {
+            Credentials::Token(t) => Auth::Token(sensitive(&t.header_value())?),
+            Credentials::OAuth { client_id, secret } => Auth::OAuth {
+                client_id,
+                secret,
+                cached: Mutex::new(None),
+            },
+        };
+        let concurrency = opts.concurrency.clamp(1, 8);
+        Ok(AfasClient {
+            inner: Arc::new(Inner {
+                http,
+                base: opts.base_url,
+                auth,
+                integration_id: opts.integration_id,
+                permits: Semaphore::new(concurrency as usize),
+                concurrency,
+                max_retries: opts.max_retries,
+                max_retry_wait: opts.max_retry_wait,
+                min_backoff: opts.min_backoff,
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &url::Url {
+        &self.inner.base
+    }
+
+    fn url(&self, segments: &[&str], query: &[(String, String)]) -> Result<url::Url, AfasError> {
+        let mut url = self.inner.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|_| AfasError::Setup("afas.base_url cannot take a path".into()))?;
+            path.pop_if_empty();
+            for s in segments {
+                path.push(s);
+            }
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter());
+        }
+        if url.query().map_or(0, str::len) > MAX_QUERY_LEN {
+            return Err(AfasError::Paging {
+                connector: segments.last().copied().unwrap_or_default().to_string(),
+                reason: format!(
+                    "the query string would exceed AFAS's limit of {MAX_QUERY_LEN} characters; shorten the key values or use paging = \"skip\""
+                ),
+            });
+        }
+        Ok(url)
+    }
+
+    async fn auth_header(&self, force_refresh: bool) -> Result<HeaderValue, AfasError> {
+        match &self.inner.auth {
+            Auth::Token(h) => Ok(h.clone()),
+            Auth::OAuth {
+                client_id,
+                secret,
+                cached,
+            } => {
+                let mut guard = cached.lock().await;
+                if !force_refresh {
+                    if let Some((h, valid_until)) = guard.as_ref() {
+                        if Instant::now() < *valid_until {
+                            return Ok(h.clone());
+                        }
+                    }
+                }
+                let (h, valid_until) = self.fetch_oauth_token(client_id, secret).await?;
+                *guard = Some((h.clone(), valid_until));
+                Ok(h)
+            }
+        }
+    }
+
+    async fn fetch_oauth_token(&self, client_id: &str, secret: &Secret) -> Result<(HeaderValue, Instant), AfasError> {
+        #[derive(Deserialize)]
+        struct TokenAnswer {
+            access_token: String,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        struct TokenError {
+            #[serde(default)]
+            error: String,
+            #[serde(default)]
+            error_description: Option<String>,
+        }
+        let url = self.url(&["oauth", "token"], &[])?;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", secret.expose()),
+        ];
+        let resp = self
+            .inner
+            .http
+            .post(url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| map_reqwest(e, &url))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| map_reqwest(e, &url))?;
+        if !status.is_success() {
+            let err: Option<TokenError> = serde_json::from_slice(&body).ok();
+            return Err(match err {
+                Some(e) if !e.error.is_empty() => AfasError::OAuth {
+                    error: e.error,
+                    description: e.error_description,
+                },
+                _ => AfasError::OAuth {
+                    error: format!("HTTP {}", status.as_u16()),
+                    description: None,
+                },
+            });
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| AfasError::OAuth {
+            error: "unreadable token answer".into(),
+            description: Some(e.to_string()),
+        })?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        // Renew a minute early (or halfway for very short tokens) so a token
+        // never expires between check and use.
+        let margin = Duration::from_secs(60).min(lifetime / 2);
+        let h = sensitive(&format!("Bearer {}", answer.access_token))?;
+        Ok((h, Instant::now() + lifetime - margin))
+    }
+
+    /// One GET, without retries. A 401 under OAuth fetches a new token once.
+    async fn get_once(&self, url: &url::Url, connector: &str) -> Result<bytes::Bytes, AfasError> {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AfasError::Setup("client shut down".into()))?;
+        let mut refreshed = false;
+        loop {
+            let auth = self.auth_header(refreshed).await?;
+            let mut req = self.inner.http.get(url.clone()).header(AUTHORIZATION, auth);
+            if let Some(id) = &self.inner.integration_id {
+                req = req.header("IntegrationId", id);
+            }
+            let started = Instant::now();
+            let resp = req.send().await.map_err(|e| map_reqwest(e, url))?;
+            let status = resp.status().as_u16();
+            tracing::debug!(
+                path = url.path(),
+                status,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "AFAS request"
+            );
+            if status == 401 && !refreshed && matches!(self.inner.auth, Auth::OAuth { .. }) {
+                refreshed = true;
+                continue;
+            }
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.map_err(|e| map_reqwest(e, url))?;
+            if (200..300).contains(&status) {
+                return Ok(body);
+            }
+            return Err(map_status(status, &headers, &body, url, connector));
+        }
+    }
+
+    /// GET with retries of transient failures (exponential backoff, jitter,
+    /// honouring `retry_after` up to `max_retry_wait`).
+    async fn get(&self, url: url::Url, connector: &str) -> Result<bytes::Bytes, AfasError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.inner.min_backoff)
+            .with_max_delay(Duration::from_secs(60))
+            .with_max_times(self.inner.max_retries as usize)
+            .with_jitter();
+        let max_wait = self.inner.max_retry_wait;
+        (|| self.get_once(&url, connector))
+            .retry(backoff)
+            .when(|e: &AfasError| e.is_transient() && e.retry_after().is_none_or(|d| d <= max_wait))
+            .adjust(|e: &AfasError, dur| dur.map(|d| e.retry_after().map_or(d, |ra| ra.max(d))))
+            .notify(|e: &AfasError, dur| {
+                tracing::warn!(
+                    path = url.path(),
+                    retry_in_ms = dur.as_millis() as u64,
+                    "AFAS request failed, retrying: {e}"
+                )
+            })
+            .await
+    }
+
+    pub async fn profit_version(&self) -> Result<String, AfasError> {
+        #[derive(Deserialize)]
+        struct V {
+            version: String,
+        }
+        let url = self.url(&["ProfitVersion"], &[])?;
+        let body = self.get(url.clone(), "").await?;
+        let v: V = decode(&body, &url)?;
+        Ok(v.version)
+    }
+
+    pub async fn metainfo(&self) -> Result<MetaInfo, AfasError> {
+        let url = self.url(&["metainfo"], &[])?;
+        let body = self.get(url.clone(), "").await?;
+        decode(&body, &url)
+    }
+
+    pub async fn connector_meta(&self, connector: &str) -> Result<ConnectorMeta, AfasError> {
+        let url = self.url(&["metainfo", "get", connector], &[])?;
+        let body = self.get(url.clone(), connector).await?;
+        decode(&body, &url)
+    }
+
+    async fn fetch_rows(&self, connector: &str, query: &[(String, String)]) -> Result<PageRows, AfasError> {
+        #[derive(Deserialize)]
+        struct PageBody {
+            rows: Vec<Value>,
+        }
+        let url = self.url(&["connectors", connector], query)?;
+        let body = self.get(url.clone(), connector).await?;
+        let page: PageBody = decode(&body, &url)?;
+        let mut rows = Vec::with_capacity(page.rows.len());
+        let mut bad = Vec::new();
+        for (i, v) in page.rows.into_iter().enumerate() {
+            match v {
+                Value::Object(m) => rows.push(m),
+                other => bad.push(format!(
+                    "entry {i} of the page is not an object but {}",
+                    type_name(&other)
+                )),
+            }
+        }
+        Ok((rows, bad))
+    }
+
+    /// Streams a connector's rows, page by page, in key order. The channel
+    /// holds at most two pages, so memory stays bounded whatever the size of
+    /// the company. Dropping the receiver stops the read.
+    pub fn read(&self, spec: ReadSpec) -> mpsc::Receiver<Result<Page, AfasError>> {
+        let (tx, rx) = mpsc::channel(2);
+        let client = self.clone();
+        tokio::spawn(async move {
+            let result = match spec.paging {
+                PagingMode::Keyset => client.read_keyset(&spec, &tx).await,
+                PagingMode::Skip => client.read_skip(&spec, &tx).await,
+            };
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    fn base_query(spec: &ReadSpec) -> Vec<(String, String)> {
+        vec![
+            ("orderbyfieldids".into(), spec.order.join(",")),
+            ("take".into(), spec.take.to_string()),
+        ]
+    }
+
+    async fn read_keyset(&self, spec: &ReadSpec, tx: &mpsc::Sender<Result<Page, AfasError>>) -> Result<(), AfasError> {
+        let paging_err = |reason: String| AfasError::Paging {
+            connector: spec.connector.clone(),
+            reason,
+        };
+        let mut last: Option<Vec<String>> = None;
+        for number in 0..MAX_PAGES {
+            let mut query = Self::base_query(spec);
+            query.push(("skip".into(), "0".into()));
+            if let Some(last) = &last {
+                query.extend(keyset_filter(&spec.order, last));
+            }
+            let (rows, bad_rows) = self.fetch_rows(&spec.connector, &query).await?;
+            let n = rows.len();
+            if let (Some(prev), Some(first)) = (&last, rows.first()) {
+                // The server ignored the filter or the key is not unique:
+                // continuing would read the same rows forever.
+                if key_values(first, &spec.order).ok().as_ref() == Some(prev) {
+                    return Err(paging_err(format!(
+                        "the key ({}) did not advance between pages; is it unique, and does the GetConnector allow filtering on it?",
+                        spec.order.join(",")
+                    )));
+                }
+            }
+            if let Some(row) = rows.last() {
+                last = Some(key_values(row, &spec.order).map_err(|field| {
+                    paging_err(format!(
+                        "key field `{field}` is empty or contains `,`/`;` in row {}; keyset paging needs such a unique key (or set afas.paging = \"skip\")",
+                        super::rows::describe_key(row, &spec.order)
+                    ))
+                })?);
+            }
+            let page = Page {
+                connector: spec.connector.clone(),
+                number,
+                rows,
+                bad_rows,
+            };
+            if tx.send(Ok(page)).await.is_err() {
+                return Ok(());
+            }
+            if n < spec.take as usize {
+                return Ok(());
+            }
+        }
+        Err(paging_err(format!("more than {MAX_PAGES} pages; stopped")))
+    }
+
+    async fn read_skip(&self, spec: &ReadSpec, tx: &mpsc::Sender<Result<Page, AfasError>>) -> Result<(), AfasError> {
+        // Pages are requested ahead, up to the concurrency, and handed on in
+        // order; the first short page ends the read.
+        let mut inflight: VecDeque<tokio::task::JoinHandle<Result<PageRows, AfasError>>> = VecDeque::new();
+        let mut next: u64 = 0;
+        let mut number: u64 = 0;
+        let window = self.inner.concurrency as usize;
+        let result = loop {
+            while inflight.len() < window && next < MAX_PAGES {
+                let mut query = Self::base_query(spec);
+                query.push(("skip".into(), (next * u64::from(spec.take)).to_string()));
+                let client = self.clone();
+                let connector = spec.connector.clone();
+                inflight.push_back(tokio::spawn(async move { client.fetch_rows(&connector, &query).await }));
+                next += 1;
+            }
+            let Some(handle) = inflight.pop_front() else {
+                break Err(AfasError::Paging {
+                    connector: spec.connector.clone(),
+                    reason: format!("more than {MAX_PAGES} pages; stopped"),
+                });
+            };
+            let (rows, bad_rows) = match handle.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => break Err(e),
+                Err(e) => break Err(AfasError::Setup(format!("page task failed: {e}"))),
+            };
+            let short = rows.len() < spec.take as usize;
+            let page = Page {
+                connector: spec.connector.clone(),
+                number,
+                rows,
+                bad_rows,
+            };
+            number += 1;
+            if tx.send(Ok(page)).await.is_err() || short {
+                break Ok(());
+            }
+        };
+        for h in inflight {
+            h.abort();
+        }
+        result
+    }
+}
+
+/// The key values of a row as AFAS filter values; `Err(field)` when empty.
+fn key_values(row: &Row, order: &[String]) -> Result<Vec<String>, String> {
+    order
+        .iter()
+        .map(|f| {
+            let f = f.trim_start_matches('-');
+            match row.get(f) {
+                // `,` and `;` are AFAS's filter separators and cannot be escaped.
+                Some(Value::String(s)) if !s.is_empty() && !s.contains([',', ';']) => Ok(s.clone()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                Some(Value::Bool(b)) => Ok(if *b { "1" } else { "0" }.to_string()),
+                _ => Err(f.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// `(k1 > v1) OR (k1 = v1 AND k2 > v2) OR …` in AFAS's filter syntax, where
+/// `,` joins with AND and `;` starts an OR group. Descending keys use `<`.
+pub fn keyset_filter(order: &[String], last: &[String]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut values = Vec::new();
+    let mut ops = Vec::new();
+    for i in 0..order.len() {
+        let mut gf = Vec::new();
+        let mut gv = Vec::new();
+        let mut go = Vec::new();
+        for j in 0..=i {
+            let (name, desc) = match order[j].strip_prefix('-') {
+                Some(n) => (n, true),
+                None => (order[j].as_str(), false),
+            };
+            gf.push(name.to_string());
+            gv.push(last[j].clone());
+            go.push(if j < i {
+                "1"
+            } else if desc {
+                "5"
+            } else {
+                "4"
+            });
+        }
+        fields.push(gf.join(","));
+        values.push(gv.join(","));
+        ops.push(go.join(","));
+    }
+    vec![
+        ("filterfieldids".into(), fields.join(";")),
+        ("filtervalues".into(), values.join(";")),
+        ("operatortypes".into(), ops.join(";")),
+    ]
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8], url: &url::Url) -> Result<T, AfasError> {
+    serde_json::from_slice(body).map_err(|e| AfasError::Decode {
+        path: url.path().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn map_reqwest(e: reqwest::Error, url: &url::Url) -> AfasError {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    if e.is_timeout() {
+        AfasError::Timeout {
+            path: url.path().to_string(),
+            reason,
+        }
+    } else if e.is_body() || e.is_decode() {
+        AfasError::Decode {
+            path: url.path().to_string(),
+            reason,
+        }
+    } else {
+        AfasError::Connect {
+            host: url.host_str().unwrap_or("?").to_string(),
+            reason,
+        }
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+    s
+}
+
+fn map_status(
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+    url: &url::Url,
+    connector: &str,
+) -> AfasError {
+    let path = url.path().to_string();
+    match status {
+        401 => AfasError::Unauthorized { path },
+        403 => AfasError::Forbidden { path },
+        404 => AfasError::NotFound {
+            path,
+            connector: connector.to_string(),
+        },
+        500 => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Functional {
+                external_message: String,
+                #[serde(default)]
+                profit_log_reference: Option<String>,
+            }
+            match serde_json::from_slice::<Functional>(body) {
+                Ok(f) => {
+                    let (hint, temporary) = classify_500(&f.external_message);
+                    AfasError::Functional {
+                        path,
+                        message: f.external_message.chars().take(500).collect(),
+                        log_ref: f.profit_log_reference,
+                        hint,
+                        temporary,
+                    }
+                }
+                Err(_) => AfasError::Status {
+                    status,
+                    path,
+                    body: snippet(body),
+                },
+            }
+        }
+        503 => {
+            let from_body = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("retry_after").and_then(Value::as_u64));
+            let from_header = headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            AfasError::Maintenance {
+                retry_after: from_body.or(from_header).map(Duration::from_secs),
+            }
+        }
+        _ => AfasError::Status {
+            status,
+            path,
+            body: snippet(body),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyset_filter_expands_composite_keys() {
+        let q = keyset_filter(&["EmployeeId".into(), "-Seq".into()], &["1001".into(), "3".into()]);
+        assert_eq!(q[0].1, "EmployeeId;EmployeeId,Seq");
+        assert_eq!(q[1].1, "1001;1001,3");
+        assert_eq!(q[2].1, "4;1,5");
+    }
+}

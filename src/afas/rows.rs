@@ -1,0 +1,326 @@
+//! Tolerant decoding of AFAS GetConnector cells.
+//!
+//! AFAS rows are JSON objects in which every field is present and empty
+//! values are `null`; flags are sometimes `int` 0/1; dates carry a `Z` but
+//! are Europe/Amsterdam local time. Field ids are whatever the customer's
+//! connector defines, so every accessor takes the field id from the mapping.
+//! Accessors return `Ok(None)` for empty values and a [`CellError`] naming the
+//! field for values that cannot mean what the mapping says: the caller then
+//! rejects that one row, never the page.
+
+use std::fmt;
+
+use jiff::civil::Date;
+use serde_json::{Map, Value};
+
+/// One GetConnector row as AFAS sent it.
+pub type Row = Map<String, Value>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct CellError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn cell_err(field: &str, reason: impl Into<String>) -> CellError {
+    CellError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Longest text accepted in a single cell; a 1 MB "first name" is an attack
+/// or a broken connector, not a name.
+pub const MAX_TEXT_LEN: usize = 1024;
+
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// A field that is absent from the row is an error (the connector does not
+/// have it); `null` is an empty value.
+fn get<'a>(row: &'a Row, field: &str) -> Result<&'a Value, CellError> {
+    row.get(field)
+        .ok_or_else(|| cell_err(field, "missing from the row (is it in the GetConnector?)"))
+}
+
+/// Text, trimmed; empty → `None`. Numbers are accepted as their text because
+/// ids are often typed `int` in one connector and `string` in another.
+pub fn text(row: &Row, field: &str) -> Result<Option<String>, CellError> {
+    match get(row, field)? {
+        Value::Null => Ok(None),
+        Value::String(s) => {
+            let t = s.trim().trim_start_matches('\u{feff}');
+            if t.is_empty() {
+                return Ok(None);
+            }
+            if t.len() > MAX_TEXT_LEN {
+                return Err(cell_err(field, format!("text longer than {MAX_TEXT_LEN} bytes")));
+            }
+            if t.chars().any(|c| c.is_control()) {
+                return Err(cell_err(field, "contains control characters"));
+            }
+            Ok(Some(t.to_string()))
+        }
+        Value::Number(n) => Ok(Some(n.to_string())),
+        other => Err(cell_err(field, format!("expected text, got {}", describe(other)))),
+    }
+}
+
+/// Booleans as `true`/`false`, or 0/1 for fields AFAS types as `int`.
+pub fn boolean(row: &Row, field: &str) -> Result<Option<bool>, CellError> {
+    match get(row, field)? {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(0) => Ok(Some(false)),
+            Some(1) => Ok(Some(true)),
+            _ => Err(cell_err(field, format!("expected 0 or 1, got {n}"))),
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "1" | "true" | "ja" | "j" => Ok(Some(true)),
+            "0" | "false" | "nee" | "n" => Ok(Some(false)),
+            _ => Err(cell_err(
+                field,
+                format!("expected a yes/no value, got {}", describe(&Value::String(s.clone()))),
+            )),
+        },
+        other => Err(cell_err(field, format!("expected a boolean, got {}", describe(other)))),
+    }
+}
+
+/// A decimal amount with four fractional digits, stored exactly as an
+/// integer number of ten-thousandths. Money and FTE fit easily; binary
+/// floats would make "unchanged" amounts differ between runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Decimal(i64);
+
+impl Decimal {
+    pub const SCALE: i64 = 10_000;
+    /// Largest magnitude accepted (a trillion): beyond any salary or budget.
+    const MAX_UNITS: i64 = 1_000_000_000_000 * Self::SCALE;
+
+    pub fn from_units(units: i64) -> Self {
+        Decimal(units)
+    }
+    pub fn units(self) -> i64 {
+        self.0
+    }
+
+    /// Parses `-12.5`, `12,50` (Dutch comma), `.5`; refuses exponents, NaN,
+    /// more than 4 decimals that are not zero, and absurd magnitudes.
+    pub fn parse(s: &str) -> Option<Decimal> {
+        let s = s.trim();
+        let (neg, digits) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let digits = digits.replace(',', ".");
+        let (int_part, frac_part) = match digits.split_once('.') {
+            Some((i, f)) => (i.to_string(), f.to_string()),
+            None => (digits.clone(), String::new()),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return None;
+        }
+        if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let frac_trimmed = frac_part.trim_end_matches('0');
+        if frac_trimmed.len() > 4 {
+            return None;
+        }
+        let int_trimmed = int_part.trim_start_matches('0');
+        if int_trimmed.len() > 13 {
+            return None;
+        }
+        let int_val: i64 = if int_trimmed.is_empty() {
+            0
+        } else {
+            int_trimmed.parse().ok()?
+        };
+        let mut frac_val: i64 = 0;
+        for (i, b) in frac_trimmed.bytes().enumerate() {
+            frac_val += i64::from(b - b'0') * 10_i64.pow(3 - i as u32);
+        }
+        let units = int_val.checked_mul(Self::SCALE)?.checked_add(frac_val)?;
+        if units > Self::MAX_UNITS {
+            return None;
+        }
+        Some(Decimal(if neg { -units } else { units }))
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let int = abs / Self::SCALE as u64;
+        let frac = abs % Self::SCALE as u64;
+        if frac == 0 {
+            write!(f, "{sign}{int}")
+        } else {
+            let frac = format!("{frac:04}");
+            write!(f, "{sign}{int}.{}", frac.trim_end_matches('0'))
+        }
+    }
+}
+
+/// Numbers as decimals; strings holding a number are accepted too.
+pub fn decimal(row: &Row, field: &str) -> Result<Option<Decimal>, CellError> {
+    match get(row, field)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => Decimal::parse(&n.to_string())
+            .map(Some)
+            .ok_or_else(|| cell_err(field, format!("number {n} is out of range or has more than 4 decimals"))),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => Decimal::parse(s).map(Some).ok_or_else(|| {
+            cell_err(
+                field,
+                format!("expected a decimal number, got {}", describe(&Value::String(s.clone()))),
+            )
+        }),
+        other => Err(cell_err(field, format!("expected a number, got {}", describe(other)))),
+    }
+}
+
+/// Dates such as `2012-11-22T00:00:00Z`. The `Z` is a lie: AFAS writes
+/// Europe/Amsterdam local time, so the calendar date is taken as written and
+/// never shifted by a time-zone conversion (which would move midnight dates
+/// to the previous day).
+pub fn date(row: &Row, field: &str) -> Result<Option<Date>, CellError> {
+    match get(row, field)? {
+        Value::Null => Ok(None),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => parse_afas_date(s).map(Some).ok_or_else(|| {
+            cell_err(
+                field,
+                format!(
+                    "expected a date like 2024-01-31T00:00:00Z, got {}",
+                    describe(&Value::String(s.clone()))
+                ),
+            )
+        }),
+        other => Err(cell_err(field, format!("expected a date, got {}", describe(other)))),
+    }
+}
+
+/// Parses the date part of an AFAS date-time; the time part, when present,
+/// must be well formed but is otherwise ignored.
+pub fn parse_afas_date(s: &str) -> Option<Date> {
+    let s = s.trim();
+    let (date_part, rest) = if s.len() > 10 { s.split_at_checked(10)? } else { (s, "") };
+    if date_part.len() != 10 || date_part.as_bytes()[4] != b'-' || date_part.as_bytes()[7] != b'-' {
+        return None;
+    }
+    let year: i16 = date_part[0..4].parse().ok()?;
+    let month: i8 = date_part[5..7].parse().ok()?;
+    let day: i8 = date_part[8..10].parse().ok()?;
+    // AFAS's own range; year 0000 and beyond-9999 placeholders are not dates.
+    if !(1753..=9999).contains(&year) {
+        return None;
+    }
+    let date = Date::new(year, month, day).ok()?;
+    if !rest.is_empty() {
+        let time = rest.strip_prefix('T')?;
+        let time = time.strip_suffix('Z').unwrap_or(time);
+        jiff::civil::Time::strptime("%H:%M:%S", time.split('.').next()?).ok()?;
+    }
+    Some(date)
+}
+
+/// The key of a row, for reports ("row EmployeeId=1001: field `Mail`: …").
+pub fn describe_key(row: &Row, key_fields: &[String]) -> String {
+    key_fields
+        .iter()
+        .map(|f| {
+            let f = f.trim_start_matches('-');
+            let v = match row.get(f) {
+                Some(Value::String(s)) => s.chars().take(64).collect(),
+                Some(Value::Null) | None => "(empty)".to_string(),
+                Some(other) => describe(other),
+            };
+            format!("{f}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(v: Value) -> Row {
+        match v {
+            Value::Object(m) => m,
+            _ => Row::new(),
+        }
+    }
+
+    #[test]
+    fn nulls_are_empty_and_missing_fields_are_errors() {
+        let r = row(json!({"A": null, "B": "  ", "C": 0, "D": 1, "E": 2}));
+        assert_eq!(text(&r, "A"), Ok(None));
+        assert_eq!(text(&r, "B"), Ok(None));
+        assert_eq!(boolean(&r, "A"), Ok(None));
+        assert_eq!(boolean(&r, "C"), Ok(Some(false)));
+        assert_eq!(boolean(&r, "D"), Ok(Some(true)));
+        assert!(boolean(&r, "E").is_err());
+        let err = text(&r, "Missing").unwrap_err();
+        assert_eq!(err.field, "Missing");
+    }
+
+    #[test]
+    fn dates_keep_the_amsterdam_calendar_day() {
+        let r = row(
+            json!({"D": "2012-11-22T00:00:00Z", "E": "2024-03-31", "F": "0000-00-00T00:00:00Z", "G": "2024-02-30T00:00:00Z", "H": 20240101}),
+        );
+        assert_eq!(date(&r, "D"), Ok(Some(Date::new(2012, 11, 22).unwrap())));
+        assert_eq!(date(&r, "E"), Ok(Some(Date::new(2024, 3, 31).unwrap())));
+        assert!(date(&r, "F").is_err());
+        assert!(date(&r, "G").is_err());
+        assert!(date(&r, "H").is_err());
+        assert!(parse_afas_date("2024-01-01T25:00:00Z").is_none());
+        assert!(parse_afas_date("2024-01-01Tgarbage").is_none());
+        assert!(parse_afas_date("2024-01-0é").is_none());
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        for (input, units) in [
+            ("12.5", 125_000),
+            ("-.5", -5_000),
+            ("12,50", 125_000),
+            ("0.0001", 1),
+            ("1.23450", 12_345),
+        ] {
+            assert_eq!(Decimal::parse(input), Some(Decimal::from_units(units)), "{input}");
+        }
+        for bad in ["", "-", ".", "1e5", "NaN", "1.00001", "12a", "99999999999999999999"] {
+            assert_eq!(Decimal::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Decimal::from_units(125_000).to_string(), "12.5");
+        assert_eq!(Decimal::from_units(-5_000).to_string(), "-0.5");
+        let r = row(json!({"N": 1.5, "S": "2.25", "B": true}));
+        assert_eq!(decimal(&r, "N"), Ok(Some(Decimal::from_units(15_000))));
+        assert_eq!(decimal(&r, "S"), Ok(Some(Decimal::from_units(22_500))));
+        assert!(decimal(&r, "B").is_err());
+    }
+
+    #[test]
+    fn text_refuses_control_characters_and_huge_values() {
+        let r = row(json!({"A": "Jan\u{0}", "B": "x".repeat(5000), "C": 1001, "D": "Émile"}));
+        assert!(text(&r, "A").is_err());
+        assert!(text(&r, "B").is_err());
+        assert_eq!(text(&r, "C"), Ok(Some("1001".into())));
+        assert_eq!(text(&r, "D"), Ok(Some("Émile".into())));
+    }
+}

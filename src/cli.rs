@@ -1,0 +1,492 @@
+//! The command line: clap definitions and the human / `--json` rendering.
+//! Every command returns an exit code; `main` only sets up logging.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::afas::{self, rows, AfasClient, ClientOptions};
+use crate::config::{self, Config};
+use crate::emulator::{self, data, AuthSetup, Emulator, EmulatorState};
+use crate::exit;
+
+#[derive(Debug, Parser)]
+#[command(name = "afas-sync", version, about = "Sync employees from AFAS Profit to Alleo")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "AFAS_SYNC_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG filter).
+    #[arg(long, global = true, env = "AFAS_SYNC_LOG")]
+    pub log_level: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print or validate configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Check config, token, AFAS reachability and the connectors' fields.
+    Check,
+    /// Read a connector and print its rows as NDJSON (for troubleshooting).
+    Fetch {
+        #[arg(long, value_enum, default_value = "employees")]
+        connector: Which,
+        /// Stop after this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Run the AFAS emulator on loopback.
+    Emulate(EmulateArgs),
+    /// Run the demo: the emulator with a generated company, read end to end.
+    Demo {
+        #[arg(long, default_value_t = 250)]
+        employees: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print a fully commented example configuration.
+    Example,
+    /// Validate the configuration file and print a summary (no secrets).
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Which {
+    Employees,
+    Contracts,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EmulateArgs {
+    /// Address to listen on (loopback only by intent).
+    #[arg(long, default_value = "127.0.0.1:8095")]
+    pub bind: String,
+    /// Generate a company of this many employees.
+    #[arg(long, default_value_t = 1000)]
+    pub employees: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Serve fixture files instead (see README: one directory per day).
+    #[arg(long)]
+    pub fixtures: Option<PathBuf>,
+    /// The App Connector token to accept (any of the three forms). Created
+    /// with a random token when the file does not exist.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Also accept OAuth client credentials with this client id; the secret
+    /// is read from --oauth-secret-file.
+    #[arg(long, requires = "oauth_secret_file")]
+    pub oauth_client_id: Option<String>,
+    #[arg(long)]
+    pub oauth_secret_file: Option<PathBuf>,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Answer the Nth connector request with a status: `N:STATUS` (repeatable).
+    #[arg(long)]
+    pub fail: Vec<String>,
+}
+
+/// Sets up logging to stderr. Secrets are never passed to tracing, and
+/// header values are marked sensitive, so even `trace` shows none.
+pub fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn load_config(path: &Path) -> Result<Config, i32> {
+    match Config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+/// Runs a parsed command line and returns the exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match &cli.command {
+        Command::Config {
+            action: ConfigAction::Example,
+        } => {
+            print!("{}", config::EXAMPLE);
+            exit::OK
+        }
+        Command::Config {
+            action: ConfigAction::Check,
+        } => match load_config(&cli.config) {
+            Ok(cfg) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({"valid": true, "base_url": cfg.afas.base_url.as_str(), "employees_connector": cfg.afas.employees.connector})
+                    );
+                } else {
+                    println!("config {} is valid", cli.config.display());
+                    println!("  AFAS:       {}", cfg.afas.base_url);
+                    println!(
+                        "  connectors: {}{}",
+                        cfg.afas.employees.connector,
+                        cfg.afas
+                            .contracts
+                            .as_ref()
+                            .map(|c| format!(", {}", c.connector))
+                            .unwrap_or_default()
+                    );
+                    println!("  store:      {}", cfg.store.path.display());
+                }
+                exit::OK
+            }
+            Err(code) => code,
+        },
+        Command::Check => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let items = crate::check::run(&cfg).await;
+            let ok = items.iter().all(|i| i.ok);
+            if cli.json {
+                let list: Vec<_> = items
+                    .iter()
+                    .map(|i| json!({"check": i.name, "ok": i.ok, "detail": i.detail}))
+                    .collect();
+                println!("{}", json!({"ok": ok, "checks": list}));
+            } else {
+                for i in &items {
+                    println!("{} {:<40} {}", if i.ok { "PASS" } else { "FAIL" }, i.name, i.detail);
+                }
+            }
+            if ok {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+        Command::Fetch { connector, limit } => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            fetch(&cfg, *connector, *limit).await
+        }
+        Command::Emulate(args) => emulate(args).await,
+        Command::Demo { employees, seed } => demo(*employees, *seed).await,
+    }
+}
+
+async fn fetch(cfg: &Config, which: Which, limit: Option<usize>) -> i32 {
+    let client = match ClientOptions::from_config(&cfg.afas).and_then(AfasClient::new) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let conn = match which {
+        Which::Employees => &cfg.afas.employees,
+        Which::Contracts => match &cfg.afas.contracts {
+            Some(c) => c,
+            None => {
+                eprintln!("error: config key `afas.contracts` is not set");
+                return exit::CONFIG;
+            }
+        },
+    };
+    let mut rx = client.read(afas::read_spec(cfg, conn));
+    let mut n = 0usize;
+    while let Some(page) = rx.recv().await {
+        match page {
+            Ok(page) => {
+                for bad in &page.bad_rows {
+                    eprintln!("warning: page {}: {bad}", page.number);
+                }
+                for row in page.rows {
+                    if limit.is_some_and(|l| n >= l) {
+                        return exit::OK;
+                    }
+                    println!("{}", serde_json::Value::Object(row));
+                    n += 1;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        }
+    }
+    exit::OK
+}
+
+/// A random token for the emulator and the demo, from the OS's entropy via
+/// the std hasher's random keys (no extra dependency for a test secret).
+pub fn random_token() -> afas::token::AppToken {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hex = String::new();
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        hex.push_str(&format!("{:016X}", h.finish()));
+    }
+    // 64 hex characters by construction, so parsing cannot fail.
+    afas::token::AppToken::parse(&hex).unwrap_or_else(|_| unreachable!("64 hex characters"))
+}
+
+fn write_secret_file(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+async fn emulate(args: &EmulateArgs) -> i32 {
+    let token = if args.token_file.exists() {
+        let text = match std::fs::read_to_string(&args.token_file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read --token-file {}: {e}", args.token_file.display());
+                return exit::CONFIG;
+            }
+        };
+        match afas::token::AppToken::parse(&text) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: --token-file {}: {e}", args.token_file.display());
+                return exit::CONFIG;
+            }
+        }
+    } else {
+        let t = random_token();
+        if let Err(e) = write_secret_file(&args.token_file, &t.to_xml()) {
+            eprintln!("error: cannot create --token-file {}: {e}", args.token_file.display());
+            return exit::CONFIG;
+        }
+        eprintln!("wrote a new emulator token to {}", args.token_file.display());
+        t
+    };
+    let mut auth = AuthSetup::token(token);
+    if let (Some(id), Some(file)) = (&args.oauth_client_id, &args.oauth_secret_file) {
+        match std::fs::read_to_string(file) {
+            Ok(s) => auth.oauth = Some((id.clone(), s.trim().to_string())),
+            Err(e) => {
+                eprintln!("error: cannot read --oauth-secret-file {}: {e}", file.display());
+                return exit::CONFIG;
+            }
+        }
+    }
+    let days = match &args.fixtures {
+        Some(dir) => match data::Dataset::load_scenario(dir) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::CONFIG;
+            }
+        },
+        None => vec![(
+            "generated".to_string(),
+            data::generate(args.seed, args.employees, today()),
+        )],
+    };
+    let state = EmulatorState::new(days, auth);
+    state.set_latency(Duration::from_millis(args.latency_ms));
+    for spec in &args.fail {
+        let parsed = spec
+            .split_once(':')
+            .and_then(|(n, s)| Some((n.parse::<u64>().ok()?, s.parse::<u16>().ok()?)));
+        let Some((n, status)) = parsed else {
+            eprintln!("error: --fail `{spec}`: expected N:STATUS, e.g. 3:503");
+            return exit::CONFIG;
+        };
+        let action = if status == 503 {
+            emulator::FaultAction::Maintenance { retry_after: 1 }
+        } else {
+            emulator::FaultAction::Status {
+                status,
+                body: String::new(),
+            }
+        };
+        state.add_rule(emulator::FaultRule::new("/connectors/", n, 1, action));
+    }
+    let listener = match tokio::net::TcpListener::bind(&args.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on --bind {}: {e}", args.bind);
+            return exit::CONFIG;
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    println!("AFAS emulator listening: base_url = \"http://{addr}/ProfitRestServices\"");
+    println!("days: {}", state.day_names().join(", "));
+    emulator::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    exit::OK
+}
+
+/// Today in Europe/Amsterdam, the calendar AFAS dates are written in.
+pub fn today() -> jiff::civil::Date {
+    jiff::Zoned::now()
+        .with_time_zone(jiff::tz::TimeZone::get("Europe/Amsterdam").unwrap_or(jiff::tz::TimeZone::UTC))
+        .date()
+}
+
+async fn demo(employees: u64, seed: u64) -> i32 {
+    match demo_inner(employees, seed).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("afas-sync-demo")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let token = random_token();
+    let day = today();
+    let state = EmulatorState::new(
+        vec![("day 1".into(), data::generate(seed, employees, day))],
+        AuthSetup::token(token.clone()),
+    );
+    let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
+    write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
+    let config_text = format!(
+        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n[store]\npath = \"{}\"\n",
+        emu.base_url(),
+        dir.path().join("state.redb").display()
+    );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, &config_text).map_err(|e| e.to_string())?;
+    let cfg = Config::load(&config_path).map_err(|e| e.to_string())?.config;
+
+    println!(
+        "afas-sync demo: AFAS emulator with a generated company of {employees} at {}",
+        emu.base_url()
+    );
+    println!();
+    for item in crate::check::run(&cfg).await {
+        println!(
+            "  {} {:<40} {}",
+            if item.ok { "PASS" } else { "FAIL" },
+            item.name,
+            item.detail
+        );
+    }
+    let client = AfasClient::new(ClientOptions::from_config(&cfg.afas).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let m = &cfg.mapping.employees;
+    let mut rx = client.read(afas::read_spec(&cfg, &cfg.afas.employees));
+    let (mut rows_total, mut pages, mut no_mail, mut future, mut left, mut bad) = (0, 0, 0, 0, 0, 0);
+    let mut sample = Vec::new();
+    while let Some(page) = rx.recv().await {
+        let page = page.map_err(|e| e.to_string())?;
+        pages += 1;
+        for row in &page.rows {
+            rows_total += 1;
+            let decoded = (|| -> Result<_, rows::CellError> {
+                Ok((
+                    rows::text(row, &m.key)?,
+                    rows::text(row, &m.email)?,
+                    rows::text(row, &m.first_name)?,
+                    rows::text(row, &m.prefix)?,
+                    rows::text(row, &m.last_name)?,
+                    rows::text(row, &m.department)?,
+                    rows::date(row, &m.employment_start)?,
+                    rows::date(row, &m.employment_end)?,
+                ))
+            })();
+            match decoded {
+                Ok((key, mail, first, prefix, last, dept, start, end)) => {
+                    if mail.is_none() {
+                        no_mail += 1;
+                    }
+                    if start.is_some_and(|s| s > day) {
+                        future += 1;
+                    }
+                    if end.is_some_and(|e| e < day) {
+                        left += 1;
+                    }
+                    if sample.len() < 8 {
+                        let name = [first, prefix, last]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        sample.push((key.unwrap_or_default(), name, dept.unwrap_or_default(), start, end));
+                    }
+                }
+                Err(_) => bad += 1,
+            }
+        }
+    }
+    let mut contracts = 0;
+    if let Some(c) = &cfg.afas.contracts {
+        let mut rx = client.read(afas::read_spec(&cfg, c));
+        while let Some(page) = rx.recv().await {
+            contracts += page.map_err(|e| e.to_string())?.rows.len();
+        }
+    }
+    println!();
+    println!(
+        "fetched {rows_total} employees in {pages} pages (keyset paging, page size {}) and {contracts} contracts",
+        cfg.afas.page_size
+    );
+    println!("  future hires: {future}   left: {left}   without e-mail: {no_mail}   undecodable rows: {bad}");
+    println!();
+    println!(
+        "  {:<9} {:<32} {:<26} {:<11} {:<11}",
+        "key", "name", "department", "start", "end"
+    );
+    for (key, name, dept, start, end) in sample {
+        let d = |d: Option<jiff::civil::Date>| d.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
+        println!("  {key:<9} {name:<32} {dept:<26} {:<11} {:<11}", d(start), d(end));
+    }
+    println!();
+    println!("requests served by the emulator: {}", emu.state.requests().len());
+    emu.stop().await;
+    Ok(())
+}

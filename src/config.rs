@@ -1,0 +1,638 @@
+//! The TOML configuration file, turned into a validated [`Config`].
+//!
+//! Parsing is strict on purpose: an admin who mistypes `emplyees` must hear
+//! about it at start-up, not discover months later that a default was used.
+//! Every section rejects unknown keys, and every check that serde cannot do
+//! (ranges, combinations) reports the dotted key it is about.
+//!
+//! Secrets never live in the file itself: they come from a `*_file` key or
+//! from systemd credentials (`$CREDENTIALS_DIRECTORY/<name>`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the service looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/afas-sync/config.toml";
+
+/// A secret value (token, client secret). Its `Debug` and `Display` never show
+/// the content, so a stray `{:?}` in a log line cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The only way to read the value; grep for it to audit every use.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}. Pass --config PATH or create {default}", default = DEFAULT_CONFIG_PATH)]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("secret for `{key}`: {reason}")]
+    Secret { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// AFAS hosts its environments on three host name patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Production,
+    Test,
+    Accept,
+}
+
+impl Environment {
+    pub fn host_infix(self) -> &'static str {
+        match self {
+            Environment::Production => "rest",
+            Environment::Test => "resttest",
+            Environment::Accept => "restaccept",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// The App Connector token from step 7 of the setup.
+    #[default]
+    Token,
+    /// OAuth 2 client credentials (AFAS's successor to the token).
+    Oauth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PagingMode {
+    /// `key > last seen key`, ordered by key: cannot skip or repeat rows when
+    /// rows are inserted or deleted during a run, and stays fast at depth.
+    #[default]
+    Keyset,
+    /// Plain `skip`/`take`; allows parallel pages but can shift rows.
+    Skip,
+}
+
+/// A GetConnector to read and the unique key it is ordered and paged on.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    pub connector: String,
+    /// Field ids forming a unique key, in order; a `-` prefix sorts descending.
+    pub key: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAfas {
+    profit_id: Option<String>,
+    #[serde(default)]
+    environment: Environment,
+    base_url: Option<String>,
+    #[serde(default)]
+    auth: AuthMethod,
+    token_file: Option<PathBuf>,
+    oauth_client_id: Option<String>,
+    oauth_client_secret_file: Option<PathBuf>,
+    integration_id: Option<String>,
+    #[serde(default = "default_page_size")]
+    page_size: u32,
+    #[serde(default = "default_concurrency")]
+    concurrency: u32,
+    #[serde(default)]
+    paging: PagingMode,
+    #[serde(default = "default_request_timeout")]
+    request_timeout_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_secs: u64,
+    #[serde(default = "default_max_retries")]
+    max_retries: u32,
+    #[serde(default = "default_max_retry_wait")]
+    max_retry_wait_secs: u64,
+    #[serde(default = "default_employees_connector")]
+    employees: ConnectorConfig,
+    #[serde(default = "default_contracts_connector")]
+    contracts: Option<ConnectorConfig>,
+}
+
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_request_timeout() -> u64 {
+    120
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_max_retry_wait() -> u64 {
+    300
+}
+fn default_employees_connector() -> ConnectorConfig {
+    ConnectorConfig {
+        connector: "Profit_Employees_Alleo".into(),
+        key: vec!["EmployeeId".into()],
+    }
+}
+fn default_contracts_connector() -> Option<ConnectorConfig> {
+    Some(ConnectorConfig {
+        connector: "Profit_Contract".into(),
+        key: vec!["EmployeeId".into(), "SequenceNumber".into()],
+    })
+}
+
+/// How afas-sync authenticates to AFAS, with the secret already loaded.
+#[derive(Debug, Clone)]
+pub enum AfasAuth {
+    /// The raw token text as the admin pasted it (XML, hex or base64);
+    /// parsed by [`crate::afas::token::AppToken::parse`].
+    Token(Secret),
+    OAuth {
+        client_id: String,
+        client_secret: Secret,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AfasConfig {
+    pub profit_id: Option<String>,
+    pub environment: Environment,
+    /// `https://{id}.rest.afas.online/ProfitRestServices` or the override.
+    pub base_url: url::Url,
+    pub auth: AfasAuth,
+    pub integration_id: Option<String>,
+    pub page_size: u32,
+    pub concurrency: u32,
+    pub paging: PagingMode,
+    pub request_timeout: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub max_retries: u32,
+    pub max_retry_wait: std::time::Duration,
+    pub employees: ConnectorConfig,
+    pub contracts: Option<ConnectorConfig>,
+}
+
+/// AFAS field ids of the employees connector. Defaults are the names in
+/// Alleo's GetConnector templates (the seed's "required fields").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmployeeMapping {
+    pub key: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub prefix: String,
+    pub employment_start: String,
+    pub employment_end: String,
+    pub department: String,
+    pub date_of_birth: String,
+    /// The optional "Alleo access" custom field: when set, only employees with
+    /// it true are in scope.
+    pub access: Option<String>,
+    /// Named budget fields: budget name → AFAS field id (decimal amounts).
+    pub budgets: BTreeMap<String, String>,
+}
+
+impl Default for EmployeeMapping {
+    fn default() -> Self {
+        EmployeeMapping {
+            key: "EmployeeId".into(),
+            email: "Mail".into(),
+            first_name: "FirstName".into(),
+            last_name: "BirthName".into(),
+            prefix: "PrefixBirthName".into(),
+            employment_start: "EmploymentStart".into(),
+            employment_end: "EmploymentEnd".into(),
+            department: "Department".into(),
+            date_of_birth: "DateOfBirth".into(),
+            access: None,
+            budgets: BTreeMap::new(),
+        }
+    }
+}
+
+/// AFAS field ids of the contracts connector.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContractMapping {
+    pub employee_key: String,
+    pub sequence: String,
+    pub start: String,
+    pub end: String,
+    pub fte: String,
+    pub hours_per_week: String,
+}
+
+impl Default for ContractMapping {
+    fn default() -> Self {
+        ContractMapping {
+            employee_key: "EmployeeId".into(),
+            sequence: "SequenceNumber".into(),
+            start: "DateStart".into(),
+            end: "DateEnd".into(),
+            fte: "Fte".into(),
+            hours_per_week: "HoursPerWeek".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mapping {
+    pub employees: EmployeeMapping,
+    pub contracts: ContractMapping,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The redb file. Defaults to `$STATE_DIRECTORY/afas-sync.redb` under
+    /// systemd, else `/var/lib/afas-sync/afas-sync.redb`.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let dir = std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/afas-sync"));
+        StoreConfig {
+            path: dir.join("afas-sync.redb"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Wall-clock times of day, `HH:MM`.
+    pub times: Vec<String>,
+    /// IANA time zone for the schedule and for "today".
+    pub time_zone: String,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            times: vec!["04:00".into(), "20:00".into()],
+            time_zone: "Europe/Amsterdam".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub bind: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    afas: RawAfas,
+    #[serde(default)]
+    mapping: Mapping,
+    #[serde(default)]
+    store: StoreConfig,
+    #[serde(default)]
+    schedule: ScheduleConfig,
+    #[serde(default)]
+    http: HttpConfig,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub afas: AfasConfig,
+    pub mapping: Mapping,
+    pub store: StoreConfig,
+    pub schedule: ScheduleConfig,
+    pub http: HttpConfig,
+}
+
+/// A loaded config plus the warnings found on the way (loose file modes),
+/// which the caller logs once its logger is set up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// `origin` names the file in messages and anchors relative secret paths.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut warnings = Vec::new();
+        let base_dir = origin.parent().unwrap_or(Path::new("."));
+        let afas = validate_afas(raw.afas, base_dir, &mut warnings)?;
+        validate_mapping(&raw.mapping)?;
+        validate_schedule(&raw.schedule)?;
+        if raw.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.bind",
+                format!("`{}` is not an address like 127.0.0.1:9464", raw.http.bind),
+            ));
+        }
+        Ok(Loaded {
+            config: Config {
+                afas,
+                mapping: raw.mapping,
+                store: raw.store,
+                schedule: raw.schedule,
+                http: raw.http,
+            },
+            warnings,
+        })
+    }
+}
+
+fn validate_afas(raw: RawAfas, base_dir: &Path, warnings: &mut Vec<String>) -> Result<AfasConfig, ConfigError> {
+    if let Some(id) = &raw.profit_id {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(invalid(
+                "afas.profit_id",
+                "must be the digits of your AFAS participant number, e.g. \"12345\"",
+            ));
+        }
+    }
+    let base_url = match (&raw.base_url, &raw.profit_id) {
+        (Some(url), _) => {
+            let parsed = url::Url::parse(url).map_err(|e| invalid("afas.base_url", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid("afas.base_url", "must start with https://"));
+            }
+            parsed
+        }
+        (None, Some(id)) => url::Url::parse(&format!(
+            "https://{id}.{}.afas.online/ProfitRestServices",
+            raw.environment.host_infix()
+        ))
+        .map_err(|e| invalid("afas.profit_id", e.to_string()))?,
+        (None, None) => {
+            return Err(invalid(
+                "afas.profit_id",
+                "missing: set your Profit ID (seed step 7), or afas.base_url",
+            ))
+        }
+    };
+    if !(1..=8).contains(&raw.concurrency) {
+        return Err(invalid(
+            "afas.concurrency",
+            format!(
+                "must be 1 to 8 (AFAS advises at most 5-8 parallel calls), got {}",
+                raw.concurrency
+            ),
+        ));
+    }
+    if !(1..=100_000).contains(&raw.page_size) {
+        return Err(invalid(
+            "afas.page_size",
+            format!("must be 1 to 100000, got {}", raw.page_size),
+        ));
+    }
+    if raw.request_timeout_secs == 0 || raw.request_timeout_secs > 3600 {
+        return Err(invalid("afas.request_timeout_secs", "must be 1 to 3600 seconds"));
+    }
+    if raw.connect_timeout_secs == 0 || raw.connect_timeout_secs > 600 {
+        return Err(invalid("afas.connect_timeout_secs", "must be 1 to 600 seconds"));
+    }
+    if raw.max_retries > 20 {
+        return Err(invalid("afas.max_retries", "must be at most 20"));
+    }
+    for (name, conn) in [
+        ("afas.employees", Some(&raw.employees)),
+        ("afas.contracts", raw.contracts.as_ref()),
+    ] {
+        let Some(conn) = conn else { continue };
+        if conn.connector.trim().is_empty() {
+            return Err(invalid(&format!("{name}.connector"), "must not be empty"));
+        }
+        if conn.key.is_empty() || conn.key.iter().any(|k| k.trim_start_matches('-').is_empty()) {
+            return Err(invalid(
+                &format!("{name}.key"),
+                "must list at least one field id, e.g. [\"EmployeeId\"]",
+            ));
+        }
+    }
+    let auth = match raw.auth {
+        AuthMethod::Token => {
+            let secret = load_secret(
+                "afas.token_file",
+                raw.token_file.as_deref(),
+                "afas_token",
+                base_dir,
+                warnings,
+            )?;
+            AfasAuth::Token(secret)
+        }
+        AuthMethod::Oauth => {
+            let client_id = raw
+                .oauth_client_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| invalid("afas.oauth_client_id", "required when afas.auth = \"oauth\""))?;
+            let client_secret = load_secret(
+                "afas.oauth_client_secret_file",
+                raw.oauth_client_secret_file.as_deref(),
+                "afas_oauth_client_secret",
+                base_dir,
+                warnings,
+            )?;
+            AfasAuth::OAuth {
+                client_id,
+                client_secret,
+            }
+        }
+    };
+    Ok(AfasConfig {
+        profit_id: raw.profit_id,
+        environment: raw.environment,
+        base_url,
+        auth,
+        integration_id: raw.integration_id,
+        page_size: raw.page_size,
+        concurrency: raw.concurrency,
+        paging: raw.paging,
+        request_timeout: std::time::Duration::from_secs(raw.request_timeout_secs),
+        connect_timeout: std::time::Duration::from_secs(raw.connect_timeout_secs),
+        max_retries: raw.max_retries,
+        max_retry_wait: std::time::Duration::from_secs(raw.max_retry_wait_secs),
+        employees: raw.employees,
+        contracts: raw.contracts,
+    })
+}
+
+fn validate_mapping(m: &Mapping) -> Result<(), ConfigError> {
+    let e = &m.employees;
+    let fields = [
+        ("mapping.employees.key", &e.key),
+        ("mapping.employees.email", &e.email),
+        ("mapping.employees.first_name", &e.first_name),
+        ("mapping.employees.last_name", &e.last_name),
+        ("mapping.employees.prefix", &e.prefix),
+        ("mapping.employees.employment_start", &e.employment_start),
+        ("mapping.employees.employment_end", &e.employment_end),
+        ("mapping.employees.department", &e.department),
+        ("mapping.employees.date_of_birth", &e.date_of_birth),
+        ("mapping.contracts.employee_key", &m.contracts.employee_key),
+        ("mapping.contracts.sequence", &m.contracts.sequence),
+        ("mapping.contracts.start", &m.contracts.start),
+        ("mapping.contracts.end", &m.contracts.end),
+        ("mapping.contracts.fte", &m.contracts.fte),
+        ("mapping.contracts.hours_per_week", &m.contracts.hours_per_week),
+    ];
+    for (key, value) in fields {
+        if value.trim().is_empty() {
+            return Err(invalid(key, "must name an AFAS field id"));
+        }
+    }
+    for (name, field) in &e.budgets {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                &format!("mapping.employees.budgets.{name}"),
+                "budget names may contain only letters, digits and _",
+            ));
+        }
+        if field.trim().is_empty() {
+            return Err(invalid(
+                &format!("mapping.employees.budgets.{name}"),
+                "must name an AFAS field id",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_schedule(s: &ScheduleConfig) -> Result<(), ConfigError> {
+    if s.times.is_empty() {
+        return Err(invalid("schedule.times", "list at least one time, e.g. [\"04:00\"]"));
+    }
+    for t in &s.times {
+        if jiff::civil::Time::strptime("%H:%M", t).is_err() {
+            return Err(invalid(
+                "schedule.times",
+                format!("`{t}` is not a time of day like \"04:00\""),
+            ));
+        }
+    }
+    if jiff::tz::TimeZone::get(&s.time_zone).is_err() {
+        return Err(invalid(
+            "schedule.time_zone",
+            format!(
+                "`{}` is not a known IANA time zone such as Europe/Amsterdam",
+                s.time_zone
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads a secret from an explicit file, else from the systemd credential
+/// `credential` in `$CREDENTIALS_DIRECTORY`.
+pub fn load_secret(
+    key: &str,
+    file: Option<&Path>,
+    credential: &str,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Secret, ConfigError> {
+    let path = match file {
+        Some(p) if p.is_relative() => base_dir.join(p),
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join(credential),
+            None => {
+                return Err(ConfigError::Secret {
+                    key: key.into(),
+                    reason: format!(
+                        "not set: point `{key}` at a file holding it, or pass the systemd credential `{credential}` (LoadCredential=)"
+                    ),
+                })
+            }
+        },
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Secret {
+        key: key.into(),
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "secret file {} (for `{key}`) is readable by group or others; run: chmod 600 {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(ConfigError::Secret {
+            key: key.into(),
+            reason: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(Secret::new(value))
+}
+
+/// A fully commented example configuration. `config example` prints it and a
+/// unit test proves it validates.
+pub const EXAMPLE: &str = include_str!("../packaging/config.example.toml");

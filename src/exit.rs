@@ -1,0 +1,8 @@
+//! Process exit codes, stable for scripts and monitoring.
+
+/// Success: the command did what it was asked.
+pub const OK: i32 = 0;
+/// Failure at run time (AFAS unreachable, a check failed, …).
+pub const FAILURE: i32 = 1;
+/// Bad configuration or command-line usage: fix the input and retry.
+pub const CONFIG: i32 = 2;
