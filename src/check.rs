@@ -52,6 +52,12 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
             "AFAS reachable",
             Ok(format!("{} (Profit {v})", client.base_url())),
         )),
+        // An answer that refuses the credentials still proves AFAS is there.
+        Err(e @ (AfasError::Unauthorized { .. } | AfasError::Forbidden { .. } | AfasError::OAuth { .. })) => {
+            items.push(item("AFAS reachable", Ok(client.base_url().to_string())));
+            items.push(item("AFAS token accepted", Err(e.to_string())));
+            return items;
+        }
         Err(e) => {
             items.push(item("AFAS reachable", Err(e.to_string())));
             return items;

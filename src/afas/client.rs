@@ -446,27 +446,31 @@ impl AfasClient {
         }
     }
 
-    /// GET with retries of transient failures (exponential backoff, jitter,
-    /// honouring `retry_after` up to `max_retry_wait`).
-    async fn get(&self, url: url::Url, connector: &str) -> Result<bytes::Bytes, AfasError> {
+    /// GET and decode, with retries of transient failures (exponential
+    /// backoff, jitter, honouring `retry_after` up to `max_retry_wait`). A
+    /// truncated body is retried like a dropped connection.
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: url::Url, connector: &str) -> Result<T, AfasError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.inner.min_backoff)
             .with_max_delay(Duration::from_secs(60))
             .with_max_times(self.inner.max_retries as usize)
             .with_jitter();
         let max_wait = self.inner.max_retry_wait;
-        (|| self.get_once(&url, connector))
-            .retry(backoff)
-            .when(|e: &AfasError| e.is_transient() && e.retry_after().is_none_or(|d| d <= max_wait))
-            .adjust(|e: &AfasError, dur| dur.map(|d| e.retry_after().map_or(d, |ra| ra.max(d))))
-            .notify(|e: &AfasError, dur| {
-                tracing::warn!(
-                    path = url.path(),
-                    retry_in_ms = dur.as_millis() as u64,
-                    "AFAS request failed, retrying: {e}"
-                )
-            })
-            .await
+        (|| async {
+            let body = self.get_once(&url, connector).await?;
+            decode::<T>(&body, &url)
+        })
+        .retry(backoff)
+        .when(|e: &AfasError| e.is_transient() && e.retry_after().is_none_or(|d| d <= max_wait))
+        .adjust(|e: &AfasError, dur| dur.map(|d| e.retry_after().map_or(d, |ra| ra.max(d))))
+        .notify(|e: &AfasError, dur| {
+            tracing::warn!(
+                path = url.path(),
+                retry_in_ms = dur.as_millis() as u64,
+                "AFAS request failed, retrying: {e}"
+            )
+        })
+        .await
     }
 
     pub async fn profit_version(&self) -> Result<String, AfasError> {
@@ -475,21 +479,18 @@ impl AfasClient {
             version: String,
         }
         let url = self.url(&["ProfitVersion"], &[])?;
-        let body = self.get(url.clone(), "").await?;
-        let v: V = decode(&body, &url)?;
+        let v: V = self.get(url, "").await?;
         Ok(v.version)
     }
 
     pub async fn metainfo(&self) -> Result<MetaInfo, AfasError> {
         let url = self.url(&["metainfo"], &[])?;
-        let body = self.get(url.clone(), "").await?;
-        decode(&body, &url)
+        self.get(url, "").await
     }
 
     pub async fn connector_meta(&self, connector: &str) -> Result<ConnectorMeta, AfasError> {
         let url = self.url(&["metainfo", "get", connector], &[])?;
-        let body = self.get(url.clone(), connector).await?;
-        decode(&body, &url)
+        self.get(url, connector).await
     }
 
     async fn fetch_rows(&self, connector: &str, query: &[(String, String)]) -> Result<PageRows, AfasError> {
@@ -498,8 +499,7 @@ impl AfasClient {
             rows: Vec<Value>,
         }
         let url = self.url(&["connectors", connector], query)?;
-        let body = self.get(url.clone(), connector).await?;
-        let page: PageBody = decode(&body, &url)?;
+        let page: PageBody = self.get(url, connector).await?;
         let mut rows = Vec::with_capacity(page.rows.len());
         let mut bad = Vec::new();
         for (i, v) in page.rows.into_iter().enumerate() {
@@ -553,15 +553,20 @@ impl AfasClient {
             }
             let (rows, bad_rows) = self.fetch_rows(&spec.connector, &query).await?;
             let n = rows.len();
-            if let (Some(prev), Some(first)) = (&last, rows.first()) {
-                // The server ignored the filter or the key is not unique:
-                // continuing would read the same rows forever.
-                if key_values(first, &spec.order).ok().as_ref() == Some(prev) {
+            // Rows come ordered by the key, so a repeated key shows up as two
+            // equal neighbours. A non-unique key would make keyset paging
+            // skip rows silently, which would look like vanished employees.
+            let mut prev_key = last.clone();
+            for row in &rows {
+                let key = key_values(row, &spec.order).ok();
+                if key.is_some() && key == prev_key {
                     return Err(paging_err(format!(
-                        "the key ({}) did not advance between pages; is it unique, and does the GetConnector allow filtering on it?",
+                        "two rows share the key {} ({}); the key must be unique: set afas.{{employees,contracts}}.key to a unique field list",
+                        super::rows::describe_key(row, &spec.order),
                         spec.order.join(",")
                     )));
                 }
+                prev_key = key;
             }
             if let Some(row) = rows.last() {
                 last = Some(key_values(row, &spec.order).map_err(|field| {

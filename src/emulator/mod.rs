@@ -320,7 +320,7 @@ fn functional(message: &str) -> Response<BoxBody> {
     let body = json!({
         "externalMessage": message,
         "errorNumber": -1,
-        "profitLogReference": format!("{:08X}-EMU", message.len() as u32 * 2_654_435_761u32),
+        "profitLogReference": format!("{:08X}-EMU", (message.len() as u32).wrapping_mul(2_654_435_761u32)),
     });
     respond(500, body.to_string())
 }

@@ -1,0 +1,261 @@
+//! The real binary: `check`, `config`, `fetch`, exit codes, and that no
+//! secret reaches any output at any log level.
+
+mod common;
+
+use afas_sync::emulator::data::{generate, Dataset};
+use base64::Engine as _;
+use common::*;
+
+fn company() -> Dataset {
+    generate(3, 120, jiff::civil::Date::new(2026, 11, 24).expect("date"))
+}
+
+#[tokio::test]
+async fn check_passes_against_the_emulator() {
+    let emu = spawn_emulator(company()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &emu.base_url(), &token().to_xml(), "");
+    let (code, out, err) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains("FAIL"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("PASS")).count(), 8, "{out}");
+}
+
+#[tokio::test]
+async fn check_fails_with_its_own_message_for_each_problem() {
+    let emu = spawn_emulator(company()).await;
+
+    // A wrong token.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &emu.base_url(), &"B".repeat(64), "");
+    let (code, out, _) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("FAIL AFAS token accepted"), "{out}");
+    assert!(out.contains("401"), "{out}");
+
+    // A mapped field the connector lacks.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "\n[mapping.employees]\nemail = \"Email_werk\"\n",
+    );
+    let (code, out, err) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL connector Profit_Employees_Alleo fields")
+                && l.contains("`Email_werk`")
+                && l.contains("mapping.employees.email")),
+        "{out}"
+    );
+
+    // AFAS not reachable.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = emu.base_url();
+    emu.stop().await;
+    let cfg = write_config(dir.path(), &url, TOKEN_HEX, "");
+    let (code, out, _) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAIL AFAS reachable") && out.contains("cannot reach AFAS"),
+        "{out}"
+    );
+
+    // A malformed token fails before any network use.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        &url,
+        "<token><version>1</version><data>12</data></token>",
+        "",
+    );
+    let (code, out, _) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAIL token format") && out.contains("64 hexadecimal"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("afas-token"), TOKEN_HEX).expect("token");
+    let cases = [
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\nemplyees = 1\n",
+            "emplyees",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\npage_size = \"big\"\n",
+            "page_size",
+        ),
+        ("[afas]\ntoken_file = \"afas-token\"\n", "afas.profit_id"),
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\nconcurrency = 12\n",
+            "afas.concurrency",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\nenvironment = \"staging\"\n",
+            "staging",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"missing-file\"\n",
+            "afas.token_file",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\n[schedule]\ntimes = [\"25:00\"]\n",
+            "schedule.times",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\n[surprise]\nx = 1\n",
+            "surprise",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write");
+        let (code, _, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(key), "expected `{key}` in: {err}");
+    }
+    // The parser's line number is passed on.
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[afas]\nprofit_id = \"12345\"\n\npage_size = \"big\"\n").expect("write");
+    let (_, _, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
+    assert!(err.contains("line 4"), "{err}");
+    // A missing file.
+    let (code, _, err) = run_bin(&["--config", "/nonexistent/afas.toml", "check"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/afas.toml"), "{err}");
+}
+
+#[tokio::test]
+async fn the_example_config_validates() {
+    let (code, example, _) = run_bin(&["config", "example"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        example.lines().filter(|l| l.trim_start().starts_with('#')).count() > 40,
+        "fully commented"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "http://x", TOKEN_HEX, "");
+    std::fs::write(&path, &example).expect("write");
+    let (code, out, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("https://12345.rest.afas.online/ProfitRestServices"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn loose_secret_file_permissions_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "http://127.0.0.1:1/ProfitRestServices", TOKEN_HEX, "");
+    std::fs::set_permissions(dir.path().join("afas-token"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("readable by group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn no_secret_appears_in_any_output_at_trace_level() {
+    let mut auth = afas_sync::emulator::AuthSetup::token(token());
+    let oauth_secret = "oauth-Secret-0123456789abcdef";
+    auth.oauth = Some(("alleo".into(), oauth_secret.into()));
+    let state = afas_sync::emulator::EmulatorState::new(vec![("d".into(), company())], auth);
+    let emu = spawn_emulator_with(state).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(token().to_xml());
+    let mut outputs = String::new();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &emu.base_url(), &token().to_xml(), "");
+    let cfg_s = cfg.to_str().expect("path");
+    for args in [
+        vec!["--log-level", "trace", "--config", cfg_s, "check"],
+        vec!["--log-level", "trace", "--config", cfg_s, "fetch", "--limit", "3"],
+        vec!["--log-level", "trace", "--config", cfg_s, "--json", "config", "check"],
+    ] {
+        let (code, out, err) = run_bin(&args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    // OAuth, including a refused secret.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir2.path().join("secret"), oauth_secret).expect("secret");
+    let oauth_cfg = write_config(
+        dir2.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "auth = \"oauth\"\noauth_client_id = \"alleo\"\noauth_client_secret_file = \"secret\"\n",
+    );
+    let (code, out, err) = run_bin(&[
+        "--log-level",
+        "trace",
+        "--config",
+        oauth_cfg.to_str().expect("path"),
+        "check",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+    std::fs::write(dir2.path().join("secret"), "a-wrong-secret-value").expect("secret");
+    let (code, out, err) = run_bin(&[
+        "--log-level",
+        "trace",
+        "--config",
+        oauth_cfg.to_str().expect("path"),
+        "check",
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(out.contains("invalid_client"), "{out}");
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+
+    assert!(outputs.contains("AFAS request"), "trace output was captured");
+    for secret in [
+        TOKEN_HEX,
+        &TOKEN_HEX.to_lowercase(),
+        &b64,
+        &b64[..40],
+        oauth_secret,
+        "a-wrong-secret-value",
+    ] {
+        assert!(!outputs.contains(secret), "secret {}… leaked", &secret[..8]);
+    }
+    // Bearer tokens the emulator issued must not be logged either.
+    assert!(!outputs.contains("emu-"), "access token leaked");
+}
+
+#[tokio::test]
+async fn fetch_prints_rows_as_ndjson() {
+    let emu = spawn_emulator(company()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &emu.base_url(), TOKEN_HEX, "page_size = 7");
+    let (code, out, err) = run_bin(&[
+        "--config",
+        cfg.to_str().expect("path"),
+        "fetch",
+        "--connector",
+        "contracts",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let want = company().connectors["Profit_Contract"].rows.len();
+    assert_eq!(out.lines().count(), want);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        assert!(v.get("SequenceNumber").is_some());
+    }
+}
