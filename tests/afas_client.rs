@@ -48,8 +48,15 @@ async fn paging_reads_every_row_once_at_every_boundary() {
             let (ids, pages, err) = read_all(&client, spec(&["Id"], paging, take as u32)).await;
             assert!(err.is_none(), "{paging:?} n={n}: {err:?}");
             assert_eq!(ids, (1..=n as i64).collect::<Vec<_>>(), "{paging:?} n={n}");
-            // A full last page needs one more (empty) page to know it is the end.
-            assert_eq!(pages, n / take + 1, "{paging:?} n={n} pages");
+            // A full last page needs one more page to know it is the end.
+            // Keyset pages overlap by the last row (inclusive bound), so
+            // each later page brings take - 1 new rows.
+            let want_pages = match paging {
+                PagingMode::Skip => n / take + 1,
+                PagingMode::Keyset if n < take => 1,
+                PagingMode::Keyset => 1 + (n - take) / (take - 1) + 1,
+            };
+            assert_eq!(pages, want_pages, "{paging:?} n={n} pages");
             // `take` is always sent explicitly, and the key is always ordered on.
             for r in emu.state.requests() {
                 let q: std::collections::HashMap<_, _> = r.query.iter().cloned().collect();
@@ -106,6 +113,23 @@ async fn keyset_paging_survives_rows_inserted_and_deleted_between_pages() {
     assert_eq!(ids, want);
     let unique: BTreeSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no row read twice");
+}
+
+#[tokio::test]
+async fn duplicate_keys_across_a_page_boundary_are_all_delivered() {
+    // Id 10 appears twice, at the end of page 1 and the start of page 2.
+    let mut ds = items(20);
+    if let Some(c) = ds.connectors.get_mut("Items") {
+        let mut dup = c.rows[9].clone();
+        dup.insert("Name".into(), json!("duplicate"));
+        c.rows.insert(10, dup);
+    }
+    let emu = spawn_emulator(ds).await;
+    let (ids, _, err) = read_all(&client(&emu.base_url()), spec(&["Id"], PagingMode::Keyset, 10)).await;
+    assert!(err.is_none(), "{err:?}");
+    let mut want: Vec<i64> = (1..=20).collect();
+    want.insert(10, 10);
+    assert_eq!(ids, want);
 }
 
 #[tokio::test]

@@ -539,42 +539,57 @@ impl AfasClient {
         ]
     }
 
+    /// Keyset paging with an inclusive bound: each page asks for `key >=
+    /// last key` and drops the rows with the last key that were already
+    /// handed on. With a unique key this is plain `key > last`; with a
+    /// duplicated key the duplicates are still delivered (the sync engine
+    /// then rejects them as a pair) instead of being skipped silently, which
+    /// a strict `>` would do when they straddle a page boundary.
     async fn read_keyset(&self, spec: &ReadSpec, tx: &mpsc::Sender<Result<Page, AfasError>>) -> Result<(), AfasError> {
         let paging_err = |reason: String| AfasError::Paging {
             connector: spec.connector.clone(),
             reason,
         };
         let mut last: Option<Vec<String>> = None;
+        // Rows with key == `last` already handed on.
+        let mut seen_with_last = 0usize;
         for number in 0..MAX_PAGES {
             let mut query = Self::base_query(spec);
             query.push(("skip".into(), "0".into()));
             if let Some(last) = &last {
                 query.extend(keyset_filter(&spec.order, last));
             }
-            let (rows, bad_rows) = self.fetch_rows(&spec.connector, &query).await?;
-            let n = rows.len();
-            // Rows come ordered by the key, so a repeated key shows up as two
-            // equal neighbours. A non-unique key would make keyset paging
-            // skip rows silently, which would look like vanished employees.
-            let mut prev_key = last.clone();
-            for row in &rows {
-                let key = key_values(row, &spec.order).ok();
-                if key.is_some() && key == prev_key {
-                    return Err(paging_err(format!(
-                        "two rows share the key {} ({}); the key must be unique: set afas.{{employees,contracts}}.key to a unique field list",
-                        super::rows::describe_key(row, &spec.order),
-                        spec.order.join(",")
-                    )));
-                }
-                prev_key = key;
-            }
-            if let Some(row) = rows.last() {
-                last = Some(key_values(row, &spec.order).map_err(|field| {
+            let (fetched, bad_rows) = self.fetch_rows(&spec.connector, &query).await?;
+            let full = fetched.len() >= spec.take as usize;
+            let mut rows = Vec::with_capacity(fetched.len());
+            let mut to_skip = seen_with_last;
+            for row in fetched {
+                let key = key_values(&row, &spec.order).map_err(|field| {
                     paging_err(format!(
                         "key field `{field}` is empty or contains `,`/`;` in row {}; keyset paging needs such a unique key (or set afas.paging = \"skip\")",
-                        super::rows::describe_key(row, &spec.order)
+                        super::rows::describe_key(&row, &spec.order)
                     ))
-                })?);
+                })?;
+                if last.as_ref() == Some(&key) {
+                    if to_skip > 0 {
+                        to_skip -= 1;
+                        continue;
+                    }
+                    seen_with_last += 1;
+                } else {
+                    last = Some(key);
+                    seen_with_last = 1;
+                }
+                rows.push(row);
+            }
+            if full && rows.is_empty() {
+                // A whole page of one key value that was already read: the
+                // server cannot get past it (or ignores the filter).
+                return Err(paging_err(format!(
+                    "more than {} rows share the key ({}) or AFAS ignored the key filter; the key must be unique",
+                    spec.take,
+                    spec.order.join(",")
+                )));
             }
             let page = Page {
                 connector: spec.connector.clone(),
@@ -585,7 +600,7 @@ impl AfasClient {
             if tx.send(Ok(page)).await.is_err() {
                 return Ok(());
             }
-            if n < spec.take as usize {
+            if !full {
                 return Ok(());
             }
         }
@@ -655,8 +670,9 @@ fn key_values(row: &Row, order: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// `(k1 > v1) OR (k1 = v1 AND k2 > v2) OR …` in AFAS's filter syntax, where
-/// `,` joins with AND and `;` starts an OR group. Descending keys use `<`.
+/// `(k1 > v1) OR (k1 = v1 AND k2 >= v2)` for a two-field key, in AFAS's
+/// filter syntax, where `,` joins with AND and `;` starts an OR group. The
+/// last field is inclusive (see `read_keyset`); descending keys use `<`/`<=`.
 pub fn keyset_filter(order: &[String], last: &[String]) -> Vec<(String, String)> {
     let mut fields = Vec::new();
     let mut values = Vec::new();
@@ -672,12 +688,13 @@ pub fn keyset_filter(order: &[String], last: &[String]) -> Vec<(String, String)>
             };
             gf.push(name.to_string());
             gv.push(last[j].clone());
-            go.push(if j < i {
-                "1"
-            } else if desc {
-                "5"
-            } else {
-                "4"
+            let last_field = i == order.len() - 1;
+            go.push(match (j < i, desc, last_field) {
+                (true, _, _) => "1",
+                (false, false, false) => "4",
+                (false, true, false) => "5",
+                (false, false, true) => "2",
+                (false, true, true) => "3",
             });
         }
         fields.push(gf.join(","));
@@ -810,6 +827,6 @@ mod tests {
         let q = keyset_filter(&["EmployeeId".into(), "-Seq".into()], &["1001".into(), "3".into()]);
         assert_eq!(q[0].1, "EmployeeId;EmployeeId,Seq");
         assert_eq!(q[1].1, "1001;1001,3");
-        assert_eq!(q[2].1, "4;1,5");
+        assert_eq!(q[2].1, "4;1,3");
     }
 }
