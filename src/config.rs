@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the service looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/afas-sync/config.toml";
@@ -105,7 +105,7 @@ pub enum PagingMode {
 }
 
 /// A GetConnector to read and the unique key it is ordered and paged on.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
     pub connector: String,
@@ -210,7 +210,7 @@ pub struct AfasConfig {
 
 /// AFAS field ids of the employees connector. Defaults are the names in
 /// Alleo's GetConnector templates (the seed's "required fields").
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmployeeMapping {
     pub key: String,
@@ -248,7 +248,7 @@ impl Default for EmployeeMapping {
 }
 
 /// AFAS field ids of the contracts connector.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContractMapping {
     pub employee_key: String,
@@ -272,7 +272,7 @@ impl Default for ContractMapping {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mapping {
     pub employees: EmployeeMapping,
@@ -330,6 +330,75 @@ impl Default for HttpConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Provision joiners this many days before their start date.
+    pub lead_days: i64,
+    /// A provisioned employee missing from AFAS becomes a leaver only after
+    /// this many consecutive successful runs.
+    pub absent_runs_before_leaver: u32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            lead_days: 0,
+            absent_runs_before_leaver: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardsConfig {
+    pub max_leavers: u64,
+    pub max_leavers_percent: f64,
+    pub max_rejected_percent: f64,
+    pub max_source_shrink_percent: f64,
+}
+
+impl Default for GuardsConfig {
+    fn default() -> Self {
+        let g = crate::sync::plan::Guards::default();
+        GuardsConfig {
+            max_leavers: g.max_leavers,
+            max_leavers_percent: g.max_leavers_percent,
+            max_rejected_percent: g.max_rejected_percent,
+            max_source_shrink_percent: g.max_source_shrink_percent,
+        }
+    }
+}
+
+impl GuardsConfig {
+    pub fn guards(&self) -> crate::sync::plan::Guards {
+        crate::sync::plan::Guards {
+            max_leavers: self.max_leavers,
+            max_leavers_percent: self.max_leavers_percent,
+            max_rejected_percent: self.max_rejected_percent,
+            max_source_shrink_percent: self.max_source_shrink_percent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Runs and mutations are kept this many days.
+    pub history_days: i64,
+    /// A leaver's personal data is removed this many days after leaving.
+    pub leaver_personal_data_days: i64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            history_days: 400,
+            leaver_personal_data_days: 90,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -342,6 +411,12 @@ struct RawConfig {
     schedule: ScheduleConfig,
     #[serde(default)]
     http: HttpConfig,
+    #[serde(default)]
+    sync: SyncConfig,
+    #[serde(default)]
+    guards: GuardsConfig,
+    #[serde(default)]
+    retention: RetentionConfig,
 }
 
 /// The validated configuration.
@@ -352,6 +427,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub schedule: ScheduleConfig,
     pub http: HttpConfig,
+    pub sync: SyncConfig,
+    pub guards: GuardsConfig,
+    pub retention: RetentionConfig,
 }
 
 /// A loaded config plus the warnings found on the way (loose file modes),
@@ -388,6 +466,7 @@ impl Config {
                 format!("`{}` is not an address like 127.0.0.1:9464", raw.http.bind),
             ));
         }
+        validate_rules(&raw.sync, &raw.guards, &raw.retention)?;
         Ok(Loaded {
             config: Config {
                 afas,
@@ -395,6 +474,9 @@ impl Config {
                 store: raw.store,
                 schedule: raw.schedule,
                 http: raw.http,
+                sync: raw.sync,
+                guards: raw.guards,
+                retention: raw.retention,
             },
             warnings,
         })
@@ -554,6 +636,31 @@ fn validate_mapping(m: &Mapping) -> Result<(), ConfigError> {
                 "must name an AFAS field id",
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_rules(sync: &SyncConfig, guards: &GuardsConfig, retention: &RetentionConfig) -> Result<(), ConfigError> {
+    if !(0..=365).contains(&sync.lead_days) {
+        return Err(invalid("sync.lead_days", "must be 0 to 365 days"));
+    }
+    if !(1..=100).contains(&sync.absent_runs_before_leaver) {
+        return Err(invalid("sync.absent_runs_before_leaver", "must be 1 to 100 runs"));
+    }
+    for (key, v) in [
+        ("guards.max_leavers_percent", guards.max_leavers_percent),
+        ("guards.max_rejected_percent", guards.max_rejected_percent),
+        ("guards.max_source_shrink_percent", guards.max_source_shrink_percent),
+    ] {
+        if !(0.0..=100.0).contains(&v) || v.is_nan() {
+            return Err(invalid(key, format!("must be a percentage from 0 to 100, got {v}")));
+        }
+    }
+    if retention.history_days < 1 {
+        return Err(invalid("retention.history_days", "must be at least 1 day"));
+    }
+    if retention.leaver_personal_data_days < 0 {
+        return Err(invalid("retention.leaver_personal_data_days", "must not be negative"));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Domain types that parse, not validate: once an [`Employee`] exists, its
 //! key is non-empty, its e-mail is well formed and its employment period is
 //! ordered. Rows that cannot become one are rejected with a reason, one by
-//! one, by [`normalize_employee`]; they never abort a run.
+//! one, by [`decode_employee`] and [`Draft::finish`]; they never abort a run.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,9 +61,9 @@ impl EmailAddress {
         if t.len() > 254 {
             return Err("e-mail address longer than 254 characters".into());
         }
-        let local_ok = local
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || (!c.is_ascii() && c.is_alphanumeric()));
+        let local_ok = local.chars().all(|c| {
+            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || (!c.is_ascii() && c.is_alphanumeric())
+        });
         if !local_ok || local.starts_with('.') || local.ends_with('.') || local.contains("..") {
             return Err(format!("`{}`: invalid characters or dots before @", clip(t)));
         }
@@ -74,9 +74,12 @@ impl EmailAddress {
                     && l.len() <= 63
                     && !l.starts_with('-')
                     && !l.ends_with('-')
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()))
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()))
             })
-            && labels.last().is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()));
+            && labels
+                .last()
+                .is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()));
         if !domain_ok {
             return Err(format!("`{}`: invalid domain", clip(t)));
         }
@@ -156,11 +159,15 @@ pub struct Employee {
 impl Employee {
     /// "Jan van der Berg".
     pub fn display_name(&self) -> String {
-        [Some(self.first_name.as_str()), self.prefix.as_deref(), Some(self.last_name.as_str())]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ")
+        [
+            Some(self.first_name.as_str()),
+            self.prefix.as_deref(),
+            Some(self.last_name.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 
     /// The delivered attributes as (name, value) text pairs, in a fixed
@@ -178,7 +185,14 @@ impl Employee {
             ("employment_start", self.employment.start.to_string()),
             ("employment_end", d(self.employment.end)),
             ("access", self.access.map(|a| a.to_string()).unwrap_or_default()),
-            ("fte", self.contract.as_ref().and_then(|c| c.fte).map(|f| f.to_string()).unwrap_or_default()),
+            (
+                "fte",
+                self.contract
+                    .as_ref()
+                    .and_then(|c| c.fte)
+                    .map(|f| f.to_string())
+                    .unwrap_or_default(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -204,10 +218,14 @@ pub struct Rejection {
 pub fn normalize_contract(row: &Row, mapping: &Mapping) -> Result<(EmployeeKey, Contract), String> {
     let m = &mapping.contracts;
     let e = |err: rows::CellError| err.to_string();
-    let key = rows::text(row, &m.employee_key).map_err(e)?.ok_or("empty employee key")?;
+    let key = rows::text(row, &m.employee_key)
+        .map_err(e)?
+        .ok_or("empty employee key")?;
     let key = EmployeeKey::parse(&key)?;
     let sequence = rows::text(row, &m.sequence).map_err(e)?.unwrap_or_default();
-    let start = rows::date(row, &m.start).map_err(e)?.ok_or_else(|| format!("field `{}`: contract has no start date", m.start))?;
+    let start = rows::date(row, &m.start)
+        .map_err(e)?
+        .ok_or_else(|| format!("field `{}`: contract has no start date", m.start))?;
     let end = rows::date(row, &m.end).map_err(e)?;
     if let Some(end) = end {
         if end < start {
@@ -238,13 +256,19 @@ pub fn employment_from_contracts(contracts: &[Contract], as_of: Date) -> Option<
     let mut periods: Vec<EmploymentPeriod> = Vec::new();
     for c in sorted {
         match periods.last_mut() {
-            Some(p) if p.end.is_none_or(|e| e.checked_add(1.day()).is_ok_and(|next| c.start <= next)) => {
+            Some(p)
+                if p.end
+                    .is_none_or(|e| e.checked_add(1.day()).is_ok_and(|next| c.start <= next)) =>
+            {
                 p.end = match (p.end, c.end) {
                     (None, _) | (_, None) => None,
                     (Some(a), Some(b)) => Some(a.max(b)),
                 };
             }
-            _ => periods.push(EmploymentPeriod { start: c.start, end: c.end }),
+            _ => periods.push(EmploymentPeriod {
+                start: c.start,
+                end: c.end,
+            }),
         }
     }
     periods
@@ -302,15 +326,21 @@ pub struct Draft {
 pub fn decode_employee(row: &Row, mapping: &Mapping) -> Result<Draft, Rejection> {
     let m = &mapping.employees;
     let row_desc = rows::describe_key(row, std::slice::from_ref(&m.key));
-    let key = rows::text(row, &m.key).ok().flatten().and_then(|k| EmployeeKey::parse(&k).ok());
+    let key = rows::text(row, &m.key)
+        .ok()
+        .flatten()
+        .and_then(|k| EmployeeKey::parse(&k).ok());
     let reject = |reason: String| Rejection {
         key: key.clone(),
         row: row_desc.clone(),
         reason,
     };
-    let key = key.clone().ok_or_else(|| reject(format!("field `{}`: missing or invalid employee key", m.key)))?;
+    let key = key
+        .clone()
+        .ok_or_else(|| reject(format!("field `{}`: missing or invalid employee key", m.key)))?;
     let e = |err: rows::CellError| reject(err.to_string());
-    let required = |field: &str, v: Option<String>| v.ok_or_else(|| reject(format!("field `{field}`: required but empty")));
+    let required =
+        |field: &str, v: Option<String>| v.ok_or_else(|| reject(format!("field `{field}`: required but empty")));
     let email_text = required(&m.email, rows::text(row, &m.email).map_err(e)?)?;
     let email = EmailAddress::parse(&email_text).map_err(|r| reject(format!("field `{}`: {r}", m.email)))?;
     let first_name = required(&m.first_name, rows::text(row, &m.first_name).map_err(e)?)?;
@@ -399,21 +429,49 @@ mod tests {
 
     #[test]
     fn emails_parse_or_say_why() {
-        assert_eq!(EmailAddress::parse(" Jan.de.Vries@Bedrijf.NL ").unwrap().as_str(), "Jan.de.Vries@bedrijf.nl");
-        for bad in ["jan", "jan@", "@x.nl", "jan@@x.nl", "jan@x", "jan@x.1", "ja n@x.nl", ".jan@x.nl", "jan..x@x.nl", "jan@-x.nl", "jan@x..nl"] {
+        assert_eq!(
+            EmailAddress::parse(" Jan.de.Vries@Bedrijf.NL ").unwrap().as_str(),
+            "Jan.de.Vries@bedrijf.nl"
+        );
+        for bad in [
+            "jan",
+            "jan@",
+            "@x.nl",
+            "jan@@x.nl",
+            "jan@x",
+            "jan@x.1",
+            "ja n@x.nl",
+            ".jan@x.nl",
+            "jan..x@x.nl",
+            "jan@-x.nl",
+            "jan@x..nl",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn renewals_join_into_one_employment_and_gaps_split() {
-        let renewal = [c("1", "2020-01-01", Some("2020-12-31"), 10_000), c("2", "2021-01-01", None, 10_000)];
+        let renewal = [
+            c("1", "2020-01-01", Some("2020-12-31"), 10_000),
+            c("2", "2021-01-01", None, 10_000),
+        ];
         let p = employment_from_contracts(&renewal, d("2024-06-01")).unwrap();
         assert_eq!((p.start, p.end), (d("2020-01-01"), None));
 
-        let gap = [c("1", "2020-01-01", Some("2020-12-31"), 10_000), c("2", "2021-03-01", None, 10_000)];
-        assert_eq!(employment_from_contracts(&gap, d("2021-02-01")).unwrap().start, d("2021-03-01"), "pre-hire of the next period");
-        assert_eq!(employment_from_contracts(&gap, d("2021-06-01")).unwrap().start, d("2021-03-01"));
+        let gap = [
+            c("1", "2020-01-01", Some("2020-12-31"), 10_000),
+            c("2", "2021-03-01", None, 10_000),
+        ];
+        assert_eq!(
+            employment_from_contracts(&gap, d("2021-02-01")).unwrap().start,
+            d("2021-03-01"),
+            "pre-hire of the next period"
+        );
+        assert_eq!(
+            employment_from_contracts(&gap, d("2021-06-01")).unwrap().start,
+            d("2021-03-01")
+        );
         let past = employment_from_contracts(&gap[..1], d("2022-01-01")).unwrap();
         assert_eq!(past.end, Some(d("2020-12-31")));
     }
@@ -423,7 +481,10 @@ mod tests {
         let a = c("1", "2020-01-01", None, 5_000);
         let b = c("2", "2020-01-01", None, 8_000);
         let z = c("3", "2019-01-01", Some("2019-12-31"), 10_000);
-        for order in [vec![a.clone(), b.clone(), z.clone()], vec![z.clone(), b.clone(), a.clone()]] {
+        for order in [
+            vec![a.clone(), b.clone(), z.clone()],
+            vec![z.clone(), b.clone(), a.clone()],
+        ] {
             assert_eq!(primary_contract(&order, d("2024-01-01")).unwrap().sequence, "2");
         }
         // Equal FTE: the higher sequence number wins.

@@ -8,5 +8,8 @@ pub mod afas;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod emulator;
 pub mod exit;
+pub mod store;
+pub mod sync;

@@ -2,7 +2,14 @@ use clap::Parser;
 
 fn main() {
     let cli = afas_sync::cli::Cli::parse();
-    afas_sync::cli::init_logging(cli.log_level.as_deref());
+    // The demo prints its own summary; only errors go to the log by default.
+    let demo_default =
+        matches!(cli.command, afas_sync::cli::Command::Demo { .. }) && std::env::var_os("RUST_LOG").is_none();
+    let level = cli
+        .log_level
+        .as_deref()
+        .or(if demo_default { Some("error") } else { None });
+    afas_sync::cli::init_logging(level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

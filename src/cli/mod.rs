@@ -1,13 +1,15 @@
 //! The command line: clap definitions and the human / `--json` rendering.
 //! Every command returns an exit code; `main` only sets up logging.
 
+mod state;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::afas::{self, rows, AfasClient, ClientOptions};
+use crate::afas::{self, AfasClient, ClientOptions};
 use crate::config::{self, Config};
 use crate::emulator::{self, data, AuthSetup, Emulator, EmulatorState};
 use crate::exit;
@@ -47,6 +49,41 @@ pub enum Command {
     },
     /// Run the AFAS emulator on loopback.
     Emulate(EmulateArgs),
+    /// Run one sync now: fetch, diff, commit (or hold).
+    Sync {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Compute as of this date (YYYY-MM-DD) instead of today.
+        #[arg(long)]
+        as_of: Option<jiff::civil::Date>,
+    },
+    /// Show the state: employees, last run, held plans, outbox.
+    Status,
+    /// List recent runs.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Inspect one run.
+    Run {
+        #[command(subcommand)]
+        action: RunAction,
+    },
+    /// Show one employee's stored record and history.
+    Employee { key: String },
+    /// Held plans: show, approve or reject.
+    Plan {
+        #[command(subcommand)]
+        action: PlanAction,
+    },
+    /// Erase one employee everywhere in the state file.
+    Forget { key: String },
+    /// Print the snapshot.
+    Export {
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ExportFormat,
+    },
     /// Run the demo: the emulator with a generated company, read end to end.
     Demo {
         #[arg(long, default_value_t = 250)]
@@ -62,6 +99,28 @@ pub enum ConfigAction {
     Example,
     /// Validate the configuration file and print a summary (no secrets).
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunAction {
+    /// Show a run, its mutations and its rejected rows.
+    Show { run: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanAction {
+    /// Show held plans (all, or one run's).
+    Show { run: Option<u64> },
+    /// Apply a held plan exactly as computed.
+    Approve { run: u64 },
+    /// Drop a held plan.
+    Reject { run: u64 },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Ndjson,
+    Csv,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -128,6 +187,13 @@ fn load_config(path: &Path) -> Result<Config, i32> {
             eprintln!("error: {e}");
             Err(exit::CONFIG)
         }
+    }
+}
+
+fn with_config(cli: &Cli, f: impl FnOnce(&Config) -> i32) -> i32 {
+    match load_config(&cli.config) {
+        Ok(cfg) => f(&cfg),
+        Err(code) => code,
     }
 }
 
@@ -199,6 +265,23 @@ pub async fn run(cli: Cli) -> i32 {
             fetch(&cfg, *connector, *limit).await
         }
         Command::Emulate(args) => emulate(args).await,
+        Command::Sync { dry_run, as_of } => match load_config(&cli.config) {
+            Ok(cfg) => state::sync_cmd(&cfg, *as_of, *dry_run, cli.json).await,
+            Err(code) => code,
+        },
+        Command::Status => with_config(&cli, |cfg| state::status(cfg, cli.json)),
+        Command::History { limit } => with_config(&cli, |cfg| state::history(cfg, *limit, cli.json)),
+        Command::Run {
+            action: RunAction::Show { run },
+        } => with_config(&cli, |cfg| state::run_show(cfg, *run, cli.json)),
+        Command::Employee { key } => with_config(&cli, |cfg| state::employee(cfg, key, cli.json)),
+        Command::Plan { action } => with_config(&cli, |cfg| match action {
+            PlanAction::Show { run } => state::plan_show(cfg, *run, cli.json),
+            PlanAction::Approve { run } => state::plan_approve(cfg, *run, cli.json),
+            PlanAction::Reject { run } => state::plan_reject(cfg, *run),
+        }),
+        Command::Forget { key } => with_config(&cli, |cfg| state::forget(cfg, key)),
+        Command::Export { format } => with_config(&cli, |cfg| state::export(cfg, matches!(format, ExportFormat::Csv))),
         Command::Demo { employees, seed } => demo(*employees, *seed).await,
     }
 }
@@ -407,6 +490,7 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
         "afas-sync demo: AFAS emulator with a generated company of {employees} at {}",
         emu.base_url()
     );
+    println!("state file: {}", cfg.store.path.display());
     println!();
     for item in crate::check::run(&cfg).await {
         println!(
@@ -416,74 +500,63 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
             item.detail
         );
     }
-    let client = AfasClient::new(ClientOptions::from_config(&cfg.afas).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let m = &cfg.mapping.employees;
-    let mut rx = client.read(afas::read_spec(&cfg, &cfg.afas.employees));
-    let (mut rows_total, mut pages, mut no_mail, mut future, mut left, mut bad) = (0, 0, 0, 0, 0, 0);
-    let mut sample = Vec::new();
-    while let Some(page) = rx.recv().await {
-        let page = page.map_err(|e| e.to_string())?;
-        pages += 1;
-        for row in &page.rows {
-            rows_total += 1;
-            let decoded = (|| -> Result<_, rows::CellError> {
-                Ok((
-                    rows::text(row, &m.key)?,
-                    rows::text(row, &m.email)?,
-                    rows::text(row, &m.first_name)?,
-                    rows::text(row, &m.prefix)?,
-                    rows::text(row, &m.last_name)?,
-                    rows::text(row, &m.department)?,
-                    rows::date(row, &m.employment_start)?,
-                    rows::date(row, &m.employment_end)?,
-                ))
-            })();
-            match decoded {
-                Ok((key, mail, first, prefix, last, dept, start, end)) => {
-                    if mail.is_none() {
-                        no_mail += 1;
-                    }
-                    if start.is_some_and(|s| s > day) {
-                        future += 1;
-                    }
-                    if end.is_some_and(|e| e < day) {
-                        left += 1;
-                    }
-                    if sample.len() < 8 {
-                        let name = [first, prefix, last]
-                            .into_iter()
-                            .flatten()
-                            .collect::<Vec<_>>()
-                            .join(" ");
-                        sample.push((key.unwrap_or_default(), name, dept.unwrap_or_default(), start, end));
-                    }
-                }
-                Err(_) => bad += 1,
+    let store = std::sync::Arc::new(crate::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?);
+    let mut runs = Vec::new();
+    // Day 1: the first import. Day 2: hires, movers and leavers in AFAS.
+    let day2 = day.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
+    for (n, as_of) in [(1, day), (2, day2)] {
+        if n == 2 {
+            let churned = emu.state.with_data(|d| data::churn(d, seed, day2, 20, 10, 40));
+            println!();
+            println!(
+                "day 2 in AFAS: {} hired, {} left, {} changed department",
+                churned.joiners.len(),
+                churned.leavers.len(),
+                churned.movers.len()
+            );
+        }
+        let result = crate::sync::run(&cfg, store.clone(), as_of, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let run = match result {
+            crate::sync::SyncResult::Committed(r) | crate::sync::SyncResult::Held(r, _) => r,
+            crate::sync::SyncResult::DryRun(..) => return Err("unexpected dry run".into()),
+        };
+        if n == 2 {
+            let mutations = store.run_mutations(run.id).map_err(|e| e.to_string())?;
+            for m in mutations.iter().take(12) {
+                let name = m.employee.as_ref().map(|e| e.display_name()).unwrap_or_default();
+                println!("  {:<7} {:<9} {:<30} {}", m.kind.as_str(), m.key, name, m.reason);
+            }
+            if mutations.len() > 12 {
+                println!("  … {} more", mutations.len() - 12);
             }
         }
+        runs.push(run);
     }
-    let mut contracts = 0;
-    if let Some(c) = &cfg.afas.contracts {
-        let mut rx = client.read(afas::read_spec(&cfg, c));
-        while let Some(page) = rx.recv().await {
-            contracts += page.map_err(|e| e.to_string())?.rows.len();
+    println!();
+    println!(
+        "  {:>3}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>6} {:>8}",
+        "run", "as of", "outcome", "joiners", "movers", "leavers", "rehires", "rows", "rejected"
+    );
+    for r in &runs {
+        println!(
+            "  {:>3}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>6} {:>8}",
+            r.id,
+            r.as_of.to_string(),
+            r.outcome.as_str(),
+            r.joiners,
+            r.movers,
+            r.leavers,
+            r.rehires,
+            r.source.employee_rows,
+            r.source.rejected
+        );
+    }
+    if let Some(r) = runs.first() {
+        for rej in r.source.rejections.iter().take(3) {
+            println!("  rejected {}: {}", rej.row, rej.reason);
         }
-    }
-    println!();
-    println!(
-        "fetched {rows_total} employees in {pages} pages (keyset paging, page size {}) and {contracts} contracts",
-        cfg.afas.page_size
-    );
-    println!("  future hires: {future}   left: {left}   without e-mail: {no_mail}   undecodable rows: {bad}");
-    println!();
-    println!(
-        "  {:<9} {:<32} {:<26} {:<11} {:<11}",
-        "key", "name", "department", "start", "end"
-    );
-    for (key, name, dept, start, end) in sample {
-        let d = |d: Option<jiff::civil::Date>| d.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
-        println!("  {key:<9} {name:<32} {dept:<26} {:<11} {:<11}", d(start), d(end));
     }
     println!();
     println!("requests served by the emulator: {}", emu.state.requests().len());

@@ -1,0 +1,410 @@
+//! One sync run: fetch → normalize → diff → guards → commit (or hold).
+//!
+//! The pure parts live in [`plan`] and [`crate::domain`]; this module wires
+//! them to the AFAS client and the store. A run that fails while fetching
+//! changes nothing but its run record; a run that trips a guard stores its
+//! plan, exactly as computed, for approval.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+
+use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem};
+use crate::config::Config;
+use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Rejection};
+use crate::store::{Store, StoreError};
+use plan::{Baseline, Plan, Rules, SourceStats};
+
+/// Rejections kept in a run record; the count is always exact.
+const MAX_KEPT_REJECTIONS: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Mutations were committed.
+    Success,
+    /// Nothing changed.
+    NothingToDo,
+    /// A guard tripped; the plan waits for approval.
+    Held,
+    /// The held plan was rejected by an operator.
+    Rejected,
+    /// Fetching or committing failed; nothing changed.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::NothingToDo => "nothing-to-do",
+            Outcome::Held => "held",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: u64,
+    pub started_at: String,
+    pub finished_at: String,
+    pub as_of: Date,
+    pub outcome: Outcome,
+    /// Why it failed or was held; empty on success.
+    pub message: String,
+    pub joiners: u64,
+    pub movers: u64,
+    pub leavers: u64,
+    pub rehires: u64,
+    pub source: SourceStats,
+    pub snapshot_digest: u64,
+}
+
+impl RunRecord {
+    fn new(id: u64, as_of: Date) -> Self {
+        RunRecord {
+            id,
+            started_at: now(),
+            finished_at: String::new(),
+            as_of,
+            outcome: Outcome::Failed,
+            message: String::new(),
+            joiners: 0,
+            movers: 0,
+            leavers: 0,
+            rehires: 0,
+            source: SourceStats::default(),
+            snapshot_digest: 0,
+        }
+    }
+
+    fn fill_counts(&mut self, plan: &Plan) {
+        use plan::MutationKind::*;
+        self.joiners = plan.count(Joiner);
+        self.movers = plan.count(Mover);
+        self.leavers = plan.count(Leaver);
+        self.rehires = plan.count(Rehire);
+        self.source = plan.source.clone();
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Afas(#[from] AfasError),
+    #[error("the mapping does not match AFAS: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Fields(Vec<FieldProblem>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a sync did.
+#[derive(Debug)]
+pub enum SyncResult {
+    Committed(RunRecord),
+    Held(RunRecord, Vec<String>),
+    /// `--dry-run`: the plan and the guards that would trip; nothing stored.
+    DryRun(Box<Plan>, Vec<String>),
+}
+
+/// The fingerprint of everything that decides who is in scope and what is
+/// read: a change forces a held plan (the classic cause of mass offboarding).
+pub fn mapping_fingerprint(config: &Config) -> String {
+    let text = serde_json::json!({
+        "mapping": config.mapping,
+        "employees": config.afas.employees,
+        "contracts": config.afas.contracts,
+    })
+    .to_string();
+    format!("{:016x}", crate::store::codec::fnv1a(&[text.as_bytes()]))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))?
+        .map_err(SyncError::from)
+}
+
+/// What the fetch produced, normalized.
+pub struct Fetched {
+    pub employees: BTreeMap<EmployeeKey, Employee>,
+    /// Keys of rejected rows: left untouched by the diff.
+    pub protected: BTreeSet<EmployeeKey>,
+    pub stats: SourceStats,
+}
+
+fn reject(stats: &mut SourceStats, protected: &mut BTreeSet<EmployeeKey>, r: Rejection) {
+    tracing::warn!(row = %r.row, "rejected AFAS row: {}", r.reason);
+    stats.rejected += 1;
+    if let Some(k) = &r.key {
+        protected.insert(k.clone());
+    }
+    if stats.rejections.len() < MAX_KEPT_REJECTIONS {
+        stats.rejections.push(r);
+    }
+}
+
+/// Checks the mapping against metainfo, then reads both connectors at once
+/// and normalizes the rows as they stream in.
+pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<Fetched, SyncError> {
+    let mut problems = Vec::new();
+    let mut conns = vec![(&config.afas.employees, true)];
+    conns.extend(config.afas.contracts.as_ref().map(|c| (c, false)));
+    for (conn, is_emp) in &conns {
+        let meta = client.connector_meta(&conn.connector).await?;
+        problems.extend(afas::client::check_fields(
+            &conn.connector,
+            &meta,
+            &afas::mapped_fields(config, *is_emp),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(SyncError::Fields(problems));
+    }
+
+    let mapping = &config.mapping;
+    let mut emp_rx = client.read(afas::read_spec(config, &config.afas.employees));
+    let mut con_rx = config
+        .afas
+        .contracts
+        .as_ref()
+        .map(|c| client.read(afas::read_spec(config, c)));
+    let mut stats = SourceStats::default();
+    let mut protected = BTreeSet::new();
+    let mut drafts: Vec<Draft> = Vec::new();
+    let mut contracts: HashMap<EmployeeKey, Vec<Contract>> = HashMap::new();
+    let mut contract_problems: HashMap<EmployeeKey, String> = HashMap::new();
+    let (mut emp_done, mut con_done) = (false, con_rx.is_none());
+    while !emp_done || !con_done {
+        tokio::select! {
+            page = emp_rx.recv(), if !emp_done => match page {
+                None => emp_done = true,
+                Some(page) => {
+                    let page = page?;
+                    for bad in page.bad_rows {
+                        stats.employee_rows += 1;
+                        reject(&mut stats, &mut protected, Rejection { key: None, row: format!("page {}", page.number), reason: bad });
+                    }
+                    for row in &page.rows {
+                        stats.employee_rows += 1;
+                        match domain::decode_employee(row, mapping) {
+                            Ok(d) => drafts.push(d),
+                            Err(r) => reject(&mut stats, &mut protected, r),
+                        }
+                    }
+                }
+            },
+            page = async { match con_rx.as_mut() { Some(rx) => rx.recv().await, None => None } }, if !con_done => match page {
+                None => con_done = true,
+                Some(page) => {
+                    let page = page?;
+                    stats.contract_rows += (page.rows.len() + page.bad_rows.len()) as u64;
+                    for row in &page.rows {
+                        match domain::normalize_contract(row, mapping) {
+                            Ok((key, c)) => {
+                                let list = contracts.entry(key.clone()).or_default();
+                                if list.iter().any(|x| x.sequence == c.sequence) {
+                                    contract_problems.insert(key, format!("contract {} appears twice", c.sequence));
+                                }
+                                list.push(c);
+                            }
+                            Err(reason) => {
+                                // A contract we cannot read may hide the current
+                                // employment: reject its employee rather than
+                                // guess (when the key is readable).
+                                let key = afas::rows::text(row, &mapping.contracts.employee_key).ok().flatten().and_then(|k| EmployeeKey::parse(&k).ok());
+                                match key {
+                                    Some(k) => { contract_problems.insert(k, reason); }
+                                    None => tracing::warn!("contract row without a readable employee key: {reason}"),
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    // Duplicate keys: neither row can be trusted, so both are rejected.
+    let mut counts: HashMap<EmployeeKey, usize> = HashMap::new();
+    for d in &drafts {
+        *counts.entry(d.key.clone()).or_default() += 1;
+    }
+    let mut employees = BTreeMap::new();
+    for d in drafts {
+        let key = d.key.clone();
+        let n = counts.get(&key).copied().unwrap_or(0);
+        if n > 1 {
+            reject(
+                &mut stats,
+                &mut protected,
+                Rejection {
+                    key: Some(key.clone()),
+                    row: format!("{}={key}", mapping.employees.key),
+                    reason: format!("duplicate key: {n} rows share it"),
+                },
+            );
+            continue;
+        }
+        if let Some(problem) = contract_problems.get(&key) {
+            reject(
+                &mut stats,
+                &mut protected,
+                Rejection {
+                    key: Some(key.clone()),
+                    row: format!("{}={key}", mapping.employees.key),
+                    reason: format!("contract row: {problem}"),
+                },
+            );
+            continue;
+        }
+        match d.finish(contracts.get(&key).map(Vec::as_slice), as_of, mapping) {
+            Ok(e) => {
+                employees.insert(key, e);
+            }
+            Err(r) => reject(&mut stats, &mut protected, r),
+        }
+    }
+    stats.valid = employees.len() as u64;
+    Ok(Fetched {
+        employees,
+        protected,
+        stats,
+    })
+}
+
+/// Runs one sync as of `as_of`.
+pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool) -> Result<SyncResult, SyncError> {
+    let id = {
+        let s = store.clone();
+        blocking(move || s.next_run_id()).await?
+    };
+    let mut record = RunRecord::new(id, as_of);
+    let result = plan_run(config, store.clone(), as_of).await;
+    let plan = match result {
+        Ok(p) => p,
+        Err(e) => {
+            if !dry_run {
+                record.outcome = Outcome::Failed;
+                record.message = e.to_string();
+                record.finished_at = now();
+                let s = store.clone();
+                let r = record.clone();
+                if let Err(store_err) = blocking(move || s.record_run(&r)).await {
+                    tracing::error!("could not record the failed run: {store_err}");
+                }
+            }
+            return Err(e);
+        }
+    };
+    let baseline = {
+        let s = store.clone();
+        let meta = blocking(move || s.meta()).await?;
+        Baseline {
+            source_rows: meta.source_rows,
+            mapping_fingerprint: meta.mapping_fingerprint,
+        }
+    };
+    let reasons = plan::check_guards(&plan, &config.guards.guards(), &baseline);
+    if dry_run {
+        return Ok(SyncResult::DryRun(Box::new(plan), reasons));
+    }
+    record.fill_counts(&plan);
+    record.finished_at = now();
+    if !reasons.is_empty() {
+        record.outcome = Outcome::Held;
+        record.message = reasons.join("; ");
+        let s = store.clone();
+        let r = record.clone();
+        blocking(move || s.hold(&r, &plan)).await?;
+        tracing::warn!(run = id, "sync held for approval: {}", record.message);
+        return Ok(SyncResult::Held(record, reasons));
+    }
+    record.outcome = if plan.mutations.is_empty() {
+        Outcome::NothingToDo
+    } else {
+        Outcome::Success
+    };
+    let committed = {
+        let s = store.clone();
+        let sinks = sink_names(config);
+        blocking(move || s.commit(record, &plan, &sinks, None)).await?
+    };
+    let retention = config.retention.clone();
+    let s = store.clone();
+    let purged = blocking(move || s.purge(as_of, retention.history_days, retention.leaver_personal_data_days)).await?;
+    if purged.runs > 0 || purged.scrubbed_leavers > 0 {
+        tracing::info!(runs = purged.runs, leavers = purged.scrubbed_leavers, "retention purge");
+    }
+    tracing::info!(
+        run = committed.id,
+        outcome = committed.outcome.as_str(),
+        joiners = committed.joiners,
+        movers = committed.movers,
+        leavers = committed.leavers,
+        rehires = committed.rehires,
+        rejected = committed.source.rejected,
+        "sync committed"
+    );
+    Ok(SyncResult::Committed(committed))
+}
+
+/// The delivery sinks outbox entries are made for (none until delivery is
+/// configured).
+pub fn sink_names(_config: &Config) -> Vec<String> {
+    Vec::new()
+}
+
+async fn plan_run(config: &Config, store: Arc<Store>, as_of: Date) -> Result<Plan, SyncError> {
+    let opts = ClientOptions::from_config(&config.afas)?;
+    let client = AfasClient::new(opts)?;
+    let fetched = fetch(config, &client, as_of).await?;
+    let (prev, meta) = {
+        let s = store.clone();
+        blocking(move || Ok((s.snapshot()?, s.meta()?))).await?
+    };
+    let rules = Rules {
+        lead_days: config.sync.lead_days,
+        absent_runs_for_leaver: config.sync.absent_runs_before_leaver,
+    };
+    let (mutations, writes) = plan::diff(&prev, &fetched.employees, &fetched.protected, as_of, &rules);
+    let active_before = prev.values().filter(|p| p.status == plan::Status::Active).count() as u64;
+    Ok(Plan {
+        as_of,
+        base_run: meta.last_committed_run,
+        mutations,
+        writes,
+        source: fetched.stats,
+        active_before,
+        mapping_fingerprint: mapping_fingerprint(config),
+    })
+}
+
+/// Applies a held plan exactly as it was computed, once. Refused when the
+/// snapshot has moved on since.
+pub fn approve(config: &Config, store: &Store, run_id: u64) -> Result<RunRecord, StoreError> {
+    let plan = store.held_plan(run_id)?;
+    let mut record = store.run(run_id)?;
+    record.outcome = if plan.mutations.is_empty() {
+        Outcome::NothingToDo
+    } else {
+        Outcome::Success
+    };
+    record.message = format!("held plan approved at {}", now());
+    record.finished_at = now();
+    store.commit(record, &plan, &sink_names(config), Some(run_id))
+}

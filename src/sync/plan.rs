@@ -1,0 +1,488 @@
+//! The diff: previous snapshot + today's employees + a date → a [`Plan`].
+//! No I/O here, so every HR rule is a plain unit test.
+//!
+//! The rules, in the order they are decided per employee key:
+//! - eligible = in scope (access not false) and employed on `as_of`, or
+//!   starting within `lead_days`;
+//! - not provisioned + eligible → **joiner**;
+//! - provisioned active + eligible + a delivered attribute changed → **mover**
+//!   (a termination date appearing is such a change);
+//! - provisioned active + not eligible → **leaver** (ended, or access removed);
+//! - provisioned active + absent from AFAS → counted; a **leaver** only after
+//!   `absent_runs_for_leaver` consecutive successful runs, so one bad AFAS
+//!   day cannot offboard anyone;
+//! - left + eligible again → **rehire**;
+//! - a key whose row was rejected is left exactly as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::civil::Date;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Employee, EmployeeKey, EmploymentPeriod, Rejection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Active,
+    Left { on: Date },
+}
+
+/// What the store remembers per provisioned employee.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provisioned {
+    pub key: EmployeeKey,
+    pub status: Status,
+    pub employment: EmploymentPeriod,
+    /// Consecutive successful runs in which AFAS did not return this key.
+    pub absent_runs: u32,
+    /// The last delivered record; `None` once a leaver's personal data was
+    /// removed by retention.
+    pub employee: Option<Employee>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MutationKind {
+    Joiner,
+    Mover,
+    Leaver,
+    Rehire,
+}
+
+impl MutationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MutationKind::Joiner => "joiner",
+            MutationKind::Mover => "mover",
+            MutationKind::Leaver => "leaver",
+            MutationKind::Rehire => "rehire",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mutation {
+    pub kind: MutationKind,
+    pub key: EmployeeKey,
+    /// The employee as it should be at the target (for a leaver: the last
+    /// known record).
+    pub employee: Option<Employee>,
+    pub changes: Vec<Change>,
+    pub reason: String,
+}
+
+/// A change to the stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    Upsert(Provisioned),
+}
+
+/// Counts describing what AFAS returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStats {
+    pub employee_rows: u64,
+    pub contract_rows: u64,
+    pub valid: u64,
+    pub rejected: u64,
+    /// The first rejections, with reasons (capped to keep run records small).
+    pub rejections: Vec<Rejection>,
+}
+
+/// Everything one run would change: exactly what is committed, or held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub as_of: Date,
+    /// The last committed run this plan was computed against.
+    pub base_run: Option<u64>,
+    pub mutations: Vec<Mutation>,
+    pub writes: Vec<Write>,
+    pub source: SourceStats,
+    /// Active provisioned employees before this plan.
+    pub active_before: u64,
+    pub mapping_fingerprint: String,
+}
+
+impl Plan {
+    pub fn count(&self, kind: MutationKind) -> u64 {
+        self.mutations.iter().filter(|m| m.kind == kind).count() as u64
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    pub lead_days: i64,
+    pub absent_runs_for_leaver: u32,
+}
+
+fn eligible(e: &Employee, as_of: Date, rules: &Rules) -> bool {
+    e.access != Some(false) && e.employment.employed_on(as_of, rules.lead_days)
+}
+
+fn leave_reason(e: &Employee, as_of: Date) -> String {
+    if e.access == Some(false) {
+        "Alleo access removed".into()
+    } else if let Some(end) = e.employment.end.filter(|end| *end < as_of) {
+        format!("employment ended on {end}")
+    } else {
+        format!("not employed on {as_of}")
+    }
+}
+
+fn changes(old: &Employee, new: &Employee) -> Vec<Change> {
+    let old_attrs: BTreeMap<String, String> = old.attributes().into_iter().collect();
+    let mut out = Vec::new();
+    let new_attrs = new.attributes();
+    for (field, value) in &new_attrs {
+        let before = old_attrs.get(field).cloned().unwrap_or_default();
+        if &before != value {
+            out.push(Change {
+                field: field.clone(),
+                old: before,
+                new: value.clone(),
+            });
+        }
+    }
+    // A budget that disappeared.
+    for (field, before) in &old_attrs {
+        if !new_attrs.iter().any(|(f, _)| f == field) && !before.is_empty() {
+            out.push(Change {
+                field: field.clone(),
+                old: before.clone(),
+                new: String::new(),
+            });
+        }
+    }
+    out
+}
+
+fn provisioned(e: &Employee, status: Status) -> Provisioned {
+    Provisioned {
+        key: e.key.clone(),
+        status,
+        employment: e.employment,
+        absent_runs: 0,
+        employee: Some(e.clone()),
+    }
+}
+
+/// Computes mutations and snapshot writes. `protected` holds the keys of
+/// rejected rows: they are neither joiners, movers nor (crucially) leavers.
+pub fn diff(
+    prev: &BTreeMap<EmployeeKey, Provisioned>,
+    current: &BTreeMap<EmployeeKey, Employee>,
+    protected: &BTreeSet<EmployeeKey>,
+    as_of: Date,
+    rules: &Rules,
+) -> (Vec<Mutation>, Vec<Write>) {
+    let mut mutations = Vec::new();
+    let mut writes = Vec::new();
+    let keys: BTreeSet<&EmployeeKey> = prev.keys().chain(current.keys()).collect();
+    for key in keys {
+        if protected.contains(key) {
+            continue;
+        }
+        match (prev.get(key), current.get(key)) {
+            (None, Some(e)) if eligible(e, as_of, rules) => {
+                mutations.push(Mutation {
+                    kind: MutationKind::Joiner,
+                    key: key.clone(),
+                    employee: Some(e.clone()),
+                    changes: Vec::new(),
+                    reason: if e.employment.start > as_of {
+                        format!("starts on {}", e.employment.start)
+                    } else {
+                        "employed and in scope".into()
+                    },
+                });
+                writes.push(Write::Upsert(provisioned(e, Status::Active)));
+            }
+            (None, _) => {}
+            (Some(p), Some(e)) => match p.status {
+                Status::Active if eligible(e, as_of, rules) => {
+                    let diffs = p.employee.as_ref().map(|old| changes(old, e)).unwrap_or_default();
+                    let changed = !diffs.is_empty();
+                    if changed {
+                        mutations.push(Mutation {
+                            kind: MutationKind::Mover,
+                            key: key.clone(),
+                            employee: Some(e.clone()),
+                            reason: diffs.iter().map(|c| c.field.as_str()).collect::<Vec<_>>().join(", ") + " changed",
+                            changes: diffs,
+                        });
+                    }
+                    if changed || p.absent_runs > 0 {
+                        writes.push(Write::Upsert(provisioned(e, Status::Active)));
+                    }
+                }
+                Status::Active => {
+                    mutations.push(Mutation {
+                        kind: MutationKind::Leaver,
+                        key: key.clone(),
+                        employee: Some(e.clone()),
+                        changes: p.employee.as_ref().map(|old| changes(old, e)).unwrap_or_default(),
+                        reason: leave_reason(e, as_of),
+                    });
+                    writes.push(Write::Upsert(provisioned(e, Status::Left { on: as_of })));
+                }
+                Status::Left { .. } if eligible(e, as_of, rules) => {
+                    mutations.push(Mutation {
+                        kind: MutationKind::Rehire,
+                        key: key.clone(),
+                        employee: Some(e.clone()),
+                        changes: p.employee.as_ref().map(|old| changes(old, e)).unwrap_or_default(),
+                        reason: format!("employed again from {}", e.employment.start),
+                    });
+                    writes.push(Write::Upsert(provisioned(e, Status::Active)));
+                }
+                Status::Left { .. } => {}
+            },
+            (Some(p), None) => {
+                if p.status != Status::Active {
+                    continue;
+                }
+                let absent = p.absent_runs + 1;
+                if absent >= rules.absent_runs_for_leaver {
+                    mutations.push(Mutation {
+                        kind: MutationKind::Leaver,
+                        key: key.clone(),
+                        employee: p.employee.clone(),
+                        changes: Vec::new(),
+                        reason: format!("absent from AFAS for {absent} consecutive runs"),
+                    });
+                    writes.push(Write::Upsert(Provisioned {
+                        status: Status::Left { on: as_of },
+                        absent_runs: absent,
+                        ..p.clone()
+                    }));
+                } else {
+                    writes.push(Write::Upsert(Provisioned {
+                        absent_runs: absent,
+                        ..p.clone()
+                    }));
+                }
+            }
+        }
+    }
+    (mutations, writes)
+}
+
+/// Limits that hold a plan for approval instead of applying it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Guards {
+    pub max_leavers: u64,
+    pub max_leavers_percent: f64,
+    pub max_rejected_percent: f64,
+    pub max_source_shrink_percent: f64,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            max_leavers: 25,
+            max_leavers_percent: 5.0,
+            max_rejected_percent: 5.0,
+            max_source_shrink_percent: 10.0,
+        }
+    }
+}
+
+/// What the guards compare against: the last committed run.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    pub source_rows: Option<u64>,
+    pub mapping_fingerprint: Option<String>,
+}
+
+/// Every guard that trips, each with what it saw and what to do.
+pub fn check_guards(plan: &Plan, guards: &Guards, baseline: &Baseline) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let s = &plan.source;
+    if s.employee_rows == 0 {
+        reasons.push(
+            "AFAS returned no employee rows at all; refusing to treat that as everyone leaving. Check the GetConnector's filters and the system user's authorization".into(),
+        );
+    } else if let Some(prev) = baseline.source_rows.filter(|p| *p > 0) {
+        let floor = prev as f64 * (1.0 - guards.max_source_shrink_percent / 100.0);
+        if (s.employee_rows as f64) < floor {
+            reasons.push(format!(
+                "AFAS returned {} employee rows where the last run had {prev} (more than {}% fewer; guards.max_source_shrink_percent). A connector filter or authorization may have changed",
+                s.employee_rows, guards.max_source_shrink_percent
+            ));
+        }
+    }
+    let leavers = plan.count(MutationKind::Leaver);
+    let pct_limit = (plan.active_before as f64 * guards.max_leavers_percent / 100.0).floor() as u64;
+    let limit = guards.max_leavers.min(pct_limit);
+    if leavers > limit {
+        reasons.push(format!(
+            "{leavers} leavers exceed the limit of {limit} (guards.max_leavers = {}, guards.max_leavers_percent = {}% of {} active)",
+            guards.max_leavers, guards.max_leavers_percent, plan.active_before
+        ));
+    }
+    if s.employee_rows > 0 {
+        let pct = s.rejected as f64 * 100.0 / s.employee_rows as f64;
+        if pct > guards.max_rejected_percent {
+            reasons.push(format!(
+                "{} of {} rows were rejected ({pct:.1}% > guards.max_rejected_percent = {}%); see the rejections in `afas-sync run show`",
+                s.rejected, s.employee_rows, guards.max_rejected_percent
+            ));
+        }
+    }
+    if let Some(prev) = &baseline.mapping_fingerprint {
+        if *prev != plan.mapping_fingerprint {
+            reasons.push("the field mapping, scope (access field) or connectors changed since the last run; review the plan before it is applied".into());
+        }
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EmailAddress, EmploymentPeriod};
+
+    fn d(s: &str) -> Date {
+        s.parse().unwrap()
+    }
+
+    fn emp(key: &str, start: &str, end: Option<&str>) -> Employee {
+        Employee {
+            key: EmployeeKey::parse(key).unwrap(),
+            email: EmailAddress::parse(&format!("e{key}@x.nl")).unwrap(),
+            first_name: "Jan".into(),
+            prefix: Some("van der".into()),
+            last_name: "Berg".into(),
+            department: Some("ICT".into()),
+            date_of_birth: None,
+            employment: EmploymentPeriod::new(d(start), end.map(d)).unwrap(),
+            access: None,
+            budgets: BTreeMap::new(),
+            contract: None,
+        }
+    }
+
+    const RULES: Rules = Rules {
+        lead_days: 0,
+        absent_runs_for_leaver: 2,
+    };
+
+    fn apply(prev: &mut BTreeMap<EmployeeKey, Provisioned>, writes: Vec<Write>) {
+        for Write::Upsert(p) in writes {
+            prev.insert(p.key.clone(), p);
+        }
+    }
+
+    fn kinds(m: &[Mutation]) -> Vec<MutationKind> {
+        m.iter().map(|m| m.kind).collect()
+    }
+
+    #[test]
+    fn unchanged_employees_produce_nothing() {
+        let mut snap = BTreeMap::new();
+        let cur: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let (m, w) = diff(&snap, &cur, &BTreeSet::new(), d("2024-01-01"), &RULES);
+        assert_eq!(kinds(&m), vec![MutationKind::Joiner]);
+        apply(&mut snap, w);
+        let (m, w) = diff(&snap, &cur, &BTreeSet::new(), d("2024-01-02"), &RULES);
+        assert!(m.is_empty() && w.is_empty(), "{m:?} {w:?}");
+    }
+
+    #[test]
+    fn vanishing_needs_consecutive_runs_and_returning_resets() {
+        let mut snap = BTreeMap::new();
+        let present: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let gone = BTreeMap::new();
+        let (_, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-01"), &RULES);
+        apply(&mut snap, w);
+        let (m, w) = diff(&snap, &gone, &BTreeSet::new(), d("2024-01-02"), &RULES);
+        assert!(m.is_empty());
+        apply(&mut snap, w);
+        let (m, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-03"), &RULES);
+        assert!(m.is_empty(), "back again: no mutation");
+        apply(&mut snap, w);
+        assert_eq!(snap.values().next().unwrap().absent_runs, 0);
+        for day in ["2024-01-04", "2024-01-05"] {
+            let (m, w) = diff(&snap, &gone, &BTreeSet::new(), d(day), &RULES);
+            apply(&mut snap, w);
+            if day == "2024-01-05" {
+                assert_eq!(kinds(&m), vec![MutationKind::Leaver]);
+                assert!(m[0].reason.contains("2 consecutive runs"));
+            } else {
+                assert!(m.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn protected_keys_never_become_leavers() {
+        let mut snap = BTreeMap::new();
+        let present: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let (_, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-01"), &RULES);
+        apply(&mut snap, w);
+        let protected: BTreeSet<_> = [EmployeeKey::parse("1").unwrap()].into_iter().collect();
+        for day in ["2024-01-02", "2024-01-03", "2024-01-04"] {
+            let (m, w) = diff(&snap, &BTreeMap::new(), &protected, d(day), &RULES);
+            assert!(m.is_empty() && w.is_empty());
+        }
+    }
+
+    #[test]
+    fn guards_trip_on_their_limits() {
+        let plan = |rows: u64, rejected: u64, leavers: usize, active: u64| Plan {
+            as_of: d("2024-01-01"),
+            base_run: None,
+            mutations: (0..leavers)
+                .map(|i| Mutation {
+                    kind: MutationKind::Leaver,
+                    key: EmployeeKey::parse(&i.to_string()).unwrap(),
+                    employee: None,
+                    changes: vec![],
+                    reason: String::new(),
+                })
+                .collect(),
+            writes: vec![],
+            source: SourceStats {
+                employee_rows: rows,
+                rejected,
+                ..Default::default()
+            },
+            active_before: active,
+            mapping_fingerprint: "a".into(),
+        };
+        let g = Guards::default();
+        let base = Baseline {
+            source_rows: Some(1000),
+            mapping_fingerprint: Some("a".into()),
+        };
+        assert!(
+            check_guards(&plan(1000, 0, 25, 1000), &g, &base).is_empty(),
+            "25 of 1000: within 25 and 5%"
+        );
+        assert_eq!(check_guards(&plan(1000, 0, 26, 1000), &g, &base).len(), 1);
+        // 5% of 100 = 5 is stricter than 25.
+        assert_eq!(check_guards(&plan(1000, 0, 6, 100), &g, &base).len(), 1);
+        assert!(check_guards(&plan(0, 0, 0, 1000), &g, &base)[0].contains("no employee rows"));
+        assert!(check_guards(&plan(800, 0, 0, 1000), &g, &base)[0].contains("fewer"));
+        assert!(check_guards(&plan(1000, 60, 0, 1000), &g, &base)[0].contains("rejected"));
+        let moved = Baseline {
+            mapping_fingerprint: Some("b".into()),
+            ..base
+        };
+        assert!(check_guards(&plan(1000, 0, 0, 1000), &g, &moved)[0].contains("mapping"));
+    }
+}
