@@ -1,0 +1,705 @@
+//! HR scenarios end to end: fixture days written to disk, loaded and served
+//! by the emulator over HTTP, synced into a real redb file.
+
+mod common;
+
+use std::sync::Arc;
+
+use afas_sync::afas::rows::Row;
+use afas_sync::config::Config;
+use afas_sync::emulator::data::{contract_fields, employee_fields, ConnectorData, Dataset};
+use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState};
+use afas_sync::store::Store;
+use afas_sync::sync::plan::{MutationKind, Status};
+use afas_sync::sync::{self, Outcome, RunRecord, SyncResult};
+use common::*;
+use serde_json::{json, Value};
+
+/// An employee row as Alleo's GetConnector template has it.
+#[derive(Clone)]
+struct E {
+    key: &'static str,
+    mail: Option<&'static str>,
+    first: &'static str,
+    last: &'static str,
+    start: &'static str,
+    end: Option<&'static str>,
+    dept: &'static str,
+    access: bool,
+}
+
+fn e(key: &'static str, start: &'static str) -> E {
+    E {
+        key,
+        mail: None,
+        first: "Jan",
+        last: "Jansen",
+        start,
+        end: None,
+        dept: "ICT",
+        access: true,
+    }
+}
+
+impl E {
+    fn end(mut self, end: &'static str) -> Self {
+        self.end = Some(end);
+        self
+    }
+    fn mail(mut self, m: &'static str) -> Self {
+        self.mail = Some(m);
+        self
+    }
+    fn dept(mut self, d: &'static str) -> Self {
+        self.dept = d;
+        self
+    }
+    fn first(mut self, f: &'static str) -> Self {
+        self.first = f;
+        self
+    }
+    fn access(mut self, a: bool) -> Self {
+        self.access = a;
+        self
+    }
+    fn row(&self) -> Row {
+        let date = |d: &str| json!(format!("{d}T00:00:00Z"));
+        let mut r = Row::new();
+        r.insert("EmployeeId".into(), json!(self.key));
+        r.insert(
+            "Mail".into(),
+            match self.mail {
+                Some("") => Value::Null,
+                Some(m) => json!(m),
+                None => json!(format!("e{}@bedrijf.example", self.key)),
+            },
+        );
+        r.insert("FirstName".into(), json!(self.first));
+        r.insert("BirthName".into(), json!(self.last));
+        r.insert("PrefixBirthName".into(), json!("van der"));
+        r.insert("EmploymentStart".into(), date(self.start));
+        r.insert("EmploymentEnd".into(), self.end.map(date).unwrap_or(Value::Null));
+        r.insert("Department".into(), json!(self.dept));
+        r.insert("DateOfBirth".into(), date("1990-05-17"));
+        r.insert("AlleoAccess".into(), json!(if self.access { 1 } else { 0 }));
+        r.insert("alleo_monthly_all_budget".into(), json!(50.0));
+        r
+    }
+}
+
+fn contract(key: &str, seq: u32, start: &str, end: Option<&str>) -> Row {
+    let date = |d: &str| json!(format!("{d}T00:00:00Z"));
+    let mut r = Row::new();
+    r.insert("EmployeeId".into(), json!(key));
+    r.insert("SequenceNumber".into(), json!(seq));
+    r.insert("DateStart".into(), date(start));
+    r.insert("DateEnd".into(), end.map(date).unwrap_or(Value::Null));
+    r.insert("Fte".into(), json!(1.0));
+    r.insert("HoursPerWeek".into(), json!(40.0));
+    r.insert("EmploymentType".into(), json!("Vast"));
+    r
+}
+
+fn day(emps: &[E], contracts: Vec<Row>) -> Dataset {
+    let mut ds = Dataset::default();
+    let mut fields = employee_fields();
+    // AlleoAccess is an int 0/1 in this administration, as AFAS often has it.
+    if let Some(f) = fields.iter_mut().find(|f| f.id == "AlleoAccess") {
+        f.data_type = "int".into();
+    }
+    ds.connectors.insert(
+        "Profit_Employees_Alleo".into(),
+        ConnectorData {
+            description: String::new(),
+            fields,
+            rows: emps.iter().map(E::row).collect(),
+        },
+    );
+    ds.connectors.insert(
+        "Profit_Contract".into(),
+        ConnectorData {
+            description: String::new(),
+            fields: contract_fields(),
+            rows: contracts,
+        },
+    );
+    ds
+}
+
+struct Scenario {
+    emu: Emulator,
+    dir: tempfile::TempDir,
+    config: Config,
+    store: Option<Arc<Store>>,
+}
+
+const LOOSE_GUARDS: &str = "[guards]\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n";
+
+impl Scenario {
+    /// Writes `days` as fixture directories, loads them back the way
+    /// `afas-sync emulate --fixtures` does, and serves day 0.
+    async fn new(days: Vec<Dataset>, extra: &str) -> Scenario {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixtures = dir.path().join("fixtures");
+        for (i, d) in days.iter().enumerate() {
+            d.write_day(&fixtures.join(format!("day{i:02}")))
+                .expect("write fixture");
+        }
+        let loaded = Dataset::load_scenario(&fixtures).expect("load fixtures");
+        assert_eq!(loaded.len(), days.len());
+        let state = EmulatorState::new(loaded, AuthSetup::token(token()));
+        let emu = Emulator::start_local(state).await.expect("emulator");
+        let extra = format!("page_size = 3\n\n[mapping.employees]\naccess = \"AlleoAccess\"\n\n{extra}");
+        let path = write_config(dir.path(), &emu.base_url(), TOKEN_HEX, &extra);
+        let config = Config::load(&path).expect("config").config;
+        let store = Some(Arc::new(Store::open(&config.store.path).expect("store")));
+        Scenario {
+            emu,
+            dir,
+            config,
+            store,
+        }
+    }
+
+    fn st(&self) -> &Arc<Store> {
+        self.store.as_ref().expect("store is open")
+    }
+
+    /// Closes the state file so the real binary can open it.
+    fn close(&mut self) -> String {
+        let store = self.store.take().expect("open");
+        assert_eq!(Arc::strong_count(&store), 1, "no other handle may keep the file locked");
+        drop(store);
+        self.dir.path().join("config.toml").to_str().expect("path").to_string()
+    }
+
+    fn reopen(&mut self) {
+        self.store = Some(Arc::new(Store::open(&self.config.store.path).expect("reopen")));
+    }
+
+    async fn sync_day(&self, day: usize, as_of: &str) -> SyncResult {
+        assert!(self.emu.state.set_day(day));
+        sync::run(&self.config, self.st().clone(), as_of.parse().expect("date"), false)
+            .await
+            .expect("sync")
+    }
+
+    async fn committed(&self, day: usize, as_of: &str) -> RunRecord {
+        match self.sync_day(day, as_of).await {
+            SyncResult::Committed(r) => r,
+            other => panic!("expected a committed run, got {other:?}"),
+        }
+    }
+
+    fn kinds(&self, run: u64) -> Vec<(MutationKind, String)> {
+        self.st()
+            .run_mutations(run)
+            .expect("mutations")
+            .into_iter()
+            .map(|m| (m.kind, m.key.to_string()))
+            .collect()
+    }
+
+    fn status(&self, key: &str) -> Option<Status> {
+        self.st().employee(key).expect("employee").0.map(|p| p.status)
+    }
+}
+
+use MutationKind::*;
+
+fn k(kind: MutationKind, key: &str) -> (MutationKind, String) {
+    (kind, key.to_string())
+}
+
+#[tokio::test]
+async fn first_import_then_a_quiet_day_writes_only_a_run_record() {
+    let staff: Vec<E> = (0..10)
+        .map(|i| e(["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"][i], "2020-01-01"))
+        .collect();
+    let s = Scenario::new(vec![day(&staff, vec![])], LOOSE_GUARDS).await;
+    let r1 = s.committed(0, "2026-01-05").await;
+    assert_eq!((r1.outcome, r1.joiners), (Outcome::Success, 10));
+    assert_eq!(s.st().employee_count().expect("count"), 10);
+    let size_before = std::fs::metadata(&s.config.store.path).expect("meta").len();
+    let r2 = s.committed(0, "2026-01-06").await;
+    assert_eq!(r2.outcome, Outcome::NothingToDo);
+    assert!(s.kinds(r2.id).is_empty());
+    let size_after = std::fs::metadata(&s.config.store.path).expect("meta").len();
+    assert!(size_after <= size_before + 64 * 1024, "{size_before} -> {size_after}");
+    s.st().verify().expect("digest");
+}
+
+#[tokio::test]
+async fn future_hire_joins_on_start_date_or_lead_time_earlier() {
+    let d = day(&[e("1", "2020-01-01"), e("2", "2026-02-01")], vec![]);
+    let s = Scenario::new(vec![d.clone()], LOOSE_GUARDS).await;
+    let r = s.committed(0, "2026-01-25").await;
+    assert_eq!(s.kinds(r.id), vec![k(Joiner, "1")]);
+    let r = s.committed(0, "2026-01-31").await;
+    assert!(s.kinds(r.id).is_empty());
+    let r = s.committed(0, "2026-02-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Joiner, "2")]);
+
+    // With a lead time of 7 days, the same hire joins a week early.
+    let s = Scenario::new(vec![d], &format!("{LOOSE_GUARDS}\n[sync]\nlead_days = 7\n")).await;
+    let r = s.committed(0, "2026-01-25").await;
+    assert_eq!(s.kinds(r.id), vec![k(Joiner, "1"), k(Joiner, "2")]);
+}
+
+#[tokio::test]
+async fn future_termination_is_a_mover_then_a_leaver_the_day_after() {
+    let d0 = day(&[e("1", "2020-01-01")], vec![]);
+    let d1 = day(&[e("1", "2020-01-01").end("2026-03-31")], vec![]);
+    let s = Scenario::new(vec![d0, d1], LOOSE_GUARDS).await;
+    s.committed(0, "2026-03-01").await;
+    let r = s.committed(1, "2026-03-02").await;
+    assert_eq!(s.kinds(r.id), vec![k(Mover, "1")]);
+    let m = &s.st().run_mutations(r.id).expect("m")[0];
+    assert_eq!(m.changes[0].field, "employment_end");
+    assert_eq!(
+        (m.changes[0].old.as_str(), m.changes[0].new.as_str()),
+        ("", "2026-03-31")
+    );
+    let r = s.committed(1, "2026-03-31").await;
+    assert!(s.kinds(r.id).is_empty(), "still employed on the last day");
+    let r = s.committed(1, "2026-04-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "1")]);
+    assert_eq!(
+        s.status("1"),
+        Some(Status::Left {
+            on: "2026-04-01".parse().expect("d")
+        })
+    );
+}
+
+#[tokio::test]
+async fn termination_in_the_past_is_never_a_joiner_and_a_leaver_when_provisioned() {
+    let d0 = day(&[e("1", "2020-01-01"), e("2", "2015-01-01").end("2019-12-31")], vec![]);
+    let d1 = day(
+        &[
+            e("1", "2020-01-01").end("2026-01-31"),
+            e("2", "2015-01-01").end("2019-12-31"),
+        ],
+        vec![],
+    );
+    let s = Scenario::new(vec![d0, d1], LOOSE_GUARDS).await;
+    let r = s.committed(0, "2026-02-10").await;
+    assert_eq!(
+        s.kinds(r.id),
+        vec![k(Joiner, "1")],
+        "someone who left in 2019 is not provisioned"
+    );
+    // HR enters a termination date that already passed.
+    let r = s.committed(1, "2026-02-11").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "1")]);
+    let m = &s.st().run_mutations(r.id).expect("m")[0];
+    assert!(m.reason.contains("ended on 2026-01-31"), "{}", m.reason);
+}
+
+#[tokio::test]
+async fn contract_renewal_without_gap_is_one_employment_and_a_gap_is_leave_then_rehire() {
+    let emps = [e("1", "2020-01-01"), e("2", "2020-01-01")];
+    let contracts = vec![
+        // 1: renewed the day after the first contract ends.
+        contract("1", 1, "2025-01-01", Some("2025-12-31")),
+        contract("1", 2, "2026-01-01", None),
+        // 2: two months without a contract.
+        contract("2", 1, "2025-01-01", Some("2025-12-31")),
+        contract("2", 2, "2026-03-01", None),
+    ];
+    let s = Scenario::new(vec![day(&emps, contracts)], LOOSE_GUARDS).await;
+    let r = s.committed(0, "2025-12-15").await;
+    assert_eq!(s.kinds(r.id), vec![k(Joiner, "1"), k(Joiner, "2")]);
+    let r = s.committed(0, "2026-01-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "2")], "1 renews without a gap");
+    let r = s.committed(0, "2026-02-15").await;
+    assert!(s.kinds(r.id).is_empty());
+    let r = s.committed(0, "2026-03-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Rehire, "2")]);
+    let (p, history) = s.st().employee("2").expect("employee");
+    assert_eq!(p.expect("stored").status, Status::Active);
+    let kinds: Vec<_> = history.iter().map(|(_, m)| m.kind).collect();
+    assert_eq!(kinds, vec![Joiner, Leaver, Rehire]);
+}
+
+#[tokio::test]
+async fn rehire_after_leaving() {
+    let d0 = day(&[e("1", "2020-01-01")], vec![]);
+    let d1 = day(&[e("1", "2020-01-01").end("2025-06-30")], vec![]);
+    let d2 = day(&[e("1", "2026-02-01")], vec![]);
+    let s = Scenario::new(vec![d0, d1, d2], LOOSE_GUARDS).await;
+    s.committed(0, "2025-06-01").await;
+    let r = s.committed(1, "2025-07-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "1")]);
+    let r = s.committed(2, "2026-02-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Rehire, "1")]);
+    let m = &s.st().run_mutations(r.id).expect("m")[0];
+    assert!(m
+        .changes
+        .iter()
+        .any(|c| c.field == "employment_start" && c.new == "2026-02-01"));
+}
+
+#[tokio::test]
+async fn access_flag_removed_and_restored() {
+    let on = day(&[e("1", "2020-01-01"), e("2", "2020-01-01")], vec![]);
+    let off = day(&[e("1", "2020-01-01").access(false), e("2", "2020-01-01")], vec![]);
+    let s = Scenario::new(vec![on.clone(), off, on], LOOSE_GUARDS).await;
+    s.committed(0, "2026-01-01").await;
+    let r = s.committed(1, "2026-01-02").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "1")]);
+    assert!(s.st().run_mutations(r.id).expect("m")[0]
+        .reason
+        .contains("access removed"));
+    let r = s.committed(2, "2026-01-03").await;
+    assert_eq!(s.kinds(r.id), vec![k(Rehire, "1")]);
+}
+
+#[tokio::test]
+async fn email_name_and_department_changes_are_movers_with_old_and_new() {
+    let d0 = day(&[e("1", "2020-01-01"), e("2", "2020-01-01")], vec![]);
+    let d1 = day(
+        &[
+            e("1", "2020-01-01")
+                .mail("jan.nieuw@bedrijf.example")
+                .first("Johannes")
+                .dept("Finance"),
+            e("2", "2020-01-01"),
+        ],
+        vec![],
+    );
+    let s = Scenario::new(vec![d0, d1], LOOSE_GUARDS).await;
+    s.committed(0, "2026-01-01").await;
+    let r = s.committed(1, "2026-01-02").await;
+    assert_eq!(s.kinds(r.id), vec![k(Mover, "1")]);
+    let m = &s.st().run_mutations(r.id).expect("m")[0];
+    let fields: Vec<(&str, &str, &str)> = m
+        .changes
+        .iter()
+        .map(|c| (c.field.as_str(), c.old.as_str(), c.new.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("email", "e1@bedrijf.example", "jan.nieuw@bedrijf.example"),
+            ("first_name", "Jan", "Johannes"),
+            ("department", "ICT", "Finance"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn vanishing_once_is_forgiven_and_vanishing_for_n_runs_is_a_leaver() {
+    let both = day(
+        &[e("1", "2020-01-01"), e("2", "2020-01-01"), e("3", "2020-01-01")],
+        vec![],
+    );
+    let without2 = day(&[e("1", "2020-01-01"), e("3", "2020-01-01")], vec![]);
+    let s = Scenario::new(
+        vec![both.clone(), without2, both],
+        &format!("{LOOSE_GUARDS}max_source_shrink_percent = 50.0\n"),
+    )
+    .await;
+    s.committed(0, "2026-01-01").await;
+    let r = s.committed(1, "2026-01-02").await;
+    assert!(s.kinds(r.id).is_empty(), "one missing run is not a leaver");
+    assert_eq!(s.st().employee("2").expect("e").0.expect("p").absent_runs, 1);
+    let r = s.committed(2, "2026-01-03").await;
+    assert!(s.kinds(r.id).is_empty(), "back: nothing to deliver");
+    assert_eq!(s.st().employee("2").expect("e").0.expect("p").absent_runs, 0);
+    s.committed(1, "2026-01-04").await;
+    let r = s.committed(1, "2026-01-05").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "2")]);
+    assert!(s.st().run_mutations(r.id).expect("m")[0]
+        .reason
+        .contains("2 consecutive runs"));
+}
+
+#[tokio::test]
+async fn bad_rows_are_rejected_one_by_one_and_never_become_leavers() {
+    let d0 = day(
+        &[
+            e("1", "2020-01-01"),
+            e("2", "2020-01-01"),
+            e("3", "2020-01-01"),
+            e("4", "2020-01-01"),
+        ],
+        vec![],
+    );
+    let mut bad = day(
+        &[
+            e("1", "2020-01-01").mail("not-an-email"),
+            e("2", "2020-01-01").mail(""),
+            e("3", "2020-01-01"),
+            e("3", "2020-01-01").first("Twin"),
+            e("4", "2020-01-01"),
+        ],
+        vec![],
+    );
+    // A garbage value in a provisioned employee's row.
+    if let Some(c) = bad.connectors.get_mut("Profit_Employees_Alleo") {
+        c.rows[4].insert("DateOfBirth".into(), json!("0000-00-00T00:00:00Z"));
+    }
+    let s = Scenario::new(vec![d0, bad], LOOSE_GUARDS).await;
+    s.committed(0, "2026-01-01").await;
+    for as_of in ["2026-01-02", "2026-01-03", "2026-01-04"] {
+        let r = s.committed(1, as_of).await;
+        assert!(s.kinds(r.id).is_empty(), "{as_of}: {:?}", s.kinds(r.id));
+        assert_eq!(
+            r.source.rejected, 5,
+            "1 bad e-mail, 1 empty e-mail, 2 duplicates, 1 bad date"
+        );
+        let reasons: Vec<String> = r
+            .source
+            .rejections
+            .iter()
+            .map(|x| format!("{}: {}", x.row, x.reason))
+            .collect();
+        let all = reasons.join("\n");
+        assert!(
+            all.contains("EmployeeId=1: field `Mail`: `not-an-email` has no @"),
+            "{all}"
+        );
+        assert!(all.contains("EmployeeId=2: field `Mail`: required but empty"), "{all}");
+        assert_eq!(all.matches("duplicate key: 2 rows share it").count(), 2, "{all}");
+        assert!(all.contains("field `DateOfBirth`"), "{all}");
+    }
+    for key in ["1", "2", "3", "4"] {
+        assert_eq!(s.status(key), Some(Status::Active), "{key} stays provisioned");
+    }
+}
+
+#[tokio::test]
+async fn shrunken_source_is_held_then_approved_and_applied_exactly_once() {
+    let all: Vec<E> = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
+        .iter()
+        .map(|k| e(k, "2020-01-01"))
+        .collect();
+    let ended: Vec<E> = all
+        .iter()
+        .enumerate()
+        .map(|(i, x)| if i < 4 { x.clone().end("2026-01-31") } else { x.clone() })
+        .collect();
+    let s = Scenario::new(
+        vec![day(&all, vec![]), day(&all[..2], vec![]), day(&ended, vec![])],
+        "[guards]\nmax_leavers = 3\nmax_leavers_percent = 100.0\n",
+    )
+    .await;
+    s.committed(0, "2026-01-01").await;
+
+    // AFAS suddenly returns 2 of 10 employees: held, nothing changes.
+    let SyncResult::Held(run, reasons) = s.sync_day(1, "2026-01-02").await else {
+        panic!("expected held")
+    };
+    assert!(reasons.iter().any(|r| r.contains("fewer")), "{reasons:?}");
+    assert_eq!(run.outcome, Outcome::Held);
+    assert!(
+        s.st().snapshot().expect("snap").values().all(|p| p.absent_runs == 0),
+        "snapshot untouched"
+    );
+
+    // Four real leavers exceed max_leavers = 3: held with exactly those four.
+    let SyncResult::Held(run, reasons) = s.sync_day(2, "2026-02-01").await else {
+        panic!("expected held")
+    };
+    assert!(
+        reasons.iter().any(|r| r.contains("4 leavers exceed the limit of 3")),
+        "{reasons:?}"
+    );
+    let plan = s.st().held_plan(run.id).expect("held plan");
+    assert_eq!(plan.count(Leaver), 4);
+    assert_eq!(s.status("1"), Some(Status::Active));
+
+    // The older held plan is stale once another plan is applied; approve
+    // the leaver plan through the real binary, then try again.
+    let mut s = s;
+    let cfg = s.close();
+    let cfg = cfg.as_str();
+    let run_id = run.id.to_string();
+    let (code, out, err) = run_bin(&["--config", cfg, "plan", "show", &run_id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4 leavers exceed") && out.contains("leaver "), "{out}");
+    let (code, out, err) = run_bin(&["--config", cfg, "plan", "approve", &run_id]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 leavers"), "{out}");
+    s.reopen();
+    for key in ["1", "2", "3", "4"] {
+        assert!(matches!(s.status(key), Some(Status::Left { .. })), "{key}");
+    }
+    let cfg = s.close();
+    let cfg = cfg.as_str();
+    let (code, _, err) = run_bin(&["--config", cfg, "plan", "approve", &run_id]).await;
+    assert_eq!(code, 1, "a second approval is refused");
+    assert!(err.contains("no held plan"), "{err}");
+    let stale = (run.id - 1).to_string();
+    let (code, _, err) = run_bin(&["--config", cfg, "plan", "approve", &stale]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("moved on"), "{err}");
+    let (code, out, _) = run_bin(&["--config", cfg, "plan", "reject", &stale]).await;
+    assert_eq!(code, 0, "{out}");
+    s.reopen();
+    let (_, history) = s.st().employee("1").expect("e");
+    assert_eq!(
+        history.iter().filter(|(_, m)| m.kind == Leaver).count(),
+        1,
+        "applied exactly once"
+    );
+    assert_eq!(s.st().run(run.id - 1).expect("run").outcome, Outcome::Rejected);
+    s.st().verify().expect("digest");
+}
+
+#[tokio::test]
+async fn a_mapping_change_forces_a_held_plan() {
+    let d = day(&[e("1", "2020-01-01"), e("2", "2020-01-01")], vec![]);
+    let s = Scenario::new(vec![d], LOOSE_GUARDS).await;
+    s.committed(0, "2026-01-01").await;
+    // The admin points `department` at another field.
+    let mut changed = s.config.clone();
+    changed.mapping.employees.department = "FirstName".into();
+    let result = sync::run(&changed, s.st().clone(), "2026-01-02".parse().expect("d"), false)
+        .await
+        .expect("sync");
+    let SyncResult::Held(run, reasons) = result else {
+        panic!("expected held, got {result:?}")
+    };
+    assert!(reasons.iter().any(|r| r.contains("mapping")), "{reasons:?}");
+    assert_eq!(s.st().held_plan(run.id).expect("plan").count(Mover), 2);
+    // Approved, the new mapping becomes the baseline.
+    sync::approve(&changed, s.st(), run.id).expect("approve");
+    let result = sync::run(&changed, s.st().clone(), "2026-01-03".parse().expect("d"), false)
+        .await
+        .expect("sync");
+    assert!(
+        matches!(result, SyncResult::Committed(ref r) if r.outcome == Outcome::NothingToDo),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn retention_scrubs_leavers_and_drops_old_runs() {
+    let d0 = day(&[e("1", "2020-01-01"), e("2", "2020-01-01")], vec![]);
+    let d1 = day(&[e("1", "2020-01-01").end("2025-01-31"), e("2", "2020-01-01")], vec![]);
+    let s = Scenario::new(
+        vec![d0, d1],
+        &format!("{LOOSE_GUARDS}\n[retention]\nhistory_days = 30\nleaver_personal_data_days = 10\n"),
+    )
+    .await;
+    s.committed(0, "2025-01-01").await;
+    s.committed(1, "2025-02-01").await;
+    let (p, _) = s.st().employee("1").expect("e");
+    assert!(p.expect("stored").employee.is_some(), "not yet");
+    s.committed(1, "2025-02-20").await;
+    let (p, history) = s.st().employee("1").expect("e");
+    let p = p.expect("key and dates stay");
+    assert!(p.employee.is_none(), "personal data removed");
+    assert_eq!(p.employment.end, Some("2025-01-31".parse().expect("d")));
+    assert!(history
+        .iter()
+        .all(|(_, m)| m.employee.is_none() && m.changes.is_empty()));
+    // Runs older than 30 days are gone; the snapshot still verifies.
+    let before = s.st().runs(100).expect("runs").len();
+    s.committed(1, "2025-03-10").await;
+    let runs = s.st().runs(100).expect("runs");
+    assert!(runs.len() < before + 1, "the first run was purged");
+    assert!(runs.iter().all(|r| r.as_of >= "2025-02-08".parse().expect("d")));
+    s.st().verify().expect("digest");
+    // Scrubbed, the leaver stays scrubbed (no write every run).
+    let r = s.committed(1, "2025-03-11").await;
+    assert_eq!(r.outcome, Outcome::NothingToDo);
+}
+
+#[tokio::test]
+async fn forget_erases_an_employee_everywhere() {
+    let d0 = day(&[e("1", "2020-01-01"), e("2", "2020-01-01")], vec![]);
+    let d1 = day(&[e("1", "2020-01-01").dept("HR"), e("2", "2020-01-01")], vec![]);
+    let s = Scenario::new(vec![d0, d1], LOOSE_GUARDS).await;
+    s.committed(0, "2026-01-01").await;
+    let r2 = s.committed(1, "2026-01-02").await;
+    let mut s = s;
+    let cfg = s.close();
+    let (code, out, err) = run_bin(&["--config", &cfg, "forget", "1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = run_bin(&["--config", &cfg, "export", "--format", "csv"]).await;
+    assert!(
+        !out.contains("e1@bedrijf.example") && out.contains("e2@bedrijf.example"),
+        "{out}"
+    );
+    let (code, _, err) = run_bin(&["--config", &cfg, "forget", "1"]).await;
+    assert_eq!(code, 1, "{err}");
+    s.reopen();
+    let (p, history) = s.st().employee("1").expect("e");
+    assert!(p.is_none() && history.is_empty());
+    assert!(s.st().run_mutations(r2.id).expect("m").is_empty());
+    assert!(s
+        .st()
+        .run_mutations(1)
+        .expect("m")
+        .iter()
+        .all(|m| m.key.as_str() != "1"));
+    s.st().verify().expect("digest");
+}
+
+#[tokio::test]
+async fn a_failed_fetch_changes_nothing_but_its_run_record() {
+    let d = day(&[e("1", "2020-01-01")], vec![]);
+    let s = Scenario::new(vec![d], LOOSE_GUARDS).await;
+    let r1 = s.committed(0, "2026-01-01").await;
+    let digest = s.st().meta().expect("meta").snapshot_digest;
+    s.emu.state.add_rule(afas_sync::emulator::FaultRule::new(
+        "/connectors/profit_employees",
+        1,
+        100,
+        afas_sync::emulator::FaultAction::Status {
+            status: 403,
+            body: String::new(),
+        },
+    ));
+    let err = sync::run(&s.config, s.st().clone(), "2026-01-02".parse().expect("d"), false)
+        .await
+        .expect_err("fails");
+    assert!(err.to_string().contains("403"), "{err}");
+    let meta = s.st().meta().expect("meta");
+    assert_eq!(meta.snapshot_digest, digest);
+    assert_eq!(meta.last_committed_run, Some(r1.id));
+    let last = &s.st().runs(1).expect("runs")[0];
+    assert_eq!(last.outcome, Outcome::Failed);
+    assert!(last.message.contains("IP restriction"), "{}", last.message);
+}
+
+#[tokio::test]
+async fn cli_sync_dry_run_status_history_and_exit_codes() {
+    let d0 = day(&[e("1", "2020-01-01"), e("2", "2020-01-01")], vec![]);
+    let mut s = Scenario::new(vec![d0], LOOSE_GUARDS).await;
+    let cfg = s.close();
+    let cfg = cfg.as_str();
+    let (code, out, err) = run_bin(&["--config", cfg, "sync", "--dry-run", "--as-of", "2026-01-01"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("dry run") && out.contains("2 joiners"), "{out}");
+    let (code, out, _) = run_bin(&["--config", cfg, "--json", "history"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "[]", "a dry run records nothing");
+    let (code, out, err) = run_bin(&["--config", cfg, "sync", "--as-of", "2026-01-01"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, _) = run_bin(&["--config", cfg, "sync", "--as-of", "2026-01-02"]).await;
+    assert_eq!(code, 4, "nothing to do");
+    let (code, out, _) = run_bin(&["--config", cfg, "--json", "status"]).await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["employees"]["active"], 2);
+    assert_eq!(v["last_run"]["outcome"], "nothing-to-do");
+    let (code, out, _) = run_bin(&["--config", cfg, "employee", "1"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("joiner"), "{out}");
+    s.emu.state.add_rule(afas_sync::emulator::FaultRule::new(
+        "/connectors/",
+        1,
+        100,
+        afas_sync::emulator::FaultAction::Status {
+            status: 401,
+            body: String::new(),
+        },
+    ));
+    let (code, _, err) = run_bin(&["--config", cfg, "sync"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing was changed") && err.contains("401"), "{err}");
+}
