@@ -148,6 +148,9 @@ impl Store {
             }
         }
         let existed = path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+        if existed {
+            probe_read_only(path)?;
+        }
         let db = Database::create(path).map_err(|e| map_open_error(e, path))?;
         let mut store = Store {
             db,
@@ -659,11 +662,50 @@ fn scrub_history(
     Ok(())
 }
 
+/// Looks at an existing file without any chance of writing to it: a file
+/// of a newer schema, another program's file or a damaged one is refused
+/// before the writable open (which updates redb's header) ever happens.
+fn probe_read_only(path: &Path) -> Result<(), StoreError> {
+    let db = match redb::Builder::new().open_read_only(path) {
+        Ok(db) => db,
+        // Not shut down cleanly (a crash or SIGKILL): the writable open
+        // repairs it, which is redb's normal recovery of our own file.
+        Err(redb::DatabaseError::RepairAborted) => return Ok(()),
+        Err(e) => return Err(map_open_error(e, path)),
+    };
+    let txn = db.begin_read()?;
+    let version = match txn.open_table(META) {
+        Ok(t) => t
+            .get("schema_version")?
+            .and_then(|g| g.value().try_into().ok().map(u32::from_le_bytes)),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match version {
+        None => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "no schema version: not an afas-sync state file".into(),
+        }),
+        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Newer {
+            path: path.to_path_buf(),
+            found: v,
+            known: SCHEMA_VERSION,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 fn map_open_error(e: redb::DatabaseError, path: &Path) -> StoreError {
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_path_buf(),
         },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+            StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: io.to_string(),
+            }
+        }
         redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
             path: path.to_path_buf(),
             reason: io.to_string(),

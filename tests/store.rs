@@ -1,0 +1,238 @@
+//! The state file under stress: SIGKILL at random points during syncs, a
+//! file written by the first released schema, and files this binary must
+//! refuse (newer, corrupt, locked) without touching them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use afas_sync::emulator::data::{churn, generate, Rng};
+use afas_sync::store::{Store, StoreError, SCHEMA_VERSION};
+use common::*;
+
+const FIXTURE_V1: &str = "tests/fixtures/store-schema1.redb";
+
+fn today() -> jiff::civil::Date {
+    jiff::civil::Date::new(2026, 11, 24).expect("date")
+}
+
+fn copy_fixture(dir: &Path) -> PathBuf {
+    let target = dir.join("state.redb");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V1), &target).expect("copy fixture");
+    target
+}
+
+#[tokio::test]
+async fn sigkill_during_syncs_never_leaves_a_half_applied_run() {
+    let emu = spawn_emulator(generate(11, 3000, today())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "page_size = 500\n\n[guards]\nmax_leavers_percent = 100.0\nmax_leavers = 100000\nmax_source_shrink_percent = 100.0\nmax_rejected_percent = 100.0\n",
+    );
+    let cfg = cfg.to_str().expect("path").to_string();
+    let store_path = dir.path().join("state.redb");
+
+    // How long does one sync take here? Kills are spread over that window.
+    let started = Instant::now();
+    let (code, out, err) = run_bin(&["--config", &cfg, "sync", "--as-of", "2026-11-24"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let window = started.elapsed().mul_f32(1.3).max(Duration::from_millis(50));
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    eprintln!("crash test seed {seed}, window {window:?}");
+    let mut rng = Rng::new(seed);
+    let (mut killed, mut completed) = (0, 0);
+    let mut as_of = today();
+    for i in 0..30u64 {
+        // Every iteration brings real work: hires, leavers and movers.
+        as_of = as_of.checked_add(jiff::ToSpan::day(1)).expect("date");
+        let day = as_of;
+        emu.state.with_data(|d| {
+            churn(d, seed.wrapping_add(i), day, 10, 5, 30);
+        });
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_afas-sync"))
+            .args([
+                "--config",
+                &cfg,
+                "--log-level",
+                "error",
+                "sync",
+                "--as-of",
+                &as_of.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let delay = Duration::from_micros(rng.below(window.as_micros() as u64));
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.expect("wait");
+                assert!(matches!(status.code(), Some(0) | Some(4)), "sync failed: {status:?}");
+                completed += 1;
+            }
+            _ = tokio::time::sleep(delay) => {
+                child.start_kill().expect("SIGKILL");
+                let _ = child.wait().await;
+                killed += 1;
+            }
+        }
+        // After every run or kill: the file opens, and the snapshot is
+        // exactly what the last committed run recorded.
+        let store = Store::open(&store_path).expect("store opens after SIGKILL");
+        store.verify().expect("snapshot equals the last committed run");
+        let meta = store.meta().expect("meta");
+        let last = store
+            .run(meta.last_committed_run.expect("a committed run"))
+            .expect("run");
+        assert!(matches!(
+            last.outcome,
+            afas_sync::sync::Outcome::Success | afas_sync::sync::Outcome::NothingToDo
+        ));
+        let mutations = store.run_mutations(last.id).expect("mutations");
+        assert_eq!(
+            mutations.len() as u64,
+            last.joiners + last.movers + last.leavers + last.rehires,
+            "the run record and its mutations were committed together"
+        );
+    }
+    eprintln!("crash test: {killed} killed, {completed} completed");
+    assert!(killed >= 5, "the kills must actually interrupt syncs ({killed} killed)");
+
+    // A last clean sync catches up with AFAS after all the interruptions.
+    let (code, out, err) = run_bin(&["--config", &cfg, "sync", "--as-of", &as_of.to_string()]).await;
+    assert!(code == 0 || code == 4, "{out}{err}");
+    let (code, _, _) = run_bin(&["--config", &cfg, "sync", "--as-of", &as_of.to_string()]).await;
+    assert_eq!(code, 4, "caught up: nothing left to do");
+}
+
+#[test]
+fn a_store_written_by_the_first_released_schema_opens_and_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = copy_fixture(dir.path());
+    let store = Store::open(&path).expect("schema 1 opens");
+    assert_eq!(store.meta().expect("meta").schema_version, SCHEMA_VERSION);
+    store.verify().expect("digest of the old file");
+    let snap = store.snapshot().expect("snapshot");
+    // 20 generated employees plus the joiners of the fixture's second day.
+    assert_eq!(snap.len(), 21);
+    let runs = store.runs(10).expect("runs");
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r.outcome == afas_sync::sync::Outcome::Success));
+    let (current, history) = store.employee("1000001").expect("employee");
+    assert!(current.is_some());
+    assert!(!history.is_empty());
+}
+
+#[tokio::test]
+async fn a_schema_1_store_keeps_syncing_with_this_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_fixture(dir.path());
+    let emu = spawn_emulator(generate(5, 20, today())).await;
+    let cfg = write_config(
+        dir.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "\n[guards]\nmax_leavers_percent = 100.0\n",
+    );
+    let (code, out, err) = run_bin(&["--config", cfg.to_str().expect("p"), "sync", "--as-of", "2026-11-26"]).await;
+    assert!(code == 0 || code == 4, "{out}{err}");
+    let store = Store::open(&dir.path().join("state.redb")).expect("open");
+    store.verify().expect("digest");
+    assert_eq!(store.runs(10).expect("runs").len(), 3);
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    drop(Store::open(&path).expect("create"));
+    {
+        let db = redb::Database::create(&path).expect("raw open");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .expect("meta");
+            meta.insert("schema_version", 99u32.to_le_bytes().as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let err = Store::open(&path).err().expect("refused");
+    assert!(matches!(err, StoreError::Newer { found: 99, .. }), "{err:?}");
+    assert!(err.to_string().contains("newer afas-sync"), "{err}");
+    assert!(std::fs::read(&path).expect("read") == before, "not modified");
+}
+
+#[test]
+fn a_corrupt_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let garbage: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &garbage).expect("write");
+    let err = Store::open(&path).err().expect("refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("not changed"), "{err}");
+    assert!(std::fs::read(&path).expect("read") == garbage, "not modified");
+
+    // A valid redb file that is not ours is refused too.
+    let other = dir.path().join("other.redb");
+    drop(redb::Database::create(&other).expect("plain redb"));
+    let before = std::fs::read(&other).expect("read");
+    let err = Store::open(&other).err().expect("refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(std::fs::read(&other).expect("read") == before, "not modified");
+}
+
+#[tokio::test]
+async fn a_second_process_is_told_the_file_is_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "http://127.0.0.1:9/ProfitRestServices", TOKEN_HEX, "");
+    let _held = Store::open(&dir.path().join("state.redb")).expect("open");
+    let (code, _, err) = run_bin(&["--config", cfg.to_str().expect("p"), "status"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another afas-sync process"), "{err}");
+    assert!(!err.contains("already open"), "{err}");
+}
+
+/// Regenerates the schema-1 fixture. Run only when deliberately creating
+/// the fixture of a released schema: `cargo test --test store -- --ignored`.
+#[tokio::test]
+#[ignore]
+async fn write_schema_1_fixture() {
+    let emu = spawn_emulator(generate(5, 20, today())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "\n[guards]\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n",
+    );
+    let config = afas_sync::config::Config::load(&cfg).expect("config").config;
+    let store = std::sync::Arc::new(Store::open(&config.store.path).expect("store"));
+    afas_sync::sync::run(&config, store.clone(), today(), false)
+        .await
+        .expect("sync 1");
+    let day2 = today().checked_add(jiff::ToSpan::day(1)).expect("d");
+    emu.state.with_data(|d| {
+        churn(d, 5, day2, 100, 100, 200);
+    });
+    afas_sync::sync::run(&config, store.clone(), day2, false)
+        .await
+        .expect("sync 2");
+    drop(store);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V1);
+    std::fs::create_dir_all(target.parent().expect("dir")).expect("mkdir");
+    std::fs::copy(&config.store.path, &target).expect("copy");
+}
