@@ -69,9 +69,7 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
                 "AFAS token accepted",
                 Ok(meta.info.app_name.clone().unwrap_or_else(|| "app connector".into())),
             ));
-            let mut wanted = vec![&config.afas.employees];
-            wanted.extend(config.afas.contracts.as_ref());
-            for conn in wanted {
+            for (_, conn) in afas::connectors(config) {
                 let listed = meta
                     .get_connectors
                     .iter()
@@ -96,20 +94,18 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
             return items;
         }
     }
-    let mut conns = vec![(&config.afas.employees, true)];
-    conns.extend(config.afas.contracts.as_ref().map(|c| (c, false)));
-    for (conn, is_emp) in conns {
+    for (source, conn) in afas::connectors(config) {
         let name = format!("connector {} fields", conn.connector);
         let result = match client.connector_meta(&conn.connector).await {
             Ok(meta) => {
-                let mut wanted = afas::mapped_fields(config, is_emp);
+                let mut wanted = afas::mapped_fields(config, source);
                 for k in &conn.key {
                     let k = k.trim_start_matches('-');
                     if !wanted.iter().any(|(f, _, _)| f == k) {
                         wanted.push((
                             k.to_string(),
                             afas::FieldKind::Text,
-                            format!("afas.{}.key", if is_emp { "employees" } else { "contracts" }),
+                            format!("afas.{}.key", source.name()),
                         ));
                     }
                 }

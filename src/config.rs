@@ -144,6 +144,9 @@ struct RawAfas {
     employees: ConnectorConfig,
     #[serde(default = "default_contracts_connector")]
     contracts: Option<ConnectorConfig>,
+    salary: Option<ConnectorConfig>,
+    wage_components: Option<ConnectorConfig>,
+    leave: Option<ConnectorConfig>,
 }
 
 fn default_page_size() -> u32 {
@@ -206,6 +209,12 @@ pub struct AfasConfig {
     pub max_retry_wait: std::time::Duration,
     pub employees: ConnectorConfig,
     pub contracts: Option<ConnectorConfig>,
+    /// Optional salary connector (Alleo Flex Salary).
+    pub salary: Option<ConnectorConfig>,
+    /// Optional wage components connector (holiday allowance).
+    pub wage_components: Option<ConnectorConfig>,
+    /// Optional leave balances connector (Alleo Flex Leave).
+    pub leave: Option<ConnectorConfig>,
 }
 
 /// AFAS field ids of the employees connector. Defaults are the names in
@@ -272,11 +281,80 @@ impl Default for ContractMapping {
     }
 }
 
+/// Field ids of the optional salary connector: one row per salary period.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SalaryMapping {
+    pub employee_key: String,
+    /// The date the salary applies from; the latest one on or before the
+    /// sync date counts.
+    pub start: String,
+    pub amount: String,
+}
+
+impl Default for SalaryMapping {
+    fn default() -> Self {
+        SalaryMapping {
+            employee_key: "EmployeeId".into(),
+            start: "DateStart".into(),
+            amount: "Salary".into(),
+        }
+    }
+}
+
+/// Field ids of the optional wage components connector, and the wage
+/// component ids the customer shares for the holiday allowance.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WageComponentMapping {
+    pub employee_key: String,
+    pub component: String,
+    pub amount: String,
+    /// Wage component id of the holiday allowance accrual.
+    pub holiday_allowance_accrual_id: Option<String>,
+    /// Wage component id of the holiday allowance balance.
+    pub holiday_allowance_balance_id: Option<String>,
+}
+
+impl Default for WageComponentMapping {
+    fn default() -> Self {
+        WageComponentMapping {
+            employee_key: "EmployeeId".into(),
+            component: "WageComponentId".into(),
+            amount: "Amount".into(),
+            holiday_allowance_accrual_id: None,
+            holiday_allowance_balance_id: None,
+        }
+    }
+}
+
+/// Field ids of the optional leave connector: one row per leave type.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaveMapping {
+    pub employee_key: String,
+    pub leave_type: String,
+    pub balance: String,
+}
+
+impl Default for LeaveMapping {
+    fn default() -> Self {
+        LeaveMapping {
+            employee_key: "EmployeeId".into(),
+            leave_type: "LeaveTypeId".into(),
+            balance: "BalanceHours".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mapping {
     pub employees: EmployeeMapping,
     pub contracts: ContractMapping,
+    pub salary: SalaryMapping,
+    pub wage_components: WageComponentMapping,
+    pub leave: LeaveMapping,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -467,6 +545,16 @@ impl Config {
             ));
         }
         validate_rules(&raw.sync, &raw.guards, &raw.retention)?;
+        let w = &raw.mapping.wage_components;
+        if afas.wage_components.is_some()
+            && w.holiday_allowance_accrual_id.is_none()
+            && w.holiday_allowance_balance_id.is_none()
+        {
+            return Err(invalid(
+                "mapping.wage_components.holiday_allowance_accrual_id",
+                "afas.wage_components is set, so name the wage component ids for holiday allowance accrual and/or balance (the ids shared in setup step 5)",
+            ));
+        }
         Ok(Loaded {
             config: Config {
                 afas,
@@ -596,6 +684,9 @@ fn validate_afas(raw: RawAfas, base_dir: &Path, warnings: &mut Vec<String>) -> R
         max_retry_wait: std::time::Duration::from_secs(raw.max_retry_wait_secs),
         employees: raw.employees,
         contracts: raw.contracts,
+        salary: raw.salary,
+        wage_components: raw.wage_components,
+        leave: raw.leave,
     })
 }
 
@@ -617,6 +708,15 @@ fn validate_mapping(m: &Mapping) -> Result<(), ConfigError> {
         ("mapping.contracts.end", &m.contracts.end),
         ("mapping.contracts.fte", &m.contracts.fte),
         ("mapping.contracts.hours_per_week", &m.contracts.hours_per_week),
+        ("mapping.salary.employee_key", &m.salary.employee_key),
+        ("mapping.salary.start", &m.salary.start),
+        ("mapping.salary.amount", &m.salary.amount),
+        ("mapping.wage_components.employee_key", &m.wage_components.employee_key),
+        ("mapping.wage_components.component", &m.wage_components.component),
+        ("mapping.wage_components.amount", &m.wage_components.amount),
+        ("mapping.leave.employee_key", &m.leave.employee_key),
+        ("mapping.leave.leave_type", &m.leave.leave_type),
+        ("mapping.leave.balance", &m.leave.balance),
     ];
     for (key, value) in fields {
         if value.trim().is_empty() {

@@ -139,6 +139,18 @@ pub struct PrimaryContract {
     pub hours_per_week: Option<Decimal>,
 }
 
+/// Optional salary and leave data (Alleo Flex Salary / Flex Leave), from
+/// the extra GetConnectors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pay {
+    /// The salary that applies on the sync date.
+    pub salary: Option<Decimal>,
+    pub holiday_allowance_accrual: Option<Decimal>,
+    pub holiday_allowance_balance: Option<Decimal>,
+    /// Leave balance (hours) per leave type.
+    pub leave_hours: BTreeMap<String, Decimal>,
+}
+
 /// The normalized employee: what afas-sync stores and delivers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Employee {
@@ -154,6 +166,7 @@ pub struct Employee {
     pub access: Option<bool>,
     pub budgets: BTreeMap<String, Decimal>,
     pub contract: Option<PrimaryContract>,
+    pub pay: Pay,
 }
 
 impl Employee {
@@ -199,6 +212,19 @@ impl Employee {
         .collect();
         for (name, amount) in &self.budgets {
             out.push((format!("budget.{name}"), amount.to_string()));
+        }
+        let p = &self.pay;
+        for (name, v) in [
+            ("salary", p.salary),
+            ("holiday_allowance_accrual", p.holiday_allowance_accrual),
+            ("holiday_allowance_balance", p.holiday_allowance_balance),
+        ] {
+            if let Some(v) = v {
+                out.push((name.to_string(), v.to_string()));
+            }
+        }
+        for (kind, hours) in &p.leave_hours {
+            out.push((format!("leave.{kind}"), hours.to_string()));
         }
         out
     }
@@ -374,7 +400,13 @@ pub fn decode_employee(row: &Row, mapping: &Mapping) -> Result<Draft, Rejection>
 impl Draft {
     /// Completes the employee with its contracts. Without contracts, the
     /// employee row's own start and end dates are used.
-    pub fn finish(self, contracts: Option<&[Contract]>, as_of: Date, mapping: &Mapping) -> Result<Employee, Rejection> {
+    pub fn finish(
+        self,
+        contracts: Option<&[Contract]>,
+        pay: Pay,
+        as_of: Date,
+        mapping: &Mapping,
+    ) -> Result<Employee, Rejection> {
         let contracts = contracts.filter(|c| !c.is_empty());
         let employment = match contracts.and_then(|c| employment_from_contracts(c, as_of)) {
             Some(p) => p,
@@ -405,8 +437,53 @@ impl Draft {
             access: self.access,
             budgets: self.budgets,
             contract: contracts.and_then(|c| primary_contract(c, as_of)),
+            pay,
         })
     }
+}
+
+/// Reads the employee key of an extra-connector row.
+fn extra_key(row: &Row, field: &str) -> Result<EmployeeKey, String> {
+    let key = rows::text(row, field)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("field `{field}`: empty employee key"))?;
+    EmployeeKey::parse(&key)
+}
+
+fn required_decimal(row: &Row, field: &str) -> Result<Decimal, String> {
+    rows::decimal(row, field)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("field `{field}`: required but empty"))
+}
+
+/// A salary row: (employee, valid from, amount).
+pub fn decode_salary(row: &Row, mapping: &Mapping) -> Result<(EmployeeKey, Date, Decimal), String> {
+    let m = &mapping.salary;
+    let key = extra_key(row, &m.employee_key)?;
+    let start = rows::date(row, &m.start)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("field `{}`: required but empty", m.start))?;
+    Ok((key, start, required_decimal(row, &m.amount)?))
+}
+
+/// A wage component row: (employee, component id, amount).
+pub fn decode_wage_component(row: &Row, mapping: &Mapping) -> Result<(EmployeeKey, String, Decimal), String> {
+    let m = &mapping.wage_components;
+    let key = extra_key(row, &m.employee_key)?;
+    let id = rows::text(row, &m.component)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("field `{}`: required but empty", m.component))?;
+    Ok((key, id, required_decimal(row, &m.amount)?))
+}
+
+/// A leave row: (employee, leave type, balance in hours).
+pub fn decode_leave(row: &Row, mapping: &Mapping) -> Result<(EmployeeKey, String, Decimal), String> {
+    let m = &mapping.leave;
+    let key = extra_key(row, &m.employee_key)?;
+    let kind = rows::text(row, &m.leave_type)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("field `{}`: required but empty", m.leave_type))?;
+    Ok((key, kind, required_decimal(row, &m.balance)?))
 }
 
 #[cfg(test)]

@@ -121,14 +121,19 @@ fn a_store_written_by_the_first_released_schema_opens_and_reads() {
     assert_eq!(store.meta().expect("meta").schema_version, SCHEMA_VERSION);
     store.verify().expect("digest of the old file");
     let snap = store.snapshot().expect("snapshot");
-    // 20 generated employees plus the joiners of the fixture's second day.
-    assert_eq!(snap.len(), 21);
+    // The employees ever provisioned, as `write_schema_1_fixture` wrote them.
+    assert_eq!(snap.len(), 20);
     let runs = store.runs(10).expect("runs");
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.outcome == afas_sync::sync::Outcome::Success));
     let (current, history) = store.employee("1000001").expect("employee");
-    assert!(current.is_some());
+    let current = current.expect("stored");
     assert!(!history.is_empty());
+    let pay = &current.employee.expect("personal data").pay;
+    assert!(
+        pay.salary.is_some() && pay.holiday_allowance_balance.is_some() && !pay.leave_hours.is_empty(),
+        "{pay:?}"
+    );
 }
 
 #[tokio::test]
@@ -136,12 +141,13 @@ async fn a_schema_1_store_keeps_syncing_with_this_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_fixture(dir.path());
     let emu = spawn_emulator(generate(5, 20, today())).await;
-    let cfg = write_config(
-        dir.path(),
-        &emu.base_url(),
-        TOKEN_HEX,
-        "\n[guards]\nmax_leavers_percent = 100.0\n",
+    // The same configuration the fixture was written with: a different one
+    // would (rightly) hold the run as a mapping change.
+    let extra = format!(
+        "\n{}\n[guards]\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n",
+        afas_sync::cli::EXTRA_CONNECTORS
     );
+    let cfg = write_config(dir.path(), &emu.base_url(), TOKEN_HEX, &extra);
     let (code, out, err) = run_bin(&["--config", cfg.to_str().expect("p"), "sync", "--as-of", "2026-11-26"]).await;
     assert!(code == 0 || code == 4, "{out}{err}");
     let store = Store::open(&dir.path().join("state.redb")).expect("open");
@@ -213,12 +219,11 @@ async fn a_second_process_is_told_the_file_is_in_use() {
 async fn write_schema_1_fixture() {
     let emu = spawn_emulator(generate(5, 20, today())).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
-        dir.path(),
-        &emu.base_url(),
-        TOKEN_HEX,
-        "\n[guards]\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n",
+    let extra = format!(
+        "\n{}\n[guards]\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n",
+        afas_sync::cli::EXTRA_CONNECTORS
     );
+    let cfg = write_config(dir.path(), &emu.base_url(), TOKEN_HEX, &extra);
     let config = afas_sync::config::Config::load(&cfg).expect("config").config;
     let store = std::sync::Arc::new(Store::open(&config.store.path).expect("store"));
     afas_sync::sync::run(&config, store.clone(), today(), false)

@@ -11,47 +11,108 @@ pub use error::AfasError;
 
 use crate::config::{Config, ConnectorConfig};
 
+/// The GetConnectors afas-sync reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Employees,
+    Contracts,
+    Salary,
+    WageComponents,
+    Leave,
+}
+
+impl Source {
+    /// The config section (`afas.<name>`) of this connector.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Employees => "employees",
+            Source::Contracts => "contracts",
+            Source::Salary => "salary",
+            Source::WageComponents => "wage_components",
+            Source::Leave => "leave",
+        }
+    }
+}
+
+/// The configured connectors, employees first.
+pub fn connectors(config: &Config) -> Vec<(Source, &ConnectorConfig)> {
+    let a = &config.afas;
+    let mut out = vec![(Source::Employees, &a.employees)];
+    for (s, c) in [
+        (Source::Contracts, &a.contracts),
+        (Source::Salary, &a.salary),
+        (Source::WageComponents, &a.wage_components),
+        (Source::Leave, &a.leave),
+    ] {
+        if let Some(c) = c {
+            out.push((s, c));
+        }
+    }
+    out
+}
+
 /// The fields the mapping reads from one connector, with the type each must
 /// have and the config key that names it.
-pub fn mapped_fields(config: &Config, employees: bool) -> Vec<(String, FieldKind, String)> {
+pub fn mapped_fields(config: &Config, source: Source) -> Vec<(String, FieldKind, String)> {
     let m = &config.mapping;
     let mut out: Vec<(String, FieldKind, String)> = Vec::new();
     let mut push = |field: &str, kind: FieldKind, key: &str| {
         out.push((field.to_string(), kind, key.to_string()));
     };
-    if employees {
-        let e = &m.employees;
-        push(&e.key, FieldKind::Text, "mapping.employees.key");
-        push(&e.email, FieldKind::Text, "mapping.employees.email");
-        push(&e.first_name, FieldKind::Text, "mapping.employees.first_name");
-        push(&e.last_name, FieldKind::Text, "mapping.employees.last_name");
-        push(&e.prefix, FieldKind::Text, "mapping.employees.prefix");
-        push(
-            &e.employment_start,
-            FieldKind::Date,
-            "mapping.employees.employment_start",
-        );
-        push(&e.employment_end, FieldKind::Date, "mapping.employees.employment_end");
-        push(&e.department, FieldKind::Text, "mapping.employees.department");
-        push(&e.date_of_birth, FieldKind::Date, "mapping.employees.date_of_birth");
-        if let Some(a) = &e.access {
-            push(a, FieldKind::Boolean, "mapping.employees.access");
+    match source {
+        Source::Employees => {
+            let e = &m.employees;
+            push(&e.key, FieldKind::Text, "mapping.employees.key");
+            push(&e.email, FieldKind::Text, "mapping.employees.email");
+            push(&e.first_name, FieldKind::Text, "mapping.employees.first_name");
+            push(&e.last_name, FieldKind::Text, "mapping.employees.last_name");
+            push(&e.prefix, FieldKind::Text, "mapping.employees.prefix");
+            push(
+                &e.employment_start,
+                FieldKind::Date,
+                "mapping.employees.employment_start",
+            );
+            push(&e.employment_end, FieldKind::Date, "mapping.employees.employment_end");
+            push(&e.department, FieldKind::Text, "mapping.employees.department");
+            push(&e.date_of_birth, FieldKind::Date, "mapping.employees.date_of_birth");
+            if let Some(a) = &e.access {
+                push(a, FieldKind::Boolean, "mapping.employees.access");
+            }
+            for (name, field) in &e.budgets {
+                push(field, FieldKind::Decimal, &format!("mapping.employees.budgets.{name}"));
+            }
         }
-        for (name, field) in &e.budgets {
-            push(field, FieldKind::Decimal, &format!("mapping.employees.budgets.{name}"));
+        Source::Contracts => {
+            let c = &m.contracts;
+            push(&c.employee_key, FieldKind::Text, "mapping.contracts.employee_key");
+            push(&c.sequence, FieldKind::Text, "mapping.contracts.sequence");
+            push(&c.start, FieldKind::Date, "mapping.contracts.start");
+            push(&c.end, FieldKind::Date, "mapping.contracts.end");
+            push(&c.fte, FieldKind::Decimal, "mapping.contracts.fte");
+            push(
+                &c.hours_per_week,
+                FieldKind::Decimal,
+                "mapping.contracts.hours_per_week",
+            );
         }
-    } else {
-        let c = &m.contracts;
-        push(&c.employee_key, FieldKind::Text, "mapping.contracts.employee_key");
-        push(&c.sequence, FieldKind::Text, "mapping.contracts.sequence");
-        push(&c.start, FieldKind::Date, "mapping.contracts.start");
-        push(&c.end, FieldKind::Date, "mapping.contracts.end");
-        push(&c.fte, FieldKind::Decimal, "mapping.contracts.fte");
-        push(
-            &c.hours_per_week,
-            FieldKind::Decimal,
-            "mapping.contracts.hours_per_week",
-        );
+        Source::Salary => {
+            let s = &m.salary;
+            push(&s.employee_key, FieldKind::Text, "mapping.salary.employee_key");
+            push(&s.start, FieldKind::Date, "mapping.salary.start");
+            push(&s.amount, FieldKind::Decimal, "mapping.salary.amount");
+        }
+        Source::WageComponents => {
+            let w = &m.wage_components;
+            push(&w.employee_key, FieldKind::Text, "mapping.wage_components.employee_key");
+            push(&w.component, FieldKind::Text, "mapping.wage_components.component");
+            push(&w.amount, FieldKind::Decimal, "mapping.wage_components.amount");
+        }
+        Source::Leave => {
+            let l = &m.leave;
+            push(&l.employee_key, FieldKind::Text, "mapping.leave.employee_key");
+            push(&l.leave_type, FieldKind::Text, "mapping.leave.leave_type");
+            push(&l.balance, FieldKind::Decimal, "mapping.leave.balance");
+        }
     }
     out
 }

@@ -454,6 +454,25 @@ pub fn today() -> jiff::civil::Date {
         .date()
 }
 
+/// The optional salary, holiday allowance and leave connectors of the
+/// generated company (seed step 5, "additional GetConnectors").
+pub const EXTRA_CONNECTORS: &str = r#"[afas.salary]
+connector = "Profit_Salary_Alleo"
+key = ["EmployeeId", "DateStart"]
+
+[afas.wage_components]
+connector = "Profit_WageComponents_Alleo"
+key = ["EmployeeId", "WageComponentId"]
+
+[afas.leave]
+connector = "Profit_Leave_Alleo"
+key = ["EmployeeId", "LeaveTypeId"]
+
+[mapping.wage_components]
+holiday_allowance_accrual_id = "5100"
+holiday_allowance_balance_id = "5110"
+"#;
+
 async fn demo(employees: u64, seed: u64) -> i32 {
     match demo_inner(employees, seed).await {
         Ok(()) => exit::OK,
@@ -478,8 +497,9 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
     let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
     let config_text = format!(
-        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n[store]\npath = \"{}\"\n",
+        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n{}\n[store]\npath = \"{}\"\n",
         emu.base_url(),
+        EXTRA_CONNECTORS,
         dir.path().join("state.redb").display()
     );
     let config_path = dir.path().join("config.toml");

@@ -62,6 +62,10 @@ pub fn employee_json(e: &crate::domain::Employee) -> Value {
         "access": e.access,
         "budgets": e.budgets.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
         "fte": e.contract.as_ref().and_then(|c| c.fte).map(|f| f.to_string()),
+        "salary": e.pay.salary.map(|v| v.to_string()),
+        "holiday_allowance_accrual": e.pay.holiday_allowance_accrual.map(|v| v.to_string()),
+        "holiday_allowance_balance": e.pay.holiday_allowance_balance.map(|v| v.to_string()),
+        "leave_hours": e.pay.leave_hours.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -449,6 +453,7 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn export(config: &Config, csv: bool) -> i32 {
+    use std::io::Write;
     let store = match open_store(config) {
         Ok(s) => s,
         Err(code) => return code,
@@ -457,33 +462,50 @@ pub fn export(config: &Config, csv: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return store_failure(e),
     };
-    if csv {
-        println!(
-            "key,status,email,first_name,prefix,last_name,department,date_of_birth,employment_start,employment_end"
-        );
-        for p in snap.values() {
-            let status = if p.status == Status::Active { "active" } else { "left" };
-            let e = p.employee.as_ref();
-            let cols = [
-                p.key.as_str().to_string(),
-                status.to_string(),
-                e.map(|e| e.email.as_str().to_string()).unwrap_or_default(),
-                e.map(|e| e.first_name.clone()).unwrap_or_default(),
-                e.and_then(|e| e.prefix.clone()).unwrap_or_default(),
-                e.map(|e| e.last_name.clone()).unwrap_or_default(),
-                e.and_then(|e| e.department.clone()).unwrap_or_default(),
-                e.and_then(|e| e.date_of_birth)
-                    .map(|d| d.to_string())
-                    .unwrap_or_default(),
-                p.employment.start.to_string(),
-                p.employment.end.map(|d| d.to_string()).unwrap_or_default(),
-            ];
-            println!("{}", cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = (|| -> std::io::Result<()> {
+        if csv {
+            writeln!(
+                out,
+                "key,status,email,first_name,prefix,last_name,department,date_of_birth,employment_start,employment_end"
+            )?;
         }
-    } else {
         for p in snap.values() {
-            println!("{}", provisioned_json(p));
+            if csv {
+                let status = if p.status == Status::Active { "active" } else { "left" };
+                let e = p.employee.as_ref();
+                let cols = [
+                    p.key.as_str().to_string(),
+                    status.to_string(),
+                    e.map(|e| e.email.as_str().to_string()).unwrap_or_default(),
+                    e.map(|e| e.first_name.clone()).unwrap_or_default(),
+                    e.and_then(|e| e.prefix.clone()).unwrap_or_default(),
+                    e.map(|e| e.last_name.clone()).unwrap_or_default(),
+                    e.and_then(|e| e.department.clone()).unwrap_or_default(),
+                    e.and_then(|e| e.date_of_birth)
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
+                    p.employment.start.to_string(),
+                    p.employment.end.map(|d| d.to_string()).unwrap_or_default(),
+                ];
+                writeln!(
+                    out,
+                    "{}",
+                    cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
+                )?;
+            } else {
+                writeln!(out, "{}", provisioned_json(p))?;
+            }
+        }
+        out.flush()
+    })();
+    match result {
+        Ok(()) => exit::OK,
+        // The reader went away (`| head`): not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("error: cannot write the export: {e}");
+            exit::FAILURE
         }
     }
-    exit::OK
 }

@@ -29,6 +29,12 @@ use crate::afas::rows::Row;
 
 pub const EMPLOYEES_CONNECTOR: &str = "Profit_Employees_Alleo";
 pub const CONTRACTS_CONNECTOR: &str = "Profit_Contract";
+pub const SALARY_CONNECTOR: &str = "Profit_Salary_Alleo";
+pub const WAGE_CONNECTOR: &str = "Profit_WageComponents_Alleo";
+pub const LEAVE_CONNECTOR: &str = "Profit_Leave_Alleo";
+/// Wage component ids of the generated administration.
+pub const HOLIDAY_ACCRUAL_ID: &str = "5100";
+pub const HOLIDAY_BALANCE_ID: &str = "5110";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FieldDef {
@@ -379,6 +385,72 @@ pub fn contract_fields() -> Vec<FieldDef> {
     ])
 }
 
+pub fn salary_fields() -> Vec<FieldDef> {
+    fields(&[("EmployeeId", "string"), ("DateStart", "date"), ("Salary", "decimal")])
+}
+
+pub fn wage_fields() -> Vec<FieldDef> {
+    fields(&[
+        ("EmployeeId", "string"),
+        ("WageComponentId", "string"),
+        ("Amount", "decimal"),
+    ])
+}
+
+pub fn leave_fields() -> Vec<FieldDef> {
+    fields(&[
+        ("EmployeeId", "string"),
+        ("LeaveTypeId", "string"),
+        ("BalanceHours", "decimal"),
+    ])
+}
+
+/// Salary, holiday allowance and leave rows for one employee, drawn from a
+/// stream of its own so the employee and contract rows stay the same.
+fn generate_pay(rng: &mut Rng, id: &str, start: Date, today: Date) -> [Vec<Row>; 3] {
+    let row = |pairs: &[(&str, Value)]| -> Row { pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
+    let base = 2_500 + rng.below(4_000) as i64;
+    let mut salary = vec![row(&[
+        ("EmployeeId", json!(id)),
+        ("DateStart", afas_date(start)),
+        ("Salary", json!(base)),
+    ])];
+    let raise_on = today.checked_sub(((1 + rng.below(300)) as i64).days()).unwrap_or(today);
+    if raise_on > start && rng.chance(500) {
+        salary.push(row(&[
+            ("EmployeeId", json!(id)),
+            ("DateStart", afas_date(raise_on)),
+            ("Salary", json!(base + 150)),
+        ]));
+    }
+    let accrual = base as f64 * 0.08;
+    let wages = vec![
+        row(&[
+            ("EmployeeId", json!(id)),
+            ("WageComponentId", json!(HOLIDAY_ACCRUAL_ID)),
+            ("Amount", json!(accrual)),
+        ]),
+        row(&[
+            ("EmployeeId", json!(id)),
+            ("WageComponentId", json!(HOLIDAY_BALANCE_ID)),
+            ("Amount", json!(accrual * 5.0)),
+        ]),
+    ];
+    let leave = vec![
+        row(&[
+            ("EmployeeId", json!(id)),
+            ("LeaveTypeId", json!("VAK")),
+            ("BalanceHours", json!(rng.below(200) as i64)),
+        ]),
+        row(&[
+            ("EmployeeId", json!(id)),
+            ("LeaveTypeId", json!("ADV")),
+            ("BalanceHours", json!(rng.below(40) as i64)),
+        ]),
+    ];
+    [salary, wages, leave]
+}
+
 /// Width of generated employee ids: zero-padded so text order equals numeric
 /// order, as in a typical AFAS administration.
 fn employee_id(n: u64) -> String {
@@ -492,10 +564,20 @@ fn generate_employee(rng: &mut Rng, n: u64, today: Date) -> (Row, Vec<Row>) {
 /// A deterministic company of `employees` people as of `today`.
 pub fn generate(seed: u64, employees: u64, today: Date) -> Dataset {
     let mut rng = Rng::new(seed);
+    let mut pay_rng = Rng::new(seed ^ 0x5A1A_4100);
     let mut emp_rows = Vec::with_capacity(employees as usize);
     let mut con_rows = Vec::with_capacity(employees as usize * 13 / 10);
+    let (mut sal_rows, mut wage_rows, mut leave_rows) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..employees {
         let (e, c) = generate_employee(&mut rng, n, today);
+        let start = crate::afas::rows::date(&e, "EmploymentStart")
+            .ok()
+            .flatten()
+            .unwrap_or(today);
+        let [s, w, l] = generate_pay(&mut pay_rng, &employee_id(n), start, today);
+        sal_rows.extend(s);
+        wage_rows.extend(w);
+        leave_rows.extend(l);
         emp_rows.push(e);
         con_rows.extend(c);
     }
@@ -516,6 +598,20 @@ pub fn generate(seed: u64, employees: u64, today: Date) -> Dataset {
             rows: con_rows,
         },
     );
+    for (name, description, fields, rows) in [
+        (SALARY_CONNECTOR, "Alleo salary", salary_fields(), sal_rows),
+        (WAGE_CONNECTOR, "Alleo wage components", wage_fields(), wage_rows),
+        (LEAVE_CONNECTOR, "Alleo leave", leave_fields(), leave_rows),
+    ] {
+        ds.connectors.insert(
+            name.into(),
+            ConnectorData {
+                description: description.into(),
+                fields,
+                rows,
+            },
+        );
+    }
     ds
 }
 

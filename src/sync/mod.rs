@@ -13,9 +13,10 @@ use std::sync::Arc;
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
-use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem};
+use crate::afas::rows::Decimal;
+use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem, Source};
 use crate::config::Config;
-use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Rejection};
+use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Pay, Rejection};
 use crate::store::{Store, StoreError};
 use plan::{Baseline, Plan, Rules, SourceStats};
 
@@ -125,6 +126,9 @@ pub fn mapping_fingerprint(config: &Config) -> String {
         "mapping": config.mapping,
         "employees": config.afas.employees,
         "contracts": config.afas.contracts,
+        "salary": config.afas.salary,
+        "wage_components": config.afas.wage_components,
+        "leave": config.afas.leave,
     })
     .to_string();
     format!("{:016x}", crate::store::codec::fnv1a(&[text.as_bytes()]))
@@ -162,19 +166,28 @@ fn reject(stats: &mut SourceStats, protected: &mut BTreeSet<EmployeeKey>, r: Rej
 /// and normalizes the rows as they stream in.
 pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<Fetched, SyncError> {
     let mut problems = Vec::new();
-    let mut conns = vec![(&config.afas.employees, true)];
-    conns.extend(config.afas.contracts.as_ref().map(|c| (c, false)));
-    for (conn, is_emp) in &conns {
+    for (source, conn) in afas::connectors(config) {
         let meta = client.connector_meta(&conn.connector).await?;
         problems.extend(afas::client::check_fields(
             &conn.connector,
             &meta,
-            &afas::mapped_fields(config, *is_emp),
+            &afas::mapped_fields(config, source),
         ));
     }
     if !problems.is_empty() {
         return Err(SyncError::Fields(problems));
     }
+    // Salary, wage components and leave are small per employee: each is
+    // read in its own task while employees and contracts stream in here.
+    let extras: Vec<_> = afas::connectors(config)
+        .into_iter()
+        .filter(|(s, _)| matches!(s, Source::Salary | Source::WageComponents | Source::Leave))
+        .map(|(source, conn)| {
+            let rx = client.read(afas::read_spec(config, conn));
+            let mapping = config.mapping.clone();
+            tokio::spawn(read_extra(source, rx, mapping))
+        })
+        .collect();
 
     let mapping = &config.mapping;
     let mut emp_rx = client.read(afas::read_spec(config, &config.afas.employees));
@@ -187,7 +200,7 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
     let mut protected = BTreeSet::new();
     let mut drafts: Vec<Draft> = Vec::new();
     let mut contracts: HashMap<EmployeeKey, Vec<Contract>> = HashMap::new();
-    let mut contract_problems: HashMap<EmployeeKey, String> = HashMap::new();
+    let mut row_problems: HashMap<EmployeeKey, String> = HashMap::new();
     let (mut emp_done, mut con_done) = (false, con_rx.is_none());
     while !emp_done || !con_done {
         tokio::select! {
@@ -218,7 +231,7 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
                             Ok((key, c)) => {
                                 let list = contracts.entry(key.clone()).or_default();
                                 if list.iter().any(|x| x.sequence == c.sequence) {
-                                    contract_problems.insert(key, format!("contract {} appears twice", c.sequence));
+                                    row_problems.insert(key, format!("contract row: contract {} appears twice", c.sequence));
                                 }
                                 list.push(c);
                             }
@@ -228,7 +241,7 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
                                 // guess (when the key is readable).
                                 let key = afas::rows::text(row, &mapping.contracts.employee_key).ok().flatten().and_then(|k| EmployeeKey::parse(&k).ok());
                                 match key {
-                                    Some(k) => { contract_problems.insert(k, reason); }
+                                    Some(k) => { row_problems.insert(k, format!("contract row: {reason}")); }
                                     None => tracing::warn!("contract row without a readable employee key: {reason}"),
                                 }
                             }
@@ -237,6 +250,16 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
                 }
             },
         }
+    }
+
+    let mut extra = Extras::default();
+    for task in extras {
+        let part = task.await.map_err(|e| SyncError::Internal(e.to_string()))??;
+        extra.merge(part);
+    }
+    stats.contract_rows += extra.rows;
+    for (key, problem) in extra.problems.drain() {
+        row_problems.entry(key).or_insert(problem);
     }
 
     // Duplicate keys: neither row can be trusted, so both are rejected.
@@ -260,19 +283,20 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
             );
             continue;
         }
-        if let Some(problem) = contract_problems.get(&key) {
+        if let Some(problem) = row_problems.get(&key) {
             reject(
                 &mut stats,
                 &mut protected,
                 Rejection {
                     key: Some(key.clone()),
                     row: format!("{}={key}", mapping.employees.key),
-                    reason: format!("contract row: {problem}"),
+                    reason: problem.clone(),
                 },
             );
             continue;
         }
-        match d.finish(contracts.get(&key).map(Vec::as_slice), as_of, mapping) {
+        let pay = extra.pay(&key, as_of, mapping);
+        match d.finish(contracts.get(&key).map(Vec::as_slice), pay, as_of, mapping) {
             Ok(e) => {
                 employees.insert(key, e);
             }
@@ -285,6 +309,100 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
         protected,
         stats,
     })
+}
+
+/// Salary, wage component and leave rows, per employee.
+#[derive(Default)]
+struct Extras {
+    salaries: HashMap<EmployeeKey, Vec<(Date, Decimal)>>,
+    wages: HashMap<EmployeeKey, BTreeMap<String, Decimal>>,
+    leave: HashMap<EmployeeKey, BTreeMap<String, Decimal>>,
+    /// An unreadable row rejects its employee (the data would be wrong).
+    problems: HashMap<EmployeeKey, String>,
+    rows: u64,
+}
+
+impl Extras {
+    fn merge(&mut self, other: Extras) {
+        self.salaries.extend(other.salaries);
+        self.wages.extend(other.wages);
+        self.leave.extend(other.leave);
+        self.problems.extend(other.problems);
+        self.rows += other.rows;
+    }
+
+    fn pay(&self, key: &EmployeeKey, as_of: Date, mapping: &crate::config::Mapping) -> Pay {
+        let salary = self
+            .salaries
+            .get(key)
+            .and_then(|list| {
+                list.iter()
+                    .filter(|(start, _)| *start <= as_of)
+                    .max_by_key(|(start, _)| *start)
+            })
+            .map(|(_, amount)| *amount);
+        let wage = |id: &Option<String>| -> Option<Decimal> {
+            let id = id.as_ref()?;
+            self.wages.get(key)?.get(id).copied()
+        };
+        let w = &mapping.wage_components;
+        Pay {
+            salary,
+            holiday_allowance_accrual: wage(&w.holiday_allowance_accrual_id),
+            holiday_allowance_balance: wage(&w.holiday_allowance_balance_id),
+            leave_hours: self.leave.get(key).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+async fn read_extra(
+    source: Source,
+    mut rx: tokio::sync::mpsc::Receiver<Result<afas::Page, AfasError>>,
+    mapping: crate::config::Mapping,
+) -> Result<Extras, AfasError> {
+    let mut out = Extras::default();
+    let key_field = match source {
+        Source::Salary => &mapping.salary.employee_key,
+        Source::WageComponents => &mapping.wage_components.employee_key,
+        _ => &mapping.leave.employee_key,
+    };
+    while let Some(page) = rx.recv().await {
+        let page = page?;
+        out.rows += (page.rows.len() + page.bad_rows.len()) as u64;
+        for row in &page.rows {
+            let result = match source {
+                Source::Salary => domain::decode_salary(row, &mapping).map(|(k, start, amount)| {
+                    out.salaries.entry(k).or_default().push((start, amount));
+                }),
+                Source::WageComponents => domain::decode_wage_component(row, &mapping).map(|(k, id, amount)| {
+                    // Several rows of one component add up (e.g. per period).
+                    let slot = out
+                        .wages
+                        .entry(k)
+                        .or_default()
+                        .entry(id)
+                        .or_insert(Decimal::from_units(0));
+                    *slot = Decimal::from_units(slot.units().saturating_add(amount.units()));
+                }),
+                _ => domain::decode_leave(row, &mapping).map(|(k, kind, hours)| {
+                    out.leave.entry(k).or_default().insert(kind, hours);
+                }),
+            };
+            if let Err(reason) = result {
+                let key = afas::rows::text(row, key_field)
+                    .ok()
+                    .flatten()
+                    .and_then(|k| EmployeeKey::parse(&k).ok());
+                match key {
+                    Some(k) => {
+                        out.problems.insert(k, format!("{} row: {reason}", source.name()));
+                    }
+                    None => tracing::warn!("{} row without a readable employee key: {reason}", source.name()),
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs one sync as of `as_of`.

@@ -364,6 +364,7 @@ mod tests {
             access: None,
             budgets: BTreeMap::new(),
             contract: None,
+            pay: Default::default(),
         }
     }
 
