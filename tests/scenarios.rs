@@ -703,3 +703,120 @@ async fn cli_sync_dry_run_status_history_and_exit_codes() {
     assert_eq!(code, 1);
     assert!(err.contains("nothing was changed") && err.contains("401"), "{err}");
 }
+
+/// Adds the optional salary, wage component and leave connectors to a day.
+fn with_pay(mut ds: Dataset, rows: &[(&str, &str, Value, f64, Value)]) -> Dataset {
+    use afas_sync::emulator::data::{leave_fields, salary_fields, wage_fields};
+    let date = |d: &str| json!(format!("{d}T00:00:00Z"));
+    let obj = |pairs: Vec<(&str, Value)>| -> Row { pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    let (mut sal, mut wage, mut leave) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, from, salary, accrual, vak) in rows {
+        sal.push(obj(vec![
+            ("EmployeeId", json!(key)),
+            ("DateStart", date(from)),
+            ("Salary", salary.clone()),
+        ]));
+        wage.push(obj(vec![
+            ("EmployeeId", json!(key)),
+            ("WageComponentId", json!("5100")),
+            ("Amount", json!(accrual)),
+        ]));
+        wage.push(obj(vec![
+            ("EmployeeId", json!(key)),
+            ("WageComponentId", json!("9999")),
+            ("Amount", json!(1.0)),
+        ]));
+        leave.push(obj(vec![
+            ("EmployeeId", json!(key)),
+            ("LeaveTypeId", json!("VAK")),
+            ("BalanceHours", vak.clone()),
+        ]));
+    }
+    for (name, fields, rows) in [
+        ("Profit_Salary_Alleo", salary_fields(), sal),
+        ("Profit_WageComponents_Alleo", wage_fields(), wage),
+        ("Profit_Leave_Alleo", leave_fields(), leave),
+    ] {
+        ds.connectors.insert(
+            name.into(),
+            ConnectorData {
+                description: String::new(),
+                fields,
+                rows,
+            },
+        );
+    }
+    ds
+}
+
+#[tokio::test]
+async fn salary_holiday_allowance_and_leave_travel_with_the_employee() {
+    let emps = [e("1", "2020-01-01"), e("2", "2020-01-01")];
+    let d0 = with_pay(
+        day(&emps, vec![]),
+        &[
+            ("1", "2020-01-01", json!(3000), 240.0, json!(120)),
+            ("2", "2020-01-01", json!(2800), 224.0, json!(80)),
+        ],
+    );
+    // Day 1: a raise for 1 from next month (not yet effective), and a
+    // salary row for 2 that cannot be read.
+    let mut d1 = with_pay(
+        day(&emps, vec![]),
+        &[
+            ("1", "2020-01-01", json!(3000), 240.0, json!(112)),
+            ("2", "2020-01-01", json!("veel"), 224.0, json!(80)),
+        ],
+    );
+    if let Some(c) = d1.connectors.get_mut("Profit_Salary_Alleo") {
+        let mut raise = c.rows[0].clone();
+        raise.insert("DateStart".into(), json!("2026-02-01T00:00:00Z"));
+        raise.insert("Salary".into(), json!(3150.5));
+        c.rows.push(raise);
+    }
+    let extra = format!("{}\n{LOOSE_GUARDS}", afas_sync::cli::EXTRA_CONNECTORS);
+    let s = Scenario::new(vec![d0, d1], &extra).await;
+    let r = s.committed(0, "2026-01-10").await;
+    assert_eq!(r.joiners, 2);
+    let pay = s.st().employee("1").expect("e").0.expect("p").employee.expect("e").pay;
+    assert_eq!(pay.salary.map(|d| d.to_string()), Some("3000".into()));
+    assert_eq!(pay.holiday_allowance_accrual.map(|d| d.to_string()), Some("240".into()));
+    assert_eq!(
+        pay.holiday_allowance_balance, None,
+        "AFAS has no row for the balance component (5110)"
+    );
+    assert_eq!(pay.leave_hours.get("VAK").map(|d| d.to_string()), Some("120".into()));
+
+    let r = s.committed(1, "2026-01-11").await;
+    assert_eq!(
+        s.kinds(r.id),
+        vec![k(Mover, "1")],
+        "2's unreadable salary row protects it"
+    );
+    let m = &s.st().run_mutations(r.id).expect("m")[0];
+    let changes: Vec<_> = m
+        .changes
+        .iter()
+        .map(|c| (c.field.as_str(), c.old.as_str(), c.new.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![("leave.VAK", "120", "112")],
+        "the raise is not effective yet"
+    );
+    assert!(
+        r.source
+            .rejections
+            .iter()
+            .any(|x| x.reason.contains("salary row") && x.reason.contains("`Salary`")),
+        "{:?}",
+        r.source.rejections
+    );
+
+    let r = s.committed(1, "2026-02-01").await;
+    let m = &s.st().run_mutations(r.id).expect("m")[0];
+    assert_eq!(
+        (m.changes[0].field.as_str(), m.changes[0].new.as_str()),
+        ("salary", "3150.5")
+    );
+}
