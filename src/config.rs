@@ -477,6 +477,135 @@ impl Default for RetentionConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Employees delivered in parallel per sink (one employee's mutations
+    /// always go in order).
+    pub parallelism: u32,
+    /// A mutation that could not be delivered for this long is dead-lettered
+    /// (visible in `status` and metrics; `afas-sync outbox retry`).
+    pub max_age_hours: u64,
+    /// How long `afas-sync sync` keeps delivering before it exits.
+    pub sync_wait_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            parallelism: 4,
+            max_age_hours: 14 * 24,
+            sync_wait_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNameSource {
+    /// `userName` = the work e-mail address.
+    #[default]
+    Email,
+    /// `userName` = the AFAS employee key.
+    Key,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Deprovision {
+    /// Leavers get `active = false` (what Entra and Okta do).
+    #[default]
+    Deactivate,
+    /// Leavers are deleted at the target.
+    Delete,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScim {
+    url: String,
+    token_file: Option<PathBuf>,
+    oauth_token_url: Option<String>,
+    oauth_client_id: Option<String>,
+    oauth_client_secret_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    user_name: UserNameSource,
+    #[serde(default)]
+    deprovision: Deprovision,
+    #[serde(default = "default_sink_timeout")]
+    timeout_secs: u64,
+}
+
+fn default_sink_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone)]
+pub enum ScimAuth {
+    Bearer(Secret),
+    OAuth {
+        token_url: url::Url,
+        client_id: String,
+        client_secret: Secret,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ScimConfig {
+    /// The SCIM base URL (the one `/Users` hangs off).
+    pub url: url::Url,
+    pub auth: ScimAuth,
+    pub ca_file: Option<PathBuf>,
+    pub user_name: UserNameSource,
+    pub deprovision: Deprovision,
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_sink_timeout")]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: url::Url,
+    /// `whsec_…` secrets, newest first; every one signs each message, so a
+    /// receiver can rotate without missing an event.
+    pub secrets: Vec<Secret>,
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Directory for `afas-sync-run-<run>-<date>.ndjson` files.
+    pub dir: PathBuf,
+    /// Also write a CSV of the full snapshot per run.
+    #[serde(default)]
+    pub csv_snapshot: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSinks {
+    scim: Option<RawScim>,
+    webhook: Option<RawWebhook>,
+    files: Option<FilesConfig>,
+}
+
+/// The configured delivery targets.
+#[derive(Debug, Clone, Default)]
+pub struct Sinks {
+    pub scim: Option<ScimConfig>,
+    pub webhook: Option<WebhookConfig>,
+    pub files: Option<FilesConfig>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -495,6 +624,10 @@ struct RawConfig {
     guards: GuardsConfig,
     #[serde(default)]
     retention: RetentionConfig,
+    #[serde(default)]
+    delivery: DeliveryConfig,
+    #[serde(default)]
+    sink: RawSinks,
 }
 
 /// The validated configuration.
@@ -508,6 +641,8 @@ pub struct Config {
     pub sync: SyncConfig,
     pub guards: GuardsConfig,
     pub retention: RetentionConfig,
+    pub delivery: DeliveryConfig,
+    pub sinks: Sinks,
 }
 
 /// A loaded config plus the warnings found on the way (loose file modes),
@@ -545,6 +680,13 @@ impl Config {
             ));
         }
         validate_rules(&raw.sync, &raw.guards, &raw.retention)?;
+        if !(1..=64).contains(&raw.delivery.parallelism) {
+            return Err(invalid("delivery.parallelism", "must be 1 to 64"));
+        }
+        if raw.delivery.max_age_hours == 0 {
+            return Err(invalid("delivery.max_age_hours", "must be at least 1 hour"));
+        }
+        let sinks = validate_sinks(raw.sink.clone(), base_dir, &mut warnings)?;
         let w = &raw.mapping.wage_components;
         if afas.wage_components.is_some()
             && w.holiday_allowance_accrual_id.is_none()
@@ -565,6 +707,8 @@ impl Config {
                 sync: raw.sync,
                 guards: raw.guards,
                 retention: raw.retention,
+                delivery: raw.delivery,
+                sinks,
             },
             warnings,
         })
@@ -738,6 +882,107 @@ fn validate_mapping(m: &Mapping) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn sink_url(key: &str, text: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| invalid(key, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(key, "must be an https:// URL"));
+    }
+    Ok(url)
+}
+
+fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Sinks, ConfigError> {
+    let scim = match raw.scim {
+        None => None,
+        Some(r) => {
+            let url = sink_url("sink.scim.url", &r.url)?;
+            let auth = match (&r.oauth_token_url, &r.oauth_client_id) {
+                (Some(token_url), Some(client_id)) => ScimAuth::OAuth {
+                    token_url: sink_url("sink.scim.oauth_token_url", token_url)?,
+                    client_id: client_id.clone(),
+                    client_secret: load_secret(
+                        "sink.scim.oauth_client_secret_file",
+                        r.oauth_client_secret_file.as_deref(),
+                        "scim_oauth_client_secret",
+                        base_dir,
+                        warnings,
+                    )?,
+                },
+                (None, None) => ScimAuth::Bearer(load_secret(
+                    "sink.scim.token_file",
+                    r.token_file.as_deref(),
+                    "scim_token",
+                    base_dir,
+                    warnings,
+                )?),
+                _ => {
+                    return Err(invalid(
+                        "sink.scim.oauth_token_url",
+                        "set both oauth_token_url and oauth_client_id, or neither (bearer token)",
+                    ))
+                }
+            };
+            if let Some(ca) = &r.ca_file {
+                let ca = if ca.is_relative() { base_dir.join(ca) } else { ca.clone() };
+                if !ca.exists() {
+                    return Err(invalid("sink.scim.ca_file", format!("{} does not exist", ca.display())));
+                }
+            }
+            if r.timeout_secs == 0 || r.timeout_secs > 600 {
+                return Err(invalid("sink.scim.timeout_secs", "must be 1 to 600 seconds"));
+            }
+            Some(ScimConfig {
+                url,
+                auth,
+                ca_file: r.ca_file.map(|ca| if ca.is_relative() { base_dir.join(ca) } else { ca }),
+                user_name: r.user_name,
+                deprovision: r.deprovision,
+                timeout: std::time::Duration::from_secs(r.timeout_secs),
+            })
+        }
+    };
+    let webhook = match raw.webhook {
+        None => None,
+        Some(r) => {
+            let url = sink_url("sink.webhook.url", &r.url)?;
+            let text = load_secret("sink.webhook.secret_file", r.secret_file.as_deref(), "webhook_secret", base_dir, warnings)?;
+            let mut secrets = Vec::new();
+            for (i, line) in text.expose().lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+                let ok = line
+                    .strip_prefix("whsec_")
+                    .is_some_and(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).is_ok_and(|k| k.len() >= 16));
+                if !ok {
+                    return Err(ConfigError::Secret {
+                        key: "sink.webhook.secret_file".into(),
+                        reason: format!("line {}: expected whsec_ followed by base64 of at least 16 bytes", i + 1),
+                    });
+                }
+                secrets.push(Secret::new(line));
+            }
+            if r.timeout_secs == 0 || r.timeout_secs > 600 {
+                return Err(invalid("sink.webhook.timeout_secs", "must be 1 to 600 seconds"));
+            }
+            Some(WebhookConfig {
+                url,
+                secrets,
+                timeout: std::time::Duration::from_secs(r.timeout_secs),
+            })
+        }
+    };
+    let files = match raw.files {
+        None => None,
+        Some(mut f) => {
+            if f.dir.as_os_str().is_empty() {
+                return Err(invalid("sink.files.dir", "must name a directory"));
+            }
+            if f.dir.is_relative() {
+                f.dir = base_dir.join(&f.dir);
+            }
+            Some(f)
+        }
+    };
+    Ok(Sinks { scim, webhook, files })
 }
 
 fn validate_rules(sync: &SyncConfig, guards: &GuardsConfig, retention: &RetentionConfig) -> Result<(), ConfigError> {

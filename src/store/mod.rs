@@ -34,6 +34,8 @@ const MUTATIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("muta
 /// (sink name, sequence) → outbox entry.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_plans");
+/// (sink, employee key) → the target's id for that employee (the SCIM id).
+const TARGET_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_ids");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,13 +93,110 @@ fn dec<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, St
 /// One employee's stored record and history (run id, mutation).
 pub type EmployeeRecord = (Option<Provisioned>, Vec<(u64, Mutation)>);
 
-/// A delivery job: one mutation for one sink.
+/// What an outbox entry delivers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxItem {
+    /// Mutation `index` of run `run`, for one employee.
+    Mutation { run: u64, index: u32, key: EmployeeKey },
+    /// The run as a whole (webhook `sync.*` events, the file sink).
+    Run { run: u64 },
+}
+
+impl OutboxItem {
+    /// The employee whose entries must stay in order; run items share "".
+    pub fn order_key(&self) -> &str {
+        match self {
+            OutboxItem::Mutation { key, .. } => key.as_str(),
+            OutboxItem::Run { .. } => "",
+        }
+    }
+}
+
+/// A delivery job for one sink, with its retry state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
-    pub run: u64,
-    pub index: u32,
-    pub key: EmployeeKey,
+    pub item: OutboxItem,
+    /// Unix seconds when the entry was made (its age decides dead-lettering).
+    pub created_at: i64,
     pub attempts: u32,
+    /// Unix seconds before which it is not tried again.
+    pub next_at: i64,
+    pub last_error: Option<String>,
+    pub dead: bool,
+}
+
+impl OutboxEntry {
+    pub fn new(item: OutboxItem, now: i64) -> Self {
+        OutboxEntry {
+            item,
+            created_at: now,
+            attempts: 0,
+            next_at: now,
+            last_error: None,
+            dead: false,
+        }
+    }
+}
+
+/// Which entries a sink gets from a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTarget {
+    pub sink: String,
+    /// One entry per mutation.
+    pub mutations: bool,
+    /// One entry per run: always, or only for runs with mutations.
+    pub run_event: RunEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEvent {
+    Never,
+    WithMutations,
+    Always,
+}
+
+/// The result of delivering one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryResult {
+    /// Delivered: the entry is removed; the target's id is remembered.
+    Done { target_id: Option<(EmployeeKey, String)> },
+    /// Not (yet) delivered: the entry's new retry state.
+    Update(OutboxEntry),
+}
+
+/// Pending and dead-lettered entries of one sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending_at: Option<i64>,
+}
+
+fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn enqueue_run_entries(
+    outbox: &mut redb::Table<(&str, u64), &[u8]>,
+    seq: &mut u64,
+    targets: &[OutboxTarget],
+    run: u64,
+    has_mutations: bool,
+) -> Result<(), StoreError> {
+    let now = unix_now();
+    for t in targets {
+        let wanted = match t.run_event {
+            RunEvent::Never => false,
+            RunEvent::WithMutations => has_mutations,
+            RunEvent::Always => true,
+        };
+        if wanted {
+            *seq += 1;
+            let entry = OutboxEntry::new(OutboxItem::Run { run }, now);
+            outbox.insert((t.sink.as_str(), *seq), enc("outbox entry", &entry)?.as_slice())?;
+        }
+    }
+    Ok(())
 }
 
 /// The committed state the guards compare against.
@@ -184,6 +283,7 @@ impl Store {
             }
             Some(_) => {}
         }
+        store.ensure_tables()?;
         Ok(store)
     }
 
@@ -214,6 +314,15 @@ impl Store {
             txn.open_table(OUTBOX)?;
             txn.open_table(HELD)?;
         }
+        txn.commit()?;
+        self.ensure_tables()
+    }
+
+    /// Creates tables added within the current schema (empty, so older
+    /// files of the same schema stay readable).
+    fn ensure_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TARGET_IDS)?;
         txn.commit()?;
         Ok(())
     }
@@ -267,7 +376,7 @@ impl Store {
         &self,
         mut run: RunRecord,
         plan: &Plan,
-        sinks: &[String],
+        targets: &[OutboxTarget],
         approved_held: Option<u64>,
     ) -> Result<RunRecord, StoreError> {
         let txn = self.db.begin_write()?;
@@ -298,21 +407,22 @@ impl Store {
             let mut history = txn.open_table(HISTORY)?;
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
+            let now = unix_now();
             for (i, m) in plan.mutations.iter().enumerate() {
                 let bytes = enc("mutation", m)?;
                 mutations.insert((run.id, i as u32), bytes.as_slice())?;
                 history.insert((m.key.as_str(), run.id), bytes.as_slice())?;
-                for sink in sinks {
+                for t in targets.iter().filter(|t| t.mutations) {
                     seq += 1;
-                    let entry = OutboxEntry {
+                    let item = OutboxItem::Mutation {
                         run: run.id,
                         index: i as u32,
                         key: m.key.clone(),
-                        attempts: 0,
                     };
-                    outbox.insert((sink.as_str(), seq), enc("outbox entry", &entry)?.as_slice())?;
+                    outbox.insert((t.sink.as_str(), seq), enc("outbox entry", &OutboxEntry::new(item, now))?.as_slice())?;
                 }
             }
+            enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, !plan.mutations.is_empty())?;
             run.snapshot_digest = digest;
             let mut runs = txn.open_table(RUNS)?;
             runs.insert(run.id, enc("run", &run)?.as_slice())?;
@@ -330,28 +440,148 @@ impl Store {
         Ok(run)
     }
 
-    /// Records a run that changed nothing (failed, dry run).
-    pub fn record_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+    /// Records a run that changed nothing (a failed one), with its run
+    /// events for the sinks that want them.
+    pub fn record_run(&self, run: &RunRecord, targets: &[OutboxTarget]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut runs = txn.open_table(RUNS)?;
             runs.insert(run.id, enc("run", run)?.as_slice())?;
+            let mut meta = txn.open_table(META)?;
+            let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
+            let mut outbox = txn.open_table(OUTBOX)?;
+            enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, false)?;
+            meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
         }
         txn.commit()?;
         Ok(())
     }
 
     /// Stores a held plan and its run record together.
-    pub fn hold(&self, run: &RunRecord, plan: &Plan) -> Result<(), StoreError> {
+    pub fn hold(&self, run: &RunRecord, plan: &Plan, targets: &[OutboxTarget]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut runs = txn.open_table(RUNS)?;
             runs.insert(run.id, enc("run", run)?.as_slice())?;
             let mut held = txn.open_table(HELD)?;
             held.insert(run.id, enc("plan", plan)?.as_slice())?;
+            let mut meta = txn.open_table(META)?;
+            let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
+            let mut outbox = txn.open_table(OUTBOX)?;
+            enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, false)?;
+            meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Every entry of one sink (pending and dead), in order.
+    pub fn outbox_entries(&self, sink: &str) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for item in t.range((sink, 0)..=(sink, u64::MAX))? {
+            let (k, v) = item?;
+            out.push((k.value().1, dec("outbox entry", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One mutation of a run, if retention or `forget` has not removed it.
+    pub fn mutation(&self, run: u64, index: u32) -> Result<Option<Mutation>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(MUTATIONS)?;
+        let v = t.get((run, index))?;
+        v.map(|g| dec("mutation", g.value())).transpose()
+    }
+
+    pub fn run_if_exists(&self, id: u64) -> Result<Option<RunRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(RUNS)?;
+        let v = t.get(id)?;
+        v.map(|g| dec("run", g.value())).transpose()
+    }
+
+    pub fn target_id(&self, sink: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TARGET_IDS)?;
+        let v = t.get((sink, key))?;
+        Ok(v.map(|g| g.value().to_string()))
+    }
+
+    /// Applies delivery results of one sink in one transaction.
+    pub fn outbox_apply(&self, sink: &str, results: &[(u64, EntryResult)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut ids = txn.open_table(TARGET_IDS)?;
+            for (seq, result) in results {
+                match result {
+                    EntryResult::Done { target_id } => {
+                        outbox.remove((sink, *seq))?;
+                        if let Some((key, id)) = target_id {
+                            ids.insert((sink, key.as_str()), id.as_str())?;
+                        }
+                    }
+                    EntryResult::Update(entry) => {
+                        outbox.insert((sink, *seq), enc("outbox entry", entry)?.as_slice())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Pending and dead entries per sink.
+    pub fn outbox_counts(&self) -> Result<BTreeMap<String, OutboxCounts>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OUTBOX)?;
+        let mut out: BTreeMap<String, OutboxCounts> = BTreeMap::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let e: OutboxEntry = dec("outbox entry", v.value())?;
+            let c = out.entry(k.value().0.to_string()).or_default();
+            if e.dead {
+                c.dead += 1;
+            } else {
+                c.pending += 1;
+                c.oldest_pending_at = Some(c.oldest_pending_at.map_or(e.created_at, |o| o.min(e.created_at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts dead-lettered entries (of one sink, or all) back in the queue
+    /// with a fresh age. Returns how many.
+    pub fn outbox_retry(&self, sink: Option<&str>, now: i64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut revive = Vec::new();
+            for item in outbox.iter()? {
+                let (k, v) = item?;
+                let (s, seq) = k.value();
+                if sink.is_some_and(|want| want != s) {
+                    continue;
+                }
+                let e: OutboxEntry = dec("outbox entry", v.value())?;
+                if e.dead {
+                    revive.push((s.to_string(), seq, e));
+                }
+            }
+            for (s, seq, mut e) in revive {
+                e.dead = false;
+                e.attempts = 0;
+                e.created_at = now;
+                e.next_at = now;
+                outbox.insert((s.as_str(), seq), enc("outbox entry", &e)?.as_slice())?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
     }
 
     pub fn held_plans(&self) -> Result<Vec<(u64, Plan)>, StoreError> {
@@ -595,13 +825,25 @@ impl Store {
             for item in outbox.iter()? {
                 let (k, v) = item?;
                 let e: OutboxEntry = dec("outbox entry", v.value())?;
-                if e.key.as_str() == key {
+                if e.item.order_key() == key {
                     let (sink, seq) = k.value();
                     doomed.push((sink.to_string(), seq));
                 }
             }
             for (sink, seq) in doomed {
                 outbox.remove((sink.as_str(), seq))?;
+            }
+            let mut ids = txn.open_table(TARGET_IDS)?;
+            let mut doomed_ids = Vec::new();
+            for item in ids.iter()? {
+                let (k, _) = item?;
+                let (sink, k2) = k.value();
+                if k2 == key {
+                    doomed_ids.push(sink.to_string());
+                }
+            }
+            for sink in doomed_ids {
+                ids.remove((sink.as_str(), key))?;
             }
             let mut runs = txn.open_table(RUNS)?;
             set_last_run_digest(&meta, &mut runs, digest)?;

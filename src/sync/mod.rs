@@ -17,7 +17,7 @@ use crate::afas::rows::Decimal;
 use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem, Source};
 use crate::config::Config;
 use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Pay, Rejection};
-use crate::store::{Store, StoreError};
+use crate::store::{OutboxTarget, RunEvent, Store, StoreError};
 use plan::{Baseline, Plan, Rules, SourceStats};
 
 /// Rejections kept in a run record; the count is always exact.
@@ -422,7 +422,8 @@ pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool)
                 record.finished_at = now();
                 let s = store.clone();
                 let r = record.clone();
-                if let Err(store_err) = blocking(move || s.record_run(&r)).await {
+                let targets = outbox_targets(config);
+                if let Err(store_err) = blocking(move || s.record_run(&r, &targets)).await {
                     tracing::error!("could not record the failed run: {store_err}");
                 }
             }
@@ -448,7 +449,8 @@ pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool)
         record.message = reasons.join("; ");
         let s = store.clone();
         let r = record.clone();
-        blocking(move || s.hold(&r, &plan)).await?;
+        let targets = outbox_targets(config);
+        blocking(move || s.hold(&r, &plan, &targets)).await?;
         tracing::warn!(run = id, "sync held for approval: {}", record.message);
         return Ok(SyncResult::Held(record, reasons));
     }
@@ -459,8 +461,8 @@ pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool)
     };
     let committed = {
         let s = store.clone();
-        let sinks = sink_names(config);
-        blocking(move || s.commit(record, &plan, &sinks, None)).await?
+        let targets = outbox_targets(config);
+        blocking(move || s.commit(record, &plan, &targets, None)).await?
     };
     let retention = config.retention.clone();
     let s = store.clone();
@@ -481,10 +483,32 @@ pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool)
     Ok(SyncResult::Committed(committed))
 }
 
-/// The delivery sinks outbox entries are made for (none until delivery is
-/// configured).
-pub fn sink_names(_config: &Config) -> Vec<String> {
-    Vec::new()
+/// The outbox entries each configured sink gets from a run.
+pub fn outbox_targets(config: &Config) -> Vec<OutboxTarget> {
+    let mut out = Vec::new();
+    if config.sinks.scim.is_some() {
+        out.push(OutboxTarget {
+            sink: "scim".into(),
+            mutations: true,
+            run_event: RunEvent::Never,
+        });
+    }
+    if config.sinks.webhook.is_some() {
+        out.push(OutboxTarget {
+            sink: "webhook".into(),
+            mutations: true,
+            run_event: RunEvent::Always,
+        });
+    }
+    if config.sinks.files.is_some() {
+        // One file per run holds all its mutations.
+        out.push(OutboxTarget {
+            sink: "files".into(),
+            mutations: false,
+            run_event: RunEvent::WithMutations,
+        });
+    }
+    out
 }
 
 async fn plan_run(config: &Config, store: Arc<Store>, as_of: Date) -> Result<Plan, SyncError> {
@@ -524,5 +548,5 @@ pub fn approve(config: &Config, store: &Store, run_id: u64) -> Result<RunRecord,
     };
     record.message = format!("held plan approved at {}", now());
     record.finished_at = now();
-    store.commit(record, &plan, &sink_names(config), Some(run_id))
+    store.commit(record, &plan, &outbox_targets(config), Some(run_id))
 }
