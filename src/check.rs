@@ -120,5 +120,15 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
         };
         items.push(item(&name, result));
     }
+    if let Some(scim) = &config.sinks.scim {
+        match crate::delivery::scim::ScimSink::new(scim) {
+            Ok(sink) => {
+                for (name, result) in sink.check().await {
+                    items.push(item(&name, result));
+                }
+            }
+            Err(e) => items.push(item("SCIM sink", Err(e))),
+        }
+    }
     items
 }

@@ -924,7 +924,11 @@ fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) ->
                 }
             };
             if let Some(ca) = &r.ca_file {
-                let ca = if ca.is_relative() { base_dir.join(ca) } else { ca.clone() };
+                let ca = if ca.is_relative() {
+                    base_dir.join(ca)
+                } else {
+                    ca.clone()
+                };
                 if !ca.exists() {
                     return Err(invalid("sink.scim.ca_file", format!("{} does not exist", ca.display())));
                 }
@@ -935,7 +939,9 @@ fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) ->
             Some(ScimConfig {
                 url,
                 auth,
-                ca_file: r.ca_file.map(|ca| if ca.is_relative() { base_dir.join(ca) } else { ca }),
+                ca_file: r
+                    .ca_file
+                    .map(|ca| if ca.is_relative() { base_dir.join(ca) } else { ca }),
                 user_name: r.user_name,
                 deprovision: r.deprovision,
                 timeout: std::time::Duration::from_secs(r.timeout_secs),
@@ -946,16 +952,31 @@ fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) ->
         None => None,
         Some(r) => {
             let url = sink_url("sink.webhook.url", &r.url)?;
-            let text = load_secret("sink.webhook.secret_file", r.secret_file.as_deref(), "webhook_secret", base_dir, warnings)?;
+            let text = load_secret(
+                "sink.webhook.secret_file",
+                r.secret_file.as_deref(),
+                "webhook_secret",
+                base_dir,
+                warnings,
+            )?;
             let mut secrets = Vec::new();
-            for (i, line) in text.expose().lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
-                let ok = line
-                    .strip_prefix("whsec_")
-                    .is_some_and(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).is_ok_and(|k| k.len() >= 16));
+            for (i, line) in text
+                .expose()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
+                let ok = line.strip_prefix("whsec_").is_some_and(|b| {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).is_ok_and(|k| k.len() >= 16)
+                });
                 if !ok {
                     return Err(ConfigError::Secret {
                         key: "sink.webhook.secret_file".into(),
-                        reason: format!("line {}: expected whsec_ followed by base64 of at least 16 bytes", i + 1),
+                        reason: format!(
+                            "line {}: expected whsec_ followed by base64 of at least 16 bytes",
+                            i + 1
+                        ),
                     });
                 }
                 secrets.push(Secret::new(line));

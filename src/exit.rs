@@ -10,3 +10,6 @@ pub const CONFIG: i32 = 2;
 pub const HELD: i32 = 3;
 /// The sync ran and found nothing to change.
 pub const NOTHING_TO_DO: i32 = 4;
+/// The sync committed, but the outbox could not be delivered completely
+/// (the target is down, or entries were dead-lettered); see `status`.
+pub const DELIVERY_INCOMPLETE: i32 = 5;

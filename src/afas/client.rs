@@ -16,7 +16,7 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::error::{classify_500, AfasError};
 use super::rows::Row;
@@ -228,11 +228,7 @@ pub fn check_fields(
 
 enum Auth {
     Token(HeaderValue),
-    OAuth {
-        client_id: String,
-        secret: Secret,
-        cached: Mutex<Option<(HeaderValue, Instant)>>,
-    },
+    OAuth(crate::oauth::TokenSource),
 }
 
 struct Inner {
@@ -280,11 +276,15 @@ impl AfasClient {
             .map_err(|e| AfasError::Setup(e.to_string()))?;
         let auth = match opts.credentials {
             Credentials::Token(t) => Auth::Token(sensitive(&t.header_value())?),
-            Credentials::OAuth { client_id, secret } => Auth::OAuth {
-                client_id,
-                secret,
-                cached: Mutex::new(None),
-            },
+            Credentials::OAuth { client_id, secret } => {
+                let mut token_url = opts.base_url.clone();
+                token_url
+                    .path_segments_mut()
+                    .map_err(|_| AfasError::Setup("afas.base_url cannot take a path".into()))?
+                    .pop_if_empty()
+                    .extend(["oauth", "token"]);
+                Auth::OAuth(crate::oauth::TokenSource::new(token_url, client_id, secret))
+            }
         };
         let concurrency = opts.concurrency.clamp(1, 8);
         Ok(AfasClient {
@@ -334,79 +334,17 @@ impl AfasClient {
     async fn auth_header(&self, force_refresh: bool) -> Result<HeaderValue, AfasError> {
         match &self.inner.auth {
             Auth::Token(h) => Ok(h.clone()),
-            Auth::OAuth {
-                client_id,
-                secret,
-                cached,
-            } => {
-                let mut guard = cached.lock().await;
-                if !force_refresh {
-                    if let Some((h, valid_until)) = guard.as_ref() {
-                        if Instant::now() < *valid_until {
-                            return Ok(h.clone());
-                        }
-                    }
-                }
-                let (h, valid_until) = self.fetch_oauth_token(client_id, secret).await?;
-                *guard = Some((h.clone(), valid_until));
-                Ok(h)
+            Auth::OAuth(source) => {
+                let bearer = source
+                    .bearer(&self.inner.http, force_refresh)
+                    .await
+                    .map_err(|f| AfasError::OAuth {
+                        error: f.error,
+                        description: f.description,
+                    })?;
+                sensitive(&bearer)
             }
         }
-    }
-
-    async fn fetch_oauth_token(&self, client_id: &str, secret: &Secret) -> Result<(HeaderValue, Instant), AfasError> {
-        #[derive(Deserialize)]
-        struct TokenAnswer {
-            access_token: String,
-            #[serde(default)]
-            expires_in: Option<u64>,
-        }
-        #[derive(Deserialize)]
-        struct TokenError {
-            #[serde(default)]
-            error: String,
-            #[serde(default)]
-            error_description: Option<String>,
-        }
-        let url = self.url(&["oauth", "token"], &[])?;
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id),
-            ("client_secret", secret.expose()),
-        ];
-        let resp = self
-            .inner
-            .http
-            .post(url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| map_reqwest(e, &url))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| map_reqwest(e, &url))?;
-        if !status.is_success() {
-            let err: Option<TokenError> = serde_json::from_slice(&body).ok();
-            return Err(match err {
-                Some(e) if !e.error.is_empty() => AfasError::OAuth {
-                    error: e.error,
-                    description: e.error_description,
-                },
-                _ => AfasError::OAuth {
-                    error: format!("HTTP {}", status.as_u16()),
-                    description: None,
-                },
-            });
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| AfasError::OAuth {
-            error: "unreadable token answer".into(),
-            description: Some(e.to_string()),
-        })?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
-        // Renew a minute early (or halfway for very short tokens) so a token
-        // never expires between check and use.
-        let margin = Duration::from_secs(60).min(lifetime / 2);
-        let h = sensitive(&format!("Bearer {}", answer.access_token))?;
-        Ok((h, Instant::now() + lifetime - margin))
     }
 
     /// One GET, without retries. A 401 under OAuth fetches a new token once.
@@ -433,7 +371,7 @@ impl AfasClient {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "AFAS request"
             );
-            if status == 401 && !refreshed && matches!(self.inner.auth, Auth::OAuth { .. }) {
+            if status == 401 && !refreshed && matches!(self.inner.auth, Auth::OAuth(_)) {
                 refreshed = true;
                 continue;
             }

@@ -79,6 +79,11 @@ pub enum Command {
     },
     /// Erase one employee everywhere in the state file.
     Forget { key: String },
+    /// The delivery outbox.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Print the snapshot.
     Export {
         #[arg(long, value_enum, default_value = "ndjson")]
@@ -115,6 +120,15 @@ pub enum PlanAction {
     Approve { run: u64 },
     /// Drop a held plan.
     Reject { run: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Queue dead-lettered entries again (of one sink, or all).
+    Retry {
+        #[arg(long)]
+        sink: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -275,11 +289,20 @@ pub async fn run(cli: Cli) -> i32 {
             action: RunAction::Show { run },
         } => with_config(&cli, |cfg| state::run_show(cfg, *run, cli.json)),
         Command::Employee { key } => with_config(&cli, |cfg| state::employee(cfg, key, cli.json)),
+        Command::Plan {
+            action: PlanAction::Approve { run },
+        } => match load_config(&cli.config) {
+            Ok(cfg) => state::plan_approve(&cfg, *run, cli.json).await,
+            Err(code) => code,
+        },
         Command::Plan { action } => with_config(&cli, |cfg| match action {
             PlanAction::Show { run } => state::plan_show(cfg, *run, cli.json),
-            PlanAction::Approve { run } => state::plan_approve(cfg, *run, cli.json),
             PlanAction::Reject { run } => state::plan_reject(cfg, *run),
+            PlanAction::Approve { .. } => exit::FAILURE,
         }),
+        Command::Outbox {
+            action: OutboxAction::Retry { sink },
+        } => with_config(&cli, |cfg| state::outbox_retry(cfg, sink.as_deref())),
         Command::Forget { key } => with_config(&cli, |cfg| state::forget(cfg, key)),
         Command::Export { format } => with_config(&cli, |cfg| state::export(cfg, matches!(format, ExportFormat::Csv))),
         Command::Demo { employees, seed } => demo(*employees, *seed).await,

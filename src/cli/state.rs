@@ -52,22 +52,7 @@ fn mutation_json(m: &Mutation) -> Value {
     })
 }
 
-pub fn employee_json(e: &crate::domain::Employee) -> Value {
-    json!({
-        "key": e.key.as_str(), "email": e.email.as_str(), "first_name": e.first_name, "prefix": e.prefix,
-        "last_name": e.last_name, "department": e.department,
-        "date_of_birth": e.date_of_birth.map(|d| d.to_string()),
-        "employment_start": e.employment.start.to_string(),
-        "employment_end": e.employment.end.map(|d| d.to_string()),
-        "access": e.access,
-        "budgets": e.budgets.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
-        "fte": e.contract.as_ref().and_then(|c| c.fte).map(|f| f.to_string()),
-        "salary": e.pay.salary.map(|v| v.to_string()),
-        "holiday_allowance_accrual": e.pay.holiday_allowance_accrual.map(|v| v.to_string()),
-        "holiday_allowance_balance": e.pay.holiday_allowance_balance.map(|v| v.to_string()),
-        "leave_hours": e.pay.leave_hours.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
-    })
-}
+use crate::delivery::employee_json;
 
 fn provisioned_json(p: &Provisioned) -> Value {
     let (status, left_on) = match p.status {
@@ -127,13 +112,67 @@ fn exit_for(outcome: Outcome) -> i32 {
     }
 }
 
+/// Delivers the outbox for up to `delivery.sync_wait_secs`, printing what
+/// happened. `None` when no sink is configured; `Some(true)` when all is
+/// delivered.
+pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<bool> {
+    let sinks = match crate::delivery::sinks(config, store.clone()) {
+        Ok(s) if s.is_empty() => return None,
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot set up delivery: {e}");
+            return Some(false);
+        }
+    };
+    let wait = std::time::Duration::from_secs(config.delivery.sync_wait_secs);
+    match crate::delivery::deliver_until_done(config, store, &sinks, wait).await {
+        Ok(r) => {
+            println!(
+                "delivery: {} delivered, {} to retry, {} dead-lettered, {} pending",
+                r.delivered, r.retried, r.dead_lettered, r.pending
+            );
+            for (sink, reason) in &r.down {
+                println!("delivery to {sink} stopped: {reason}");
+            }
+            let dead: u64 = store
+                .outbox_counts()
+                .map(|c| c.values().map(|c| c.dead).sum())
+                .unwrap_or(0);
+            if dead > 0 {
+                println!("{dead} dead-lettered entries: see `afas-sync status`, then `afas-sync outbox retry`");
+            }
+            Some(r.pending == 0 && dead == 0)
+        }
+        Err(e) => {
+            eprintln!("error: delivery failed: {e}");
+            Some(false)
+        }
+    }
+}
+
+pub fn outbox_retry(config: &Config, sink: Option<&str>) -> i32 {
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match store.outbox_retry(sink, jiff::Timestamp::now().as_second()) {
+        Ok(n) => {
+            println!(
+                "{n} dead-lettered entries queued again; they are delivered by the daemon or the next `afas-sync sync`"
+            );
+            exit::OK
+        }
+        Err(e) => store_failure(e),
+    }
+}
+
 pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run: bool, json_out: bool) -> i32 {
     let store = match open_store(config) {
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
     let as_of = as_of.unwrap_or_else(|| today(config));
-    match sync::run(config, store, as_of, dry_run).await {
+    match sync::run(config, store.clone(), as_of, dry_run).await {
         Ok(SyncResult::DryRun(plan, reasons)) => {
             if json_out {
                 println!(
@@ -156,6 +195,7 @@ pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run
             }
         }
         Ok(SyncResult::Committed(run)) | Ok(SyncResult::Held(run, _)) => {
+            let delivery = deliver_outbox(config, &store).await;
             if json_out {
                 println!("{}", run_json(&run));
             } else {
@@ -179,10 +219,16 @@ pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run
                     println!("rejected rows are listed by `afas-sync run show {}`", run.id);
                 }
             }
-            exit_for(run.outcome)
+            match (exit_for(run.outcome), delivery) {
+                (code, _) if code == exit::HELD || code == exit::FAILURE => code,
+                (_, Some(false)) => exit::DELIVERY_INCOMPLETE,
+                (code, _) => code,
+            }
         }
         Err(e) => {
             eprintln!("error: sync failed, nothing was changed: {e}");
+            // Earlier runs' deliveries still go out.
+            let _ = deliver_outbox(config, &store).await;
             exit::FAILURE
         }
     }
@@ -209,7 +255,10 @@ pub fn status(config: &Config, json_out: bool) -> i32 {
             "last_run": last.as_ref().map(run_json),
             "last_success": last_success.as_ref().map(|r| json!({"id": r.id, "finished_at": r.finished_at})),
             "held_plans": held,
-            "outbox_pending": store.outbox_len()?,
+            "outbox": store.outbox_counts()?.into_iter().map(|(sink, c)| (sink, json!({
+                "pending": c.pending, "dead": c.dead,
+                "oldest_pending_at": c.oldest_pending_at.and_then(|t| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()),
+            }))).collect::<serde_json::Map<_, _>>(),
         }))
     })();
     match result {
@@ -244,7 +293,27 @@ pub fn status(config: &Config, json_out: bool) -> i32 {
                 if held > 0 {
                     println!("HELD PLANS:   {} waiting (afas-sync plan show)", v["held_plans"]);
                 }
-                println!("outbox:       {} pending", v["outbox_pending"]);
+                match v["outbox"].as_object() {
+                    Some(o) if !o.is_empty() => {
+                        for (sink, c) in o {
+                            println!(
+                                "outbox {sink:<7} {} pending{}, {} dead-lettered{}",
+                                c["pending"],
+                                c["oldest_pending_at"]
+                                    .as_str()
+                                    .map(|t| format!(" (oldest since {t})"))
+                                    .unwrap_or_default(),
+                                c["dead"],
+                                if c["dead"].as_u64().unwrap_or(0) > 0 {
+                                    " (afas-sync outbox retry)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                    }
+                    _ => println!("outbox:       empty"),
+                }
             }
             exit::OK
         }
@@ -391,12 +460,16 @@ pub fn plan_show(config: &Config, run: Option<u64>, json_out: bool) -> i32 {
     }
 }
 
-pub fn plan_approve(config: &Config, run: u64, json_out: bool) -> i32 {
+pub async fn plan_approve(config: &Config, run: u64, json_out: bool) -> i32 {
     let store = match open_store(config) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    match sync::approve(config, &store, run) {
+    let approved = sync::approve(config, &store, run);
+    if approved.is_ok() && deliver_outbox(config, &store).await == Some(false) {
+        eprintln!("the plan was applied; its delivery is not complete yet (see `afas-sync status`)");
+    }
+    match approved {
         Ok(r) => {
             if json_out {
                 println!("{}", run_json(&r));

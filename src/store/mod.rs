@@ -419,7 +419,10 @@ impl Store {
                         index: i as u32,
                         key: m.key.clone(),
                     };
-                    outbox.insert((t.sink.as_str(), seq), enc("outbox entry", &OutboxEntry::new(item, now))?.as_slice())?;
+                    outbox.insert(
+                        (t.sink.as_str(), seq),
+                        enc("outbox entry", &OutboxEntry::new(item, now))?.as_slice(),
+                    )?;
                 }
             }
             enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, !plan.mutations.is_empty())?;

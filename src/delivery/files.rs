@@ -1,0 +1,112 @@
+//! The file sink: per run, an NDJSON file of its mutations and optionally a
+//! CSV of the snapshot. Each is written to a temporary name, fsynced and
+//! renamed, so a reader never sees half a file; rewriting after a crash
+//! produces the same file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{mutation_event, Job, SinkError};
+use crate::config::FilesConfig;
+use crate::store::{OutboxItem, Store};
+use crate::sync::plan::Status;
+
+pub struct FileSink {
+    dir: PathBuf,
+    csv: bool,
+    store: Arc<Store>,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes `content` to `path` atomically: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl FileSink {
+    pub fn new(c: &FilesConfig, store: Arc<Store>) -> Self {
+        FileSink {
+            dir: c.dir.clone(),
+            csv: c.csv_snapshot,
+            store,
+        }
+    }
+
+    pub fn run_file(&self, run: u64, as_of: &str) -> PathBuf {
+        self.dir.join(format!("afas-sync-run-{run:06}-{as_of}.ndjson"))
+    }
+
+    pub async fn deliver(&self, job: &Job) -> Result<(), SinkError> {
+        let (OutboxItem::Run { run }, Some(record)) = (&job.entry.item, &job.run) else {
+            return Ok(());
+        };
+        let run = *run;
+        let path = self.run_file(run, &record.as_of.to_string());
+        let csv_path = self
+            .csv
+            .then(|| self.dir.join(format!("afas-sync-snapshot-{run:06}.csv")));
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mutations = store.run_mutations(run).map_err(|e| e.to_string())?;
+            let mut out = String::new();
+            for (i, m) in mutations.iter().enumerate() {
+                out.push_str(&mutation_event(m, run, i as u32).to_string());
+                out.push('\n');
+            }
+            write_atomic(&path, out.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            if let Some(csv_path) = csv_path {
+                let snap = store.snapshot().map_err(|e| e.to_string())?;
+                let mut csv = String::from(
+                    "key,status,email,first_name,prefix,last_name,department,employment_start,employment_end\n",
+                );
+                for p in snap.values().filter(|p| p.status == Status::Active) {
+                    let Some(e) = &p.employee else { continue };
+                    let cols = [
+                        p.key.as_str().to_string(),
+                        "active".to_string(),
+                        e.email.as_str().to_string(),
+                        e.first_name.clone(),
+                        e.prefix.clone().unwrap_or_default(),
+                        e.last_name.clone(),
+                        e.department.clone().unwrap_or_default(),
+                        e.employment.start.to_string(),
+                        e.employment.end.map(|d| d.to_string()).unwrap_or_default(),
+                    ];
+                    csv.push_str(&cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+                    csv.push('\n');
+                }
+                write_atomic(&csv_path, csv.as_bytes())
+                    .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| SinkError::Retry {
+            reason: e.to_string(),
+            after: None,
+        })?;
+        // A full disk or a missing permission may clear up: retry.
+        result.map_err(|reason| SinkError::Retry { reason, after: None })
+    }
+}

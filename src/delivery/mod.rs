@@ -1,0 +1,385 @@
+//! Delivery: the outbox worker and the sinks (SCIM, webhook, files).
+//!
+//! Entries are made in the run's own transaction (see `store`), so nothing
+//! committed can be lost. The worker delivers at least once: in order per
+//! employee, employees in parallel, with exponential backoff and jitter,
+//! honouring `Retry-After`; an entry older than `delivery.max_age_hours` is
+//! dead-lettered. Sinks make every operation idempotent, so a repeat after
+//! a crash changes nothing at the target.
+
+pub mod files;
+pub mod scim;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::domain::{Employee, EmployeeKey};
+use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError};
+use crate::sync::plan::{Mutation, MutationKind};
+use crate::sync::RunRecord;
+
+/// Why one delivery did not succeed, and what the worker does about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Temporary (timeouts, 429, 5xx, connection): try again later.
+    #[error("{reason}")]
+    Retry { reason: String, after: Option<Duration> },
+    /// This entry can never succeed as it is (400, 409): dead-letter it.
+    #[error("{reason}")]
+    Permanent { reason: String },
+    /// The whole sink is unusable (401, 403, 410): stop it for this pass
+    /// without spending the entries' attempts.
+    #[error("{reason}")]
+    Down { reason: String },
+}
+
+/// One entry, with what it needs to be delivered.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub seq: u64,
+    pub entry: OutboxEntry,
+    pub mutation: Option<Mutation>,
+    pub run: Option<RunRecord>,
+    /// The target's id for this employee, from an earlier delivery.
+    pub target_id: Option<String>,
+}
+
+/// A delivery target.
+pub enum Sink {
+    Scim(Box<scim::ScimSink>),
+    Webhook(webhook::WebhookSink),
+    Files(files::FileSink),
+}
+
+impl Sink {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Scim(_) => "scim",
+            Sink::Webhook(_) => "webhook",
+            Sink::Files(_) => "files",
+        }
+    }
+
+    /// Delivers one job; `Ok` carries the target's id for the employee.
+    pub async fn deliver(&self, job: &Job) -> Result<Option<String>, SinkError> {
+        match self {
+            Sink::Scim(s) => s.deliver(job).await,
+            Sink::Webhook(s) => s.deliver(job).await.map(|()| None),
+            Sink::Files(s) => s.deliver(job).await.map(|()| None),
+        }
+    }
+}
+
+/// Builds the configured sinks.
+pub fn sinks(config: &Config, store: Arc<Store>) -> Result<Vec<Arc<Sink>>, String> {
+    let mut out = Vec::new();
+    if let Some(c) = &config.sinks.scim {
+        out.push(Arc::new(Sink::Scim(Box::new(scim::ScimSink::new(c)?))));
+    }
+    if let Some(c) = &config.sinks.webhook {
+        out.push(Arc::new(Sink::Webhook(webhook::WebhookSink::new(c)?)));
+    }
+    if let Some(c) = &config.sinks.files {
+        out.push(Arc::new(Sink::Files(files::FileSink::new(c, store))));
+    }
+    Ok(out)
+}
+
+pub fn kind_event(kind: MutationKind) -> &'static str {
+    match kind {
+        MutationKind::Joiner => "employee.joined",
+        MutationKind::Mover => "employee.updated",
+        MutationKind::Leaver => "employee.left",
+        MutationKind::Rehire => "employee.rehired",
+    }
+}
+
+/// The employee as JSON, as webhooks, files and `--json` output show it.
+pub fn employee_json(e: &Employee) -> Value {
+    let dec_map = |m: &BTreeMap<String, crate::afas::rows::Decimal>| -> serde_json::Map<String, Value> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.to_string())))
+            .collect()
+    };
+    json!({
+        "key": e.key.as_str(), "email": e.email.as_str(), "first_name": e.first_name, "prefix": e.prefix,
+        "last_name": e.last_name, "display_name": e.display_name(), "department": e.department,
+        "date_of_birth": e.date_of_birth.map(|d| d.to_string()),
+        "employment_start": e.employment.start.to_string(),
+        "employment_end": e.employment.end.map(|d| d.to_string()),
+        "access": e.access,
+        "budgets": dec_map(&e.budgets),
+        "fte": e.contract.as_ref().and_then(|c| c.fte).map(|f| f.to_string()),
+        "salary": e.pay.salary.map(|v| v.to_string()),
+        "holiday_allowance_accrual": e.pay.holiday_allowance_accrual.map(|v| v.to_string()),
+        "holiday_allowance_balance": e.pay.holiday_allowance_balance.map(|v| v.to_string()),
+        "leave_hours": dec_map(&e.pay.leave_hours),
+    })
+}
+
+/// A stable event id: the same on every retry of the same entry.
+pub fn mutation_event_id(run: u64, index: u32) -> String {
+    format!("evt_{run}_{index}")
+}
+
+/// The event for one mutation (webhook body `data`, file sink line).
+pub fn mutation_event(m: &Mutation, run: u64, index: u32) -> Value {
+    json!({
+        "id": mutation_event_id(run, index),
+        "type": kind_event(m.kind),
+        "run": run,
+        "key": m.key.as_str(),
+        "reason": m.reason,
+        "changes": m.changes.iter().map(|c| json!({"field": c.field, "old": c.old, "new": c.new})).collect::<Vec<_>>(),
+        "employee": m.employee.as_ref().map(employee_json),
+    })
+}
+
+pub fn run_event_type(r: &RunRecord) -> &'static str {
+    match r.outcome {
+        crate::sync::Outcome::Held => "sync.held",
+        crate::sync::Outcome::Failed | crate::sync::Outcome::Rejected => "sync.failed",
+        crate::sync::Outcome::Success | crate::sync::Outcome::NothingToDo => "sync.completed",
+    }
+}
+
+pub fn run_event(r: &RunRecord) -> Value {
+    json!({
+        "id": format!("evt_{}_run", r.id),
+        "type": run_event_type(r),
+        "run": r.id,
+        "as_of": r.as_of.to_string(),
+        "outcome": r.outcome.as_str(),
+        "message": r.message,
+        "joiners": r.joiners, "movers": r.movers, "leavers": r.leavers, "rehires": r.rehires,
+        "rows": r.source.employee_rows, "rejected": r.source.rejected,
+    })
+}
+
+/// What a pass over the outbox did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    /// Sinks that stopped this pass, with why.
+    pub down: Vec<(String, String)>,
+    /// Entries still pending (not dead) after the pass.
+    pub pending: u64,
+    /// The earliest `next_at` among pending entries.
+    pub next_due: Option<i64>,
+}
+
+/// Exponential backoff with full jitter: 30 s doubling to 1 h.
+fn backoff(attempts: u32, jitter: u64) -> i64 {
+    let cap = 30i64.saturating_mul(1i64 << attempts.min(7)).min(3600);
+    let half = cap / 2;
+    half + (jitter % (half as u64 + 1)) as i64
+}
+
+fn jitter_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// One pass over every sink's due entries at time `now` (Unix seconds; the
+/// tests pass a simulated clock).
+pub async fn deliver_pass(
+    config: &Config,
+    store: &Arc<Store>,
+    sinks: &[Arc<Sink>],
+    now: i64,
+) -> Result<PassReport, StoreError> {
+    let mut report = PassReport::default();
+    for sink in sinks {
+        let name = sink.name();
+        let jobs = {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || load_jobs(&s, name))
+                .await
+                .map_err(|e| StoreError::Redb(e.to_string()))??
+        };
+        // Chains per employee, in outbox order.
+        let mut chains: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        for job in jobs {
+            if job.entry.dead {
+                continue;
+            }
+            chains
+                .entry(job.entry.item.order_key().to_string())
+                .or_default()
+                .push(job);
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.delivery.parallelism as usize));
+        let max_age = (config.delivery.max_age_hours * 3600) as i64;
+        let mut tasks = tokio::task::JoinSet::new();
+        let down = Arc::new(std::sync::Mutex::new(None::<String>));
+        for (_, chain) in chains {
+            if chain.first().is_none_or(|j| j.entry.next_at > now) {
+                // The first entry is waiting; later ones wait behind it.
+                continue;
+            }
+            let sink = sink.clone();
+            let permits = permits.clone();
+            let down = down.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let mut results = Vec::new();
+                for job in chain {
+                    if down.lock().map(|d| d.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    match sink.deliver(&job).await {
+                        Ok(id) => {
+                            let target_id = match (&job.entry.item, id) {
+                                (OutboxItem::Mutation { key, .. }, Some(id)) => Some((key.clone(), id)),
+                                _ => None,
+                            };
+                            results.push((job.seq, EntryResult::Done { target_id }));
+                        }
+                        Err(SinkError::Down { reason }) => {
+                            if let Ok(mut d) = down.lock() {
+                                d.get_or_insert(reason);
+                            }
+                            break;
+                        }
+                        Err(SinkError::Permanent { reason }) => {
+                            let mut e = job.entry.clone();
+                            e.attempts += 1;
+                            e.dead = true;
+                            e.last_error = Some(reason);
+                            results.push((job.seq, EntryResult::Update(e)));
+                        }
+                        Err(SinkError::Retry { reason, after }) => {
+                            let mut e = job.entry.clone();
+                            e.attempts += 1;
+                            let wait = after
+                                .map(|d| d.as_secs() as i64)
+                                .unwrap_or_else(|| backoff(e.attempts, jitter_seed()));
+                            e.next_at = now + wait.max(1);
+                            e.last_error = Some(reason);
+                            if now - e.created_at >= max_age {
+                                e.dead = true;
+                            }
+                            results.push((job.seq, EntryResult::Update(e)));
+                            // Later entries of this employee wait for this one.
+                            break;
+                        }
+                    }
+                }
+                results
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            results.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
+        }
+        for (_, r) in &results {
+            match r {
+                EntryResult::Done { .. } => report.delivered += 1,
+                EntryResult::Update(e) if e.dead => report.dead_lettered += 1,
+                EntryResult::Update(_) => report.retried += 1,
+            }
+        }
+        if let Some(reason) = down.lock().ok().and_then(|d| d.clone()) {
+            tracing::error!(sink = name, "delivery stopped: {reason}");
+            report.down.push((name.to_string(), reason));
+        }
+        if !results.is_empty() {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.outbox_apply(name, &results))
+                .await
+                .map_err(|e| StoreError::Redb(e.to_string()))??;
+        }
+        let s = store.clone();
+        let remaining = tokio::task::spawn_blocking(move || s.outbox_entries(name))
+            .await
+            .map_err(|e| StoreError::Redb(e.to_string()))??;
+        for (_, e) in remaining.iter().filter(|(_, e)| !e.dead) {
+            report.pending += 1;
+            report.next_due = Some(report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
+        }
+    }
+    Ok(report)
+}
+
+fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreError> {
+    let mut jobs = Vec::new();
+    let mut runs: BTreeMap<u64, Option<RunRecord>> = BTreeMap::new();
+    for (seq, entry) in store.outbox_entries(sink)? {
+        let (mutation, run, target_id) = match &entry.item {
+            OutboxItem::Mutation { run, index, key } => (
+                store.mutation(*run, *index)?,
+                None,
+                store.target_id(sink, key.as_str())?,
+            ),
+            OutboxItem::Run { run } => {
+                if !runs.contains_key(run) {
+                    runs.insert(*run, store.run_if_exists(*run)?);
+                }
+                (None, runs.get(run).cloned().flatten(), None)
+            }
+        };
+        jobs.push(Job {
+            seq,
+            entry,
+            mutation,
+            run,
+            target_id,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Delivers until the outbox is empty, every sink is down, or `wait` has
+/// passed. Returns the last pass's report.
+pub async fn deliver_until_done(
+    config: &Config,
+    store: &Arc<Store>,
+    sinks: &[Arc<Sink>],
+    wait: Duration,
+) -> Result<PassReport, StoreError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = jiff::Timestamp::now().as_second();
+        let report = deliver_pass(config, store, sinks, now).await?;
+        if report.pending == 0 || report.down.len() == sinks.len() {
+            return Ok(report);
+        }
+        let due_in = report.next_due.map(|d| (d - now).max(0) as u64).unwrap_or(1);
+        let next = tokio::time::Instant::now() + Duration::from_secs(due_in.max(1));
+        if next > deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// The key of a mutation job, for messages.
+pub fn job_key(job: &Job) -> Option<&EmployeeKey> {
+    match &job.entry.item {
+        OutboxItem::Mutation { key, .. } => Some(key),
+        OutboxItem::Run { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_an_hour_with_jitter() {
+        assert!((15..=30).contains(&backoff(0, 7)));
+        assert!((30..=60).contains(&backoff(1, 7)));
+        for j in [0, 1, 999_999] {
+            assert!((1800..=3600).contains(&backoff(20, j)));
+        }
+    }
+}
