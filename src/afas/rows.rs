@@ -177,9 +177,15 @@ impl fmt::Display for Decimal {
 pub fn decimal(row: &Row, field: &str) -> Result<Option<Decimal>, CellError> {
     match get(row, field)? {
         Value::Null => Ok(None),
+        // A JSON number that went through a binary float somewhere
+        // (514.5600000000001) is rounded to 4 decimals; text stays strict.
         Value::Number(n) => Decimal::parse(&n.to_string())
+            .or_else(|| {
+                let x = n.as_f64().filter(|x| x.is_finite() && x.abs() < 1e12)?;
+                Some(Decimal::from_units((x * Decimal::SCALE as f64).round() as i64))
+            })
             .map(Some)
-            .ok_or_else(|| cell_err(field, format!("number {n} is out of range or has more than 4 decimals"))),
+            .ok_or_else(|| cell_err(field, format!("number {n} is out of range"))),
         Value::String(s) if s.trim().is_empty() => Ok(None),
         Value::String(s) => Decimal::parse(s).map(Some).ok_or_else(|| {
             cell_err(
@@ -309,7 +315,9 @@ mod tests {
         }
         assert_eq!(Decimal::from_units(125_000).to_string(), "12.5");
         assert_eq!(Decimal::from_units(-5_000).to_string(), "-0.5");
-        let r = row(json!({"N": 1.5, "S": "2.25", "B": true}));
+        let r = row(json!({"N": 1.5, "S": "2.25", "B": true, "F": 514.5600000000001, "H": 1e300}));
+        assert_eq!(decimal(&r, "F"), Ok(Some(Decimal::from_units(5_145_600))));
+        assert!(decimal(&r, "H").is_err());
         assert_eq!(decimal(&r, "N"), Ok(Some(Decimal::from_units(15_000))));
         assert_eq!(decimal(&r, "S"), Ok(Some(Decimal::from_units(22_500))));
         assert!(decimal(&r, "B").is_err());

@@ -597,7 +597,7 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
         );
     }
     if let Some(r) = runs.first() {
-        for rej in r.source.rejections.iter().take(3) {
+        for rej in r.source.rejections.iter().take(60) {
             println!("  rejected {}: {}", rej.row, rej.reason);
         }
     }

@@ -190,12 +190,14 @@ fn jitter_seed() -> u64 {
 }
 
 /// One pass over every sink's due entries at time `now` (Unix seconds; the
-/// tests pass a simulated clock).
+/// tests pass a simulated clock). `force` tries every pending entry now,
+/// backoff or not: each sync run gives the outbox one full attempt.
 pub async fn deliver_pass(
     config: &Config,
     store: &Arc<Store>,
     sinks: &[Arc<Sink>],
     now: i64,
+    force: bool,
 ) -> Result<PassReport, StoreError> {
     let mut report = PassReport::default();
     for sink in sinks {
@@ -222,7 +224,7 @@ pub async fn deliver_pass(
         let mut tasks = tokio::task::JoinSet::new();
         let down = Arc::new(std::sync::Mutex::new(None::<String>));
         for (_, chain) in chains {
-            if chain.first().is_none_or(|j| j.entry.next_at > now) {
+            if chain.first().is_none_or(|j| !force && j.entry.next_at > now) {
                 // The first entry is waiting; later ones wait behind it.
                 continue;
             }
@@ -347,9 +349,11 @@ pub async fn deliver_until_done(
     wait: Duration,
 ) -> Result<PassReport, StoreError> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut force = true;
     loop {
         let now = jiff::Timestamp::now().as_second();
-        let report = deliver_pass(config, store, sinks, now).await?;
+        let report = deliver_pass(config, store, sinks, now, force).await?;
+        force = false;
         if report.pending == 0 || report.down.len() == sinks.len() {
             return Ok(report);
         }

@@ -575,8 +575,11 @@ impl ScimSink {
                 let user = self.user_json(e, false);
                 let done = match &id {
                     Some(id) if caps.patch => {
-                        self.patch(id, vec![json!({"op": "replace", "path": "active", "value": false})])
-                            .await?
+                        // The termination date (or access flag) that made the
+                        // leaver travels with the deactivation.
+                        let mut ops = vec![json!({"op": "replace", "path": "active", "value": false})];
+                        ops.extend(self.patch_ops(&user, &m.changes));
+                        self.patch(id, ops).await?
                     }
                     Some(id) => self.replace(id, None, &user).await?,
                     None => false,

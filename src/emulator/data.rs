@@ -423,7 +423,8 @@ fn generate_pay(rng: &mut Rng, id: &str, start: Date, today: Date) -> [Vec<Row>;
             ("Salary", json!(base + 150)),
         ]));
     }
-    let accrual = base as f64 * 0.08;
+    // Amounts in cents, as a payroll has them.
+    let accrual = (base * 8) as f64 / 100.0;
     let wages = vec![
         row(&[
             ("EmployeeId", json!(id)),
@@ -433,7 +434,7 @@ fn generate_pay(rng: &mut Rng, id: &str, start: Date, today: Date) -> [Vec<Row>;
         row(&[
             ("EmployeeId", json!(id)),
             ("WageComponentId", json!(HOLIDAY_BALANCE_ID)),
-            ("Amount", json!(accrual * 5.0)),
+            ("Amount", json!((base * 40) as f64 / 100.0)),
         ]),
     ];
     let leave = vec![

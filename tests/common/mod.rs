@@ -113,3 +113,4 @@ pub async fn run_bin(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+pub mod peers;

@@ -1,0 +1,332 @@
+//! Real peers on 127.0.0.1: scim2-server (PyPI), a fault-injecting proxy in
+//! front of it, and the Standard Webhooks receiver in `tests/peers/`.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+pub const SCIM_TOKEN: &str = "scim-test-token-0123456789";
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn manifest(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// scim2-server, in memory, with afas-sync's extension schema loaded.
+pub struct ScimPeer {
+    child: Option<tokio::process::Child>,
+    pub port: u16,
+}
+
+impl ScimPeer {
+    pub async fn start() -> ScimPeer {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> ScimPeer {
+        let child = tokio::process::Command::new("scim2-server")
+            .args([
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--bearer-token",
+                SCIM_TOKEN,
+            ])
+            .arg("--schema")
+            .arg(manifest("packaging/scim/schemas.json"))
+            .arg("--resource-type")
+            .arg(manifest("packaging/scim/resource-types.json"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("scim2-server must be installed (./scripts/test installs it from PyPI)");
+        let peer = ScimPeer {
+            child: Some(child),
+            port,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..150 {
+            let ok = client
+                .get(format!("{}/ServiceProviderConfig", peer.url()))
+                .bearer_auth(SCIM_TOKEN)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return peer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("scim2-server did not come up on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Every user the server holds (paged).
+    pub async fn users(&self) -> Vec<Value> {
+        let client = reqwest::Client::new();
+        let mut out = Vec::new();
+        let mut start = 1;
+        loop {
+            let page: Value = client
+                .get(format!("{}/Users?startIndex={start}&count=500", self.url()))
+                .bearer_auth(SCIM_TOKEN)
+                .send()
+                .await
+                .expect("list users")
+                .json()
+                .await
+                .expect("json");
+            let resources = page["Resources"].as_array().cloned().unwrap_or_default();
+            let n = resources.len();
+            out.extend(resources);
+            let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
+            if n == 0 || out.len() >= total {
+                return out;
+            }
+            start += n;
+        }
+    }
+
+    pub async fn post_user(&self, user: &Value) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/Users", self.url()))
+            .bearer_auth(SCIM_TOKEN)
+            .header("content-type", "application/scim+json")
+            .body(user.to_string())
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16()
+    }
+
+    pub async fn delete_user(&self, id: &str) {
+        reqwest::Client::new()
+            .delete(format!("{}/Users/{id}", self.url()))
+            .bearer_auth(SCIM_TOKEN)
+            .send()
+            .await
+            .expect("delete");
+    }
+}
+
+/// An injected answer for the `nth` request (1-based) whose method and
+/// path match, `times` times.
+#[derive(Clone, Debug)]
+pub struct Inject {
+    pub method: &'static str,
+    pub path_contains: &'static str,
+    pub nth: u32,
+    pub times: u32,
+    pub status: u16,
+    pub retry_after: Option<u32>,
+    seen: u32,
+}
+
+impl Inject {
+    pub fn new(
+        method: &'static str,
+        path_contains: &'static str,
+        nth: u32,
+        times: u32,
+        status: u16,
+        retry_after: Option<u32>,
+    ) -> Self {
+        Inject {
+            method,
+            path_contains,
+            nth,
+            times,
+            status,
+            retry_after,
+            seen: 0,
+        }
+    }
+}
+
+/// A reverse proxy that forwards to `target` except where a rule injects
+/// an answer. Counts what it injected.
+pub struct FaultProxy {
+    pub port: u16,
+    pub injected: Arc<Mutex<Vec<(String, u16)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: String, rules: Vec<Inject>) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let rules = Arc::new(Mutex::new(rules));
+        let injected = Arc::new(Mutex::new(Vec::new()));
+        let client = reqwest::Client::new();
+        let inj = injected.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rules, inj, client, target) = (rules.clone(), inj.clone(), client.clone(), target.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (rules, inj, client, target) = (rules.clone(), inj.clone(), client.clone(), target.clone());
+                        async move {
+                            let method = req.method().to_string();
+                            let path_q = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                            let injected = {
+                                let mut rules = rules.lock().expect("rules");
+                                let mut hit = None;
+                                for r in rules.iter_mut() {
+                                    if r.method == method && path_q.contains(r.path_contains) {
+                                        r.seen += 1;
+                                        if r.seen >= r.nth && r.times > 0 {
+                                            r.times -= 1;
+                                            hit = Some((r.status, r.retry_after));
+                                            break;
+                                        }
+                                    }
+                                }
+                                hit
+                            };
+                            if let Some((status, retry_after)) = injected {
+                                inj.lock().expect("log").push((format!("{method} {path_q}"), status));
+                                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(
+                                    b"{\"detail\":\"injected\"}",
+                                )));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                                if let Some(s) = retry_after {
+                                    resp.headers_mut()
+                                        .insert("retry-after", s.to_string().parse().expect("hv"));
+                                }
+                                return Ok::<_, Infallible>(resp);
+                            }
+                            let headers = req.headers().clone();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut fwd = client
+                                .request(method.parse().expect("method"), format!("{target}{path_q}"))
+                                .body(body);
+                            for (k, v) in headers.iter() {
+                                if k != "host" && k != "content-length" {
+                                    fwd = fwd.header(k, v);
+                                }
+                            }
+                            let resp = match fwd.send().await {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                                    *resp.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                                    return Ok(resp);
+                                }
+                            };
+                            let status = resp.status();
+                            let rh = resp.headers().clone();
+                            let bytes = resp.bytes().await.unwrap_or_default();
+                            let mut out = hyper::Response::new(Full::new(bytes));
+                            *out.status_mut() = status;
+                            for (k, v) in rh.iter() {
+                                if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+                                    out.headers_mut().insert(k, v.clone());
+                                }
+                            }
+                            Ok(out)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { port, injected, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Python receiver that verifies signatures with `standardwebhooks`.
+pub struct WebhookPeer {
+    child: tokio::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl WebhookPeer {
+    pub async fn start(secret: &str, dir: &Path) -> WebhookPeer {
+        let port_file = dir.join("webhook.port");
+        let log = dir.join("webhook.log");
+        let child = tokio::process::Command::new("python3")
+            .arg(manifest("tests/peers/webhook_receiver.py"))
+            .arg(secret)
+            .arg(&port_file)
+            .arg(&log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the webhook receiver");
+        for _ in 0..100 {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return WebhookPeer { child, port, log };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the webhook receiver did not start (is `standardwebhooks` installed? ./scripts/test installs it)");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Every request received: (verified, body as JSON).
+    pub fn received(&self) -> Vec<(bool, Value)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| {
+                (
+                    v["ok"].as_bool().unwrap_or(false),
+                    serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
