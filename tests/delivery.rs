@@ -466,7 +466,7 @@ async fn webhooks_are_verified_by_an_independent_implementation_including_rotati
     let key = afas_sync::delivery::webhook::secret_key(new).expect("key");
     let sig = afas_sync::delivery::webhook::sign(&[key], "evt_x", ts, &body);
     let send = |b: String| {
-        reqwest::Client::new()
+        http()
             .post(receiver.url())
             .header("webhook-id", "evt_x")
             .header("webhook-timestamp", ts.to_string())
@@ -587,5 +587,61 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_nothing() {
         (code, out) = env.sync(last).await;
     }
     assert!(code == 0 || code == 4, "{out}");
+    assert_server_matches(&scim, &env.snapshot()).await;
+}
+
+#[tokio::test]
+async fn without_patch_support_updates_are_whole_replacements() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spc = dir.path().join("spc.json");
+    std::fs::write(
+        &spc,
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+            "patch": {"supported": false}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+            "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
+            "sort": {"supported": false}, "etag": {"supported": true},
+            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
+        })
+        .to_string(),
+    )
+    .expect("spc");
+    let scim = ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await;
+    let proxy = FaultProxy::start(scim.url(), vec![Inject::new("PATCH", "/Users", 1, 1000, 501, None)]).await;
+    let env = Env::new(40, &scim_sink(&proxy.url())).await;
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+    let d1 = next(day0(), 1);
+    env.emu.state.with_data(|d| {
+        churn(d, 6, d1, 0, 50, 200);
+    });
+    let (code, out) = env.sync(d1).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(proxy.injected.lock().expect("log").is_empty(), "no PATCH was sent");
+    assert_server_matches(&scim, &env.snapshot()).await;
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_sink_and_keep_everything_pending() {
+    let scim = ScimPeer::start().await;
+    let env = Env::new(20, &scim_sink(&scim.url())).await;
+    std::fs::write(env.dir.path().join("scim-token"), "wrong-token").expect("token");
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("delivery to scim stopped") && out.contains("refused the credentials (HTTP 401)"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-token"), "the token is never printed");
+    let store = Store::open(&env.store_path).expect("store");
+    let entries = store.outbox_entries("scim").expect("entries");
+    assert!(
+        !entries.is_empty() && entries.iter().all(|(_, e)| !e.dead && e.attempts == 0),
+        "nothing spent, nothing lost"
+    );
+    drop(store);
+    std::fs::write(env.dir.path().join("scim-token"), SCIM_TOKEN).expect("token");
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 4, "{out}");
     assert_server_matches(&scim, &env.snapshot()).await;
 }

@@ -12,6 +12,13 @@ use serde_json::Value;
 
 pub const SCIM_TOKEN: &str = "scim-test-token-0123456789";
 
+/// A plain HTTP client for the tests (with the crypto provider installed,
+/// as reqwest's rustls-no-provider build needs).
+pub fn http() -> reqwest::Client {
+    afas_sync::afas::client::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -33,7 +40,13 @@ impl ScimPeer {
     }
 
     pub async fn start_on(port: u16) -> ScimPeer {
+        Self::start_with(port, &[]).await
+    }
+
+    /// With extra scim2-server arguments (e.g. `--service-provider-config`).
+    pub async fn start_with(port: u16, extra: &[&str]) -> ScimPeer {
         let child = tokio::process::Command::new("scim2-server")
+            .args(extra)
             .args([
                 "--hostname",
                 "127.0.0.1",
@@ -55,7 +68,7 @@ impl ScimPeer {
             child: Some(child),
             port,
         };
-        let client = reqwest::Client::new();
+        let client = http();
         for _ in 0..150 {
             let ok = client
                 .get(format!("{}/ServiceProviderConfig", peer.url()))
@@ -84,7 +97,7 @@ impl ScimPeer {
 
     /// Every user the server holds (paged).
     pub async fn users(&self) -> Vec<Value> {
-        let client = reqwest::Client::new();
+        let client = http();
         let mut out = Vec::new();
         let mut start = 1;
         loop {
@@ -109,7 +122,7 @@ impl ScimPeer {
     }
 
     pub async fn post_user(&self, user: &Value) -> u16 {
-        reqwest::Client::new()
+        http()
             .post(format!("{}/Users", self.url()))
             .bearer_auth(SCIM_TOKEN)
             .header("content-type", "application/scim+json")
@@ -122,7 +135,7 @@ impl ScimPeer {
     }
 
     pub async fn delete_user(&self, id: &str) {
-        reqwest::Client::new()
+        http()
             .delete(format!("{}/Users/{id}", self.url()))
             .bearer_auth(SCIM_TOKEN)
             .send()
@@ -179,7 +192,7 @@ impl FaultProxy {
         let port = listener.local_addr().expect("addr").port();
         let rules = Arc::new(Mutex::new(rules));
         let injected = Arc::new(Mutex::new(Vec::new()));
-        let client = reqwest::Client::new();
+        let client = http();
         let inj = injected.clone();
         let task = tokio::spawn(async move {
             loop {
