@@ -454,7 +454,16 @@ async fn webhooks_are_verified_by_an_independent_implementation_including_rotati
     let joined = got.iter().filter(|(_, b)| b["type"] == "employee.joined").count();
     let snap = env.snapshot();
     assert_eq!(joined, snap.len());
-    let first = &got[0].1;
+    let first = &got
+        .iter()
+        .find(|(_, b)| b["type"] == "employee.joined")
+        .expect("a joiner event")
+        .1;
+    assert_eq!(
+        got.last().map(|(_, b)| b["type"].clone()),
+        Some(json!("sync.completed")),
+        "the run event comes last"
+    );
     assert!(
         first["data"]["employee"]["email"].is_string() && first["timestamp"].is_string(),
         "{first}"

@@ -222,11 +222,27 @@ pub async fn deliver_pass(
         let permits = Arc::new(tokio::sync::Semaphore::new(config.delivery.parallelism as usize));
         let max_age = (config.delivery.max_age_hours * 3600) as i64;
         let mut tasks = tokio::task::JoinSet::new();
+        let mut done_early: Vec<(u64, EntryResult)> = Vec::new();
         let down = Arc::new(std::sync::Mutex::new(None::<String>));
-        for (_, chain) in chains {
+        // Run events ("sync.completed" …) go after the employee events of
+        // the same pass, so a receiver sees the run's changes first.
+        let run_chain = chains.remove("");
+        let mut ordered: Vec<Vec<Job>> = chains.into_values().collect();
+        ordered.extend(run_chain);
+        let last = ordered.len();
+        for (i, chain) in ordered.into_iter().enumerate() {
             if chain.first().is_none_or(|j| !force && j.entry.next_at > now) {
                 // The first entry is waiting; later ones wait behind it.
                 continue;
+            }
+            let is_run_chain = i + 1 == last && chain.first().is_some_and(|j| j.entry.item.order_key().is_empty());
+            if is_run_chain {
+                // Wait for the employee chains already started.
+                let mut partial = Vec::new();
+                while let Some(r) = tasks.join_next().await {
+                    partial.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
+                }
+                done_early.extend(partial);
             }
             let sink = sink.clone();
             let permits = permits.clone();
@@ -279,7 +295,7 @@ pub async fn deliver_pass(
                 results
             });
         }
-        let mut results = Vec::new();
+        let mut results = done_early;
         while let Some(r) = tasks.join_next().await {
             results.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
         }
