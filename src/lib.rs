@@ -8,6 +8,7 @@ pub mod afas;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod delivery;
 pub mod domain;
 pub mod emulator;

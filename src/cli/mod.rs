@@ -1,7 +1,7 @@
 //! The command line: clap definitions and the human / `--json` rendering.
 //! Every command returns an exit code; `main` only sets up logging.
 
-mod state;
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::afas::{self, AfasClient, ClientOptions};
 use crate::config::{self, Config};
 use crate::emulator::{self, data, AuthSetup, Emulator, EmulatorState};
 use crate::exit;
+use state::Request;
 
 #[derive(Debug, Parser)]
 #[command(name = "afas-sync", version, about = "Sync employees from AFAS Profit to Alleo")]
@@ -204,11 +205,35 @@ fn load_config(path: &Path) -> Result<Config, i32> {
     }
 }
 
-fn with_config(cli: &Cli, f: impl FnOnce(&Config) -> i32) -> i32 {
-    match load_config(&cli.config) {
-        Ok(cfg) => f(&cfg),
-        Err(code) => code,
+/// Runs a state-file command: through a running daemon's control socket,
+/// else on the state file directly.
+async fn state_request(cli: &Cli, req: Request) -> i32 {
+    let cfg = match load_config(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::daemon::control::call(&cfg, &req, cli.json).await {
+        Ok(Some(reply)) => {
+            reply.out.print();
+            return reply.code;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
     }
+    let store = match crate::store::Store::open(&cfg.store.path) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let mut out = state::Out::default();
+    let code = state::execute(&cfg, &store, &req, cli.json, &mut out).await;
+    out.print();
+    code
 }
 
 /// Runs a parsed command line and returns the exit code.
@@ -279,32 +304,43 @@ pub async fn run(cli: Cli) -> i32 {
             fetch(&cfg, *connector, *limit).await
         }
         Command::Emulate(args) => emulate(args).await,
-        Command::Sync { dry_run, as_of } => match load_config(&cli.config) {
-            Ok(cfg) => state::sync_cmd(&cfg, *as_of, *dry_run, cli.json).await,
-            Err(code) => code,
-        },
-        Command::Status => with_config(&cli, |cfg| state::status(cfg, cli.json)),
-        Command::History { limit } => with_config(&cli, |cfg| state::history(cfg, *limit, cli.json)),
+        Command::Sync { dry_run, as_of } => {
+            state_request(
+                &cli,
+                Request::Sync {
+                    as_of: *as_of,
+                    dry_run: *dry_run,
+                },
+            )
+            .await
+        }
+        Command::Status => state_request(&cli, Request::Status).await,
+        Command::History { limit } => state_request(&cli, Request::History { limit: *limit }).await,
         Command::Run {
             action: RunAction::Show { run },
-        } => with_config(&cli, |cfg| state::run_show(cfg, *run, cli.json)),
-        Command::Employee { key } => with_config(&cli, |cfg| state::employee(cfg, key, cli.json)),
-        Command::Plan {
-            action: PlanAction::Approve { run },
-        } => match load_config(&cli.config) {
-            Ok(cfg) => state::plan_approve(&cfg, *run, cli.json).await,
-            Err(code) => code,
-        },
-        Command::Plan { action } => with_config(&cli, |cfg| match action {
-            PlanAction::Show { run } => state::plan_show(cfg, *run, cli.json),
-            PlanAction::Reject { run } => state::plan_reject(cfg, *run),
-            PlanAction::Approve { .. } => exit::FAILURE,
-        }),
+        } => state_request(&cli, Request::RunShow { run: *run }).await,
+        Command::Employee { key } => state_request(&cli, Request::Employee { key: key.clone() }).await,
+        Command::Plan { action } => {
+            let req = match action {
+                PlanAction::Show { run } => Request::PlanShow { run: *run },
+                PlanAction::Approve { run } => Request::PlanApprove { run: *run },
+                PlanAction::Reject { run } => Request::PlanReject { run: *run },
+            };
+            state_request(&cli, req).await
+        }
+        Command::Forget { key } => state_request(&cli, Request::Forget { key: key.clone() }).await,
+        Command::Export { format } => {
+            state_request(
+                &cli,
+                Request::Export {
+                    csv: matches!(format, ExportFormat::Csv),
+                },
+            )
+            .await
+        }
         Command::Outbox {
             action: OutboxAction::Retry { sink },
-        } => with_config(&cli, |cfg| state::outbox_retry(cfg, sink.as_deref())),
-        Command::Forget { key } => with_config(&cli, |cfg| state::forget(cfg, key)),
-        Command::Export { format } => with_config(&cli, |cfg| state::export(cfg, matches!(format, ExportFormat::Csv))),
+        } => state_request(&cli, Request::OutboxRetry { sink: sink.clone() }).await,
         Command::Demo { employees, seed } => demo(*employees, *seed).await,
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -11,19 +12,99 @@ use crate::store::{Store, StoreError};
 use crate::sync::plan::{Mutation, Plan, Provisioned, Status};
 use crate::sync::{self, Outcome, RunRecord, SyncResult};
 
-pub fn open_store(config: &Config) -> Result<Store, i32> {
-    Store::open(&config.store.path).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::FAILURE
-    })
+/// What a command printed, so the same code can answer on the terminal or
+/// through the daemon's control socket.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Out {
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn store_failure(e: StoreError) -> i32 {
-    eprintln!("error: {e}");
-    match e {
-        StoreError::NotFound(_) | StoreError::Conflict(_) => exit::FAILURE,
-        _ => exit::FAILURE,
+impl Out {
+    /// Writes the captured output to the terminal. A closed pipe (`| head`)
+    /// is not an error of ours.
+    pub fn print(&self) {
+        use std::io::Write;
+        let _ = std::io::stdout().lock().write_all(self.stdout.as_bytes());
+        let _ = std::io::stderr().lock().write_all(self.stderr.as_bytes());
     }
+}
+
+macro_rules! say {
+    ($o:expr) => {{
+        $o.stdout.push('\n');
+    }};
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o.stdout, $($arg)*);
+    }};
+}
+
+macro_rules! esay {
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o.stderr, $($arg)*);
+    }};
+}
+
+/// A command on the state file, as the CLI and the control socket carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Sync {
+        as_of: Option<jiff::civil::Date>,
+        dry_run: bool,
+    },
+    Status,
+    History {
+        limit: usize,
+    },
+    RunShow {
+        run: u64,
+    },
+    Employee {
+        key: String,
+    },
+    PlanShow {
+        run: Option<u64>,
+    },
+    PlanApprove {
+        run: u64,
+    },
+    PlanReject {
+        run: u64,
+    },
+    Forget {
+        key: String,
+    },
+    Export {
+        csv: bool,
+    },
+    OutboxRetry {
+        sink: Option<String>,
+    },
+}
+
+/// Runs a request against an open store; returns the exit code.
+pub async fn execute(config: &Config, store: &Arc<Store>, req: &Request, json_out: bool, o: &mut Out) -> i32 {
+    match req {
+        Request::Sync { as_of, dry_run } => sync_cmd(config, store, *as_of, *dry_run, json_out, o).await,
+        Request::Status => status(store, json_out, o),
+        Request::History { limit } => history(store, *limit, json_out, o),
+        Request::RunShow { run } => run_show(store, *run, json_out, o),
+        Request::Employee { key } => employee(store, key, json_out, o),
+        Request::PlanShow { run } => plan_show(store, *run, json_out, o),
+        Request::PlanApprove { run } => plan_approve(config, store, *run, json_out, o).await,
+        Request::PlanReject { run } => plan_reject(store, *run, o),
+        Request::Forget { key } => forget(store, key, o),
+        Request::Export { csv } => export(store, *csv, o),
+        Request::OutboxRetry { sink } => outbox_retry(store, sink.as_deref(), o),
+    }
+}
+
+fn store_failure(o: &mut Out, e: StoreError) -> i32 {
+    esay!(o, "error: {e}");
+    exit::FAILURE
 }
 
 /// "Today" in the configured time zone: the day hire and termination dates
@@ -66,9 +147,10 @@ fn provisioned_json(p: &Provisioned) -> Value {
     })
 }
 
-fn print_plan_human(plan: &Plan, limit: usize) {
+fn print_plan_human(o: &mut Out, plan: &Plan, limit: usize) {
     use crate::sync::plan::MutationKind::*;
-    println!(
+    say!(
+        o,
         "as of {}: {} joiners, {} movers, {} leavers, {} rehires; {} rows read, {} rejected",
         plan.as_of,
         plan.count(Joiner),
@@ -80,16 +162,16 @@ fn print_plan_human(plan: &Plan, limit: usize) {
     );
     for m in plan.mutations.iter().take(limit) {
         let name = m.employee.as_ref().map(|e| e.display_name()).unwrap_or_default();
-        println!("  {:<7} {:<10} {:<32} {}", m.kind.as_str(), m.key, name, m.reason);
+        say!(o, "  {:<7} {:<10} {:<32} {}", m.kind.as_str(), m.key, name, m.reason);
         for c in &m.changes {
-            println!("          {}: {:?} -> {:?}", c.field, c.old, c.new);
+            say!(o, "          {}: {:?} -> {:?}", c.field, c.old, c.new);
         }
     }
     if plan.mutations.len() > limit {
-        println!("  … and {} more (use --json for all)", plan.mutations.len() - limit);
+        say!(o, "  … and {} more (use --json for all)", plan.mutations.len() - limit);
     }
     for r in plan.source.rejections.iter().take(limit) {
-        println!("  rejected {}: {}", r.row, r.reason);
+        say!(o, "  rejected {}: {}", r.row, r.reason);
     }
 }
 
@@ -115,75 +197,83 @@ fn exit_for(outcome: Outcome) -> i32 {
 /// Delivers the outbox for up to `delivery.sync_wait_secs`, printing what
 /// happened. `None` when no sink is configured; `Some(true)` when all is
 /// delivered.
-pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<bool> {
+pub async fn deliver_outbox(config: &Config, store: &Arc<Store>, o: &mut Out) -> Option<bool> {
     let sinks = match crate::delivery::sinks(config, store.clone()) {
         Ok(s) if s.is_empty() => return None,
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot set up delivery: {e}");
+            esay!(o, "error: cannot set up delivery: {e}");
             return Some(false);
         }
     };
     let wait = std::time::Duration::from_secs(config.delivery.sync_wait_secs);
     match crate::delivery::deliver_until_done(config, store, &sinks, wait).await {
         Ok(r) => {
-            println!(
+            say!(
+                o,
                 "delivery: {} delivered, {} to retry, {} dead-lettered, {} pending",
-                r.delivered, r.retried, r.dead_lettered, r.pending
+                r.delivered,
+                r.retried,
+                r.dead_lettered,
+                r.pending
             );
             for (sink, reason) in &r.down {
-                println!("delivery to {sink} stopped: {reason}");
+                say!(o, "delivery to {sink} stopped: {reason}");
             }
             let dead: u64 = store
                 .outbox_counts()
                 .map(|c| c.values().map(|c| c.dead).sum())
                 .unwrap_or(0);
             if dead > 0 {
-                println!("{dead} dead-lettered entries: see `afas-sync status`, then `afas-sync outbox retry`");
+                say!(
+                    o,
+                    "{dead} dead-lettered entries: see `afas-sync status`, then `afas-sync outbox retry`"
+                );
             }
             Some(r.pending == 0 && dead == 0)
         }
         Err(e) => {
-            eprintln!("error: delivery failed: {e}");
+            esay!(o, "error: delivery failed: {e}");
             Some(false)
         }
     }
 }
 
-pub fn outbox_retry(config: &Config, sink: Option<&str>) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn outbox_retry(store: &Store, sink: Option<&str>, o: &mut Out) -> i32 {
     match store.outbox_retry(sink, jiff::Timestamp::now().as_second()) {
         Ok(n) => {
-            println!(
+            say!(
+                o,
                 "{n} dead-lettered entries queued again; they are delivered by the daemon or the next `afas-sync sync`"
             );
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run: bool, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => Arc::new(s),
-        Err(code) => return code,
-    };
+pub async fn sync_cmd(
+    config: &Config,
+    store: &Arc<Store>,
+    as_of: Option<jiff::civil::Date>,
+    dry_run: bool,
+    json_out: bool,
+    o: &mut Out,
+) -> i32 {
     let as_of = as_of.unwrap_or_else(|| today(config));
     match sync::run(config, store.clone(), as_of, dry_run).await {
         Ok(SyncResult::DryRun(plan, reasons)) => {
             if json_out {
-                println!(
+                say!(
+                    o,
                     "{}",
                     json!({"dry_run": true, "plan": plan_json(&plan), "guards": reasons})
                 );
             } else {
-                println!("dry run (nothing was changed)");
-                print_plan_human(&plan, 50);
+                say!(o, "dry run (nothing was changed)");
+                print_plan_human(o, &plan, 50);
                 for r in &reasons {
-                    println!("  guard would hold this run: {r}");
+                    say!(o, "  guard would hold this run: {r}");
                 }
             }
             if plan.mutations.is_empty() {
@@ -195,11 +285,12 @@ pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run
             }
         }
         Ok(SyncResult::Committed(run)) | Ok(SyncResult::Held(run, _)) => {
-            let delivery = deliver_outbox(config, &store).await;
+            let delivery = deliver_outbox(config, store, o).await;
             if json_out {
-                println!("{}", run_json(&run));
+                say!(o, "{}", run_json(&run));
             } else {
-                println!(
+                say!(
+                    o,
                     "run {} ({}) as of {}: {} joiners, {} movers, {} leavers, {} rehires; {} rows, {} rejected",
                     run.id,
                     run.outcome.as_str(),
@@ -212,11 +303,11 @@ pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run
                     run.source.rejected
                 );
                 if run.outcome == Outcome::Held {
-                    println!("HELD, nothing was changed: {}", run.message);
-                    println!("review with `afas-sync plan show {}`, then `afas-sync plan approve {}` or `afas-sync plan reject {}`", run.id, run.id, run.id);
+                    say!(o, "HELD, nothing was changed: {}", run.message);
+                    say!(o, "review with `afas-sync plan show {}`, then `afas-sync plan approve {}` or `afas-sync plan reject {}`", run.id, run.id, run.id);
                 }
                 if run.source.rejected > 0 {
-                    println!("rejected rows are listed by `afas-sync run show {}`", run.id);
+                    say!(o, "rejected rows are listed by `afas-sync run show {}`", run.id);
                 }
             }
             match (exit_for(run.outcome), delivery) {
@@ -226,19 +317,15 @@ pub async fn sync_cmd(config: &Config, as_of: Option<jiff::civil::Date>, dry_run
             }
         }
         Err(e) => {
-            eprintln!("error: sync failed, nothing was changed: {e}");
+            esay!(o, "error: sync failed, nothing was changed: {e}");
             // Earlier runs' deliveries still go out.
-            let _ = deliver_outbox(config, &store).await;
+            let _ = deliver_outbox(config, store, o).await;
             exit::FAILURE
         }
     }
 }
 
-pub fn status(config: &Config, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn status(store: &Store, json_out: bool, o: &mut Out) -> i32 {
     let result = (|| -> Result<Value, StoreError> {
         let snap = store.snapshot()?;
         let active = snap.values().filter(|p| p.status == Status::Active).count();
@@ -264,39 +351,44 @@ pub fn status(config: &Config, json_out: bool) -> i32 {
     match result {
         Ok(v) => {
             if json_out {
-                println!("{v}");
+                say!(o, "{v}");
             } else {
-                println!("state file:   {}", v["store"].as_str().unwrap_or(""));
-                println!(
+                say!(o, "state file:   {}", v["store"].as_str().unwrap_or(""));
+                say!(
+                    o,
                     "employees:    {} active, {} left",
-                    v["employees"]["active"], v["employees"]["left"]
+                    v["employees"]["active"],
+                    v["employees"]["left"]
                 );
                 match v["last_run"].as_object() {
-                    Some(r) => println!(
+                    Some(r) => say!(
+                        o,
                         "last run:     {} {} at {} {}",
                         r["id"],
                         r["outcome"].as_str().unwrap_or(""),
                         r["finished_at"].as_str().unwrap_or(""),
                         r["message"].as_str().unwrap_or("")
                     ),
-                    None => println!("last run:     none yet (run `afas-sync sync`)"),
+                    None => say!(o, "last run:     none yet (run `afas-sync sync`)"),
                 }
                 match v["last_success"].as_object() {
-                    Some(r) => println!(
+                    Some(r) => say!(
+                        o,
                         "last success: run {} at {}",
                         r["id"],
                         r["finished_at"].as_str().unwrap_or("")
                     ),
-                    None => println!("last success: never"),
+                    None => say!(o, "last success: never"),
                 }
                 let held = v["held_plans"].as_array().map(|a| a.len()).unwrap_or(0);
                 if held > 0 {
-                    println!("HELD PLANS:   {} waiting (afas-sync plan show)", v["held_plans"]);
+                    say!(o, "HELD PLANS:   {} waiting (afas-sync plan show)", v["held_plans"]);
                 }
                 match v["outbox"].as_object() {
-                    Some(o) if !o.is_empty() => {
-                        for (sink, c) in o {
-                            println!(
+                    Some(sinks) if !sinks.is_empty() => {
+                        for (sink, c) in sinks {
+                            say!(
+                                o,
                                 "outbox {sink:<7} {} pending{}, {} dead-lettered{}",
                                 c["pending"],
                                 c["oldest_pending_at"]
@@ -312,28 +404,28 @@ pub fn status(config: &Config, json_out: bool) -> i32 {
                             );
                         }
                     }
-                    _ => println!("outbox:       empty"),
+                    _ => say!(o, "outbox:       empty"),
                 }
             }
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub fn history(config: &Config, limit: usize, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn history(store: &Store, limit: usize, json_out: bool, o: &mut Out) -> i32 {
     match store.runs(limit) {
         Ok(runs) => {
             if json_out {
-                println!("{}", Value::Array(runs.iter().map(run_json).collect()));
+                say!(o, "{}", Value::Array(runs.iter().map(run_json).collect()));
             } else {
-                println!("  run  as of      outcome       joiners movers leavers rehires rejected  finished");
+                say!(
+                    o,
+                    "  run  as of      outcome       joiners movers leavers rehires rejected  finished"
+                );
                 for r in runs {
-                    println!(
+                    say!(
+                        o,
                         "{:>5}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>8}  {}",
                         r.id,
                         r.as_of.to_string(),
@@ -349,24 +441,21 @@ pub fn history(config: &Config, limit: usize, json_out: bool) -> i32 {
             }
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub fn run_show(config: &Config, id: u64, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn run_show(store: &Store, id: u64, json_out: bool, o: &mut Out) -> i32 {
     let result = store.run(id).and_then(|r| Ok((r, store.run_mutations(id)?)));
     match result {
         Ok((run, mutations)) => {
             if json_out {
                 let mut v = run_json(&run);
                 v["mutations"] = Value::Array(mutations.iter().map(mutation_json).collect());
-                println!("{v}");
+                say!(o, "{v}");
             } else {
-                println!(
+                say!(
+                    o,
                     "run {} as of {}: {} ({})",
                     run.id,
                     run.as_of,
@@ -374,60 +463,54 @@ pub fn run_show(config: &Config, id: u64, json_out: bool) -> i32 {
                     run.finished_at
                 );
                 if !run.message.is_empty() {
-                    println!("  {}", run.message);
+                    say!(o, "  {}", run.message);
                 }
                 for m in &mutations {
-                    println!("  {:<7} {:<10} {}", m.kind.as_str(), m.key, m.reason);
+                    say!(o, "  {:<7} {:<10} {}", m.kind.as_str(), m.key, m.reason);
                 }
                 for r in &run.source.rejections {
-                    println!("  rejected {}: {}", r.row, r.reason);
+                    say!(o, "  rejected {}: {}", r.row, r.reason);
                 }
             }
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub fn employee(config: &Config, key: &str, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn employee(store: &Store, key: &str, json_out: bool, o: &mut Out) -> i32 {
     match store.employee(key) {
         Ok((None, h)) if h.is_empty() => {
-            eprintln!("error: no employee with key {key} in the state file");
+            esay!(o, "error: no employee with key {key} in the state file");
             exit::FAILURE
         }
         Ok((current, history)) => {
             if json_out {
-                println!(
+                say!(
+                    o,
                     "{}",
                     json!({"current": current.as_ref().map(provisioned_json),
                            "history": history.iter().map(|(run, m)| { let mut v = mutation_json(m); v["run"] = json!(run); v }).collect::<Vec<_>>()})
                 );
             } else {
                 if let Some(p) = &current {
-                    println!(
+                    say!(
+                        o,
                         "{}",
                         serde_json::to_string_pretty(&provisioned_json(p)).unwrap_or_default()
                     );
                 }
                 for (run, m) in &history {
-                    println!("run {run}: {} — {}", m.kind.as_str(), m.reason);
+                    say!(o, "run {run}: {} — {}", m.kind.as_str(), m.reason);
                 }
             }
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub fn plan_show(config: &Config, run: Option<u64>, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn plan_show(store: &Store, run: Option<u64>, json_out: bool, o: &mut Out) -> i32 {
     let plans = match run {
         Some(id) => store.held_plan(id).map(|p| vec![(id, p)]),
         None => store.held_plans(),
@@ -435,7 +518,8 @@ pub fn plan_show(config: &Config, run: Option<u64>, json_out: bool) -> i32 {
     match plans {
         Ok(plans) => {
             if json_out {
-                println!(
+                say!(
+                    o,
                     "{}",
                     Value::Array(
                         plans
@@ -445,75 +529,74 @@ pub fn plan_show(config: &Config, run: Option<u64>, json_out: bool) -> i32 {
                     )
                 );
             } else if plans.is_empty() {
-                println!("no held plans");
+                say!(o, "no held plans");
             } else {
                 for (id, p) in &plans {
                     let why = store.run(*id).map(|r| r.message).unwrap_or_default();
-                    println!("held plan of run {id}: {why}");
-                    print_plan_human(p, 200);
-                    println!();
+                    say!(o, "held plan of run {id}: {why}");
+                    print_plan_human(o, p, 200);
+                    say!(o);
                 }
             }
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub async fn plan_approve(config: &Config, run: u64, json_out: bool) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => Arc::new(s),
-        Err(code) => return code,
-    };
-    let approved = sync::approve(config, &store, run);
-    if approved.is_ok() && deliver_outbox(config, &store).await == Some(false) {
-        eprintln!("the plan was applied; its delivery is not complete yet (see `afas-sync status`)");
+pub async fn plan_approve(config: &Config, store: &Arc<Store>, run: u64, json_out: bool, o: &mut Out) -> i32 {
+    let approved = sync::approve(config, store, run);
+    if approved.is_ok() && deliver_outbox(config, store, o).await == Some(false) {
+        esay!(
+            o,
+            "the plan was applied; its delivery is not complete yet (see `afas-sync status`)"
+        );
     }
     match approved {
         Ok(r) => {
             if json_out {
-                println!("{}", run_json(&r));
+                say!(o, "{}", run_json(&r));
             } else {
-                println!(
+                say!(
+                    o,
                     "applied the held plan of run {}: {} joiners, {} movers, {} leavers, {} rehires",
-                    r.id, r.joiners, r.movers, r.leavers, r.rehires
+                    r.id,
+                    r.joiners,
+                    r.movers,
+                    r.leavers,
+                    r.rehires
                 );
             }
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub fn plan_reject(config: &Config, run: u64) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn plan_reject(store: &Store, run: u64, o: &mut Out) -> i32 {
     match store.reject_held(run) {
         Ok(()) => {
-            println!("dropped the held plan of run {run}; nothing was changed");
+            say!(o, "dropped the held plan of run {run}; nothing was changed");
             exit::OK
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
-pub fn forget(config: &Config, key: &str) -> i32 {
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn forget(store: &Store, key: &str, o: &mut Out) -> i32 {
     match store.forget(key) {
         Ok(true) => {
-            println!("erased employee {key} from the snapshot, history, mutations and outbox");
+            say!(
+                o,
+                "erased employee {key} from the snapshot, history, mutations and outbox"
+            );
             exit::OK
         }
         Ok(false) => {
-            eprintln!("error: no employee with key {key} in the state file");
+            esay!(o, "error: no employee with key {key} in the state file");
             exit::FAILURE
         }
-        Err(e) => store_failure(e),
+        Err(e) => store_failure(o, e),
     }
 }
 
@@ -525,60 +608,39 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-pub fn export(config: &Config, csv: bool) -> i32 {
-    use std::io::Write;
-    let store = match open_store(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+pub fn export(store: &Store, csv: bool, o: &mut Out) -> i32 {
     let snap = match store.snapshot() {
         Ok(s) => s,
-        Err(e) => return store_failure(e),
+        Err(e) => return store_failure(o, e),
     };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let result = (|| -> std::io::Result<()> {
+    if csv {
+        say!(
+            o,
+            "key,status,email,first_name,prefix,last_name,department,date_of_birth,employment_start,employment_end"
+        );
+    }
+    for p in snap.values() {
         if csv {
-            writeln!(
-                out,
-                "key,status,email,first_name,prefix,last_name,department,date_of_birth,employment_start,employment_end"
-            )?;
-        }
-        for p in snap.values() {
-            if csv {
-                let status = if p.status == Status::Active { "active" } else { "left" };
-                let e = p.employee.as_ref();
-                let cols = [
-                    p.key.as_str().to_string(),
-                    status.to_string(),
-                    e.map(|e| e.email.as_str().to_string()).unwrap_or_default(),
-                    e.map(|e| e.first_name.clone()).unwrap_or_default(),
-                    e.and_then(|e| e.prefix.clone()).unwrap_or_default(),
-                    e.map(|e| e.last_name.clone()).unwrap_or_default(),
-                    e.and_then(|e| e.department.clone()).unwrap_or_default(),
-                    e.and_then(|e| e.date_of_birth)
-                        .map(|d| d.to_string())
-                        .unwrap_or_default(),
-                    p.employment.start.to_string(),
-                    p.employment.end.map(|d| d.to_string()).unwrap_or_default(),
-                ];
-                writeln!(
-                    out,
-                    "{}",
-                    cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
-                )?;
-            } else {
-                writeln!(out, "{}", provisioned_json(p))?;
-            }
-        }
-        out.flush()
-    })();
-    match result {
-        Ok(()) => exit::OK,
-        // The reader went away (`| head`): not an error of ours.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
-        Err(e) => {
-            eprintln!("error: cannot write the export: {e}");
-            exit::FAILURE
+            let status = if p.status == Status::Active { "active" } else { "left" };
+            let e = p.employee.as_ref();
+            let cols = [
+                p.key.as_str().to_string(),
+                status.to_string(),
+                e.map(|e| e.email.as_str().to_string()).unwrap_or_default(),
+                e.map(|e| e.first_name.clone()).unwrap_or_default(),
+                e.and_then(|e| e.prefix.clone()).unwrap_or_default(),
+                e.map(|e| e.last_name.clone()).unwrap_or_default(),
+                e.and_then(|e| e.department.clone()).unwrap_or_default(),
+                e.and_then(|e| e.date_of_birth)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                p.employment.start.to_string(),
+                p.employment.end.map(|d| d.to_string()).unwrap_or_default(),
+            ];
+            say!(o, "{}", cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+        } else {
+            say!(o, "{}", provisioned_json(p));
         }
     }
+    exit::OK
 }
