@@ -13,6 +13,8 @@ pub mod delivery;
 pub mod domain;
 pub mod emulator;
 pub mod exit;
+pub mod http;
+pub mod metrics;
 pub mod oauth;
 pub mod store;
 pub mod sync;

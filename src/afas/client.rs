@@ -363,8 +363,38 @@ impl AfasClient {
                 req = req.header("IntegrationId", id);
             }
             let started = Instant::now();
-            let resp = req.send().await.map_err(|e| map_reqwest(e, url))?;
+            // Metrics label: the connector, else the endpoint (never data).
+            let label = if connector.is_empty() {
+                url.path_segments()
+                    .and_then(|mut p| p.nth(1))
+                    .unwrap_or("other")
+                    .to_string()
+            } else {
+                connector.to_string()
+            };
+            let m = crate::metrics::metrics();
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    m.afas_requests
+                        .get_or_create(&crate::metrics::RequestLabels {
+                            connector: label,
+                            status: "error".into(),
+                        })
+                        .inc();
+                    return Err(map_reqwest(e, url));
+                }
+            };
             let status = resp.status().as_u16();
+            m.afas_requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    connector: label.clone(),
+                    status: status.to_string(),
+                })
+                .inc();
+            m.afas_latency
+                .get_or_create(&crate::metrics::ConnectorLabels { connector: label })
+                .observe(started.elapsed().as_secs_f64());
             tracing::debug!(
                 path = url.path(),
                 status,

@@ -1,1 +1,2 @@
 pub mod control;
+pub mod schedule;

@@ -299,12 +299,28 @@ pub async fn deliver_pass(
         while let Some(r) = tasks.join_next().await {
             results.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
         }
+        let m = crate::metrics::metrics();
         for (_, r) in &results {
-            match r {
-                EntryResult::Done { .. } => report.delivered += 1,
-                EntryResult::Update(e) if e.dead => report.dead_lettered += 1,
-                EntryResult::Update(_) => report.retried += 1,
-            }
+            let outcome = match r {
+                EntryResult::Done { .. } => {
+                    report.delivered += 1;
+                    "delivered"
+                }
+                EntryResult::Update(e) if e.dead => {
+                    report.dead_lettered += 1;
+                    "dead_lettered"
+                }
+                EntryResult::Update(_) => {
+                    report.retried += 1;
+                    "retried"
+                }
+            };
+            m.deliveries
+                .get_or_create(&crate::metrics::DeliveryLabels {
+                    sink: name.into(),
+                    outcome: outcome.into(),
+                })
+                .inc();
         }
         if let Some(reason) = down.lock().ok().and_then(|d| d.clone()) {
             tracing::error!(sink = name, "delivery stopped: {reason}");
@@ -320,10 +336,23 @@ pub async fn deliver_pass(
         let remaining = tokio::task::spawn_blocking(move || s.outbox_entries(name))
             .await
             .map_err(|e| StoreError::Redb(e.to_string()))??;
-        for (_, e) in remaining.iter().filter(|(_, e)| !e.dead) {
-            report.pending += 1;
+        let mut dead = 0;
+        let mut pending = 0;
+        for (_, e) in &remaining {
+            if e.dead {
+                dead += 1;
+                continue;
+            }
+            pending += 1;
             report.next_due = Some(report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
         }
+        report.pending += pending;
+        m.outbox_pending
+            .get_or_create(&crate::metrics::SinkLabels { sink: name.into() })
+            .set(pending as i64);
+        m.outbox_dead
+            .get_or_create(&crate::metrics::SinkLabels { sink: name.into() })
+            .set(dead);
     }
     Ok(report)
 }

@@ -165,6 +165,20 @@ fn reject(stats: &mut SourceStats, protected: &mut BTreeSet<EmployeeKey>, r: Rej
 /// Checks the mapping against metainfo, then reads both connectors at once
 /// and normalizes the rows as they stream in.
 pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<Fetched, SyncError> {
+    // AFAS tells the token's expiry in /metainfo; it feeds the alert that
+    // warns before the integration silently stops.
+    if let Ok(meta) = client.metainfo().await {
+        let expiry = meta.info.token_expiry.as_deref().and_then(|t| {
+            t.parse::<jiff::Timestamp>().ok().or_else(|| {
+                afas::rows::parse_afas_date(t)
+                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                    .map(|z| z.timestamp())
+            })
+        });
+        if let Some(ts) = expiry {
+            crate::metrics::metrics().token_expiry.set(ts.as_second() as f64);
+        }
+    }
     let mut problems = Vec::new();
     for (source, conn) in afas::connectors(config) {
         let meta = client.connector_meta(&conn.connector).await?;
@@ -405,8 +419,106 @@ async fn read_extra(
     Ok(out)
 }
 
+/// Records a finished run in the metrics.
+fn record_metrics(record: &RunRecord, started: std::time::Instant) {
+    let m = crate::metrics::metrics();
+    m.runs
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: record.outcome.as_str().into(),
+        })
+        .inc();
+    m.run_duration.observe(started.elapsed().as_secs_f64());
+    m.last_run.set(crate::metrics::unix_now_f64());
+    if matches!(record.outcome, Outcome::Success | Outcome::NothingToDo) {
+        m.last_success.set(crate::metrics::unix_now_f64());
+        for (kind, n) in [
+            ("joiner", record.joiners),
+            ("mover", record.movers),
+            ("leaver", record.leavers),
+            ("rehire", record.rehires),
+        ] {
+            m.mutations
+                .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+                .inc_by(n);
+        }
+    }
+    if record.outcome == Outcome::Held {
+        m.guard_held.inc();
+    }
+    let mut classes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for r in &record.source.rejections {
+        *classes.entry(crate::metrics::reason_class(&r.reason)).or_default() += 1;
+    }
+    // Rejections beyond the kept ones count as "other" so the total is exact.
+    let kept: u64 = classes.values().sum();
+    if record.source.rejected > kept {
+        *classes.entry("other").or_default() += record.source.rejected - kept;
+    }
+    for (class, n) in classes {
+        m.rejected
+            .get_or_create(&crate::metrics::ReasonLabels { reason: class.into() })
+            .inc_by(n);
+    }
+}
+
+/// Refreshes the gauges that describe the state file (employees, held
+/// plans, outbox) from the store.
+pub fn refresh_state_metrics(store: &Store) -> Result<(), StoreError> {
+    let m = crate::metrics::metrics();
+    let snap = store.snapshot()?;
+    let active = snap.values().filter(|p| p.status == plan::Status::Active).count() as i64;
+    m.employees
+        .get_or_create(&crate::metrics::StateLabels { state: "active".into() })
+        .set(active);
+    m.employees
+        .get_or_create(&crate::metrics::StateLabels { state: "left".into() })
+        .set(snap.len() as i64 - active);
+    m.held_plans.set(store.held_plans()?.len() as i64);
+    refresh_outbox_metrics(store)
+}
+
+pub fn refresh_outbox_metrics(store: &Store) -> Result<(), StoreError> {
+    let m = crate::metrics::metrics();
+    let counts = store.outbox_counts()?;
+    for sink in ["scim", "webhook", "files"] {
+        let c = counts.get(sink).copied().unwrap_or_default();
+        m.outbox_pending
+            .get_or_create(&crate::metrics::SinkLabels { sink: sink.into() })
+            .set(c.pending as i64);
+        m.outbox_dead
+            .get_or_create(&crate::metrics::SinkLabels { sink: sink.into() })
+            .set(c.dead as i64);
+    }
+    Ok(())
+}
+
 /// Runs one sync as of `as_of`.
 pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool) -> Result<SyncResult, SyncError> {
+    let started = std::time::Instant::now();
+    let result = run_inner(config, store.clone(), as_of, dry_run).await;
+    if !dry_run {
+        match &result {
+            Ok(SyncResult::Committed(r)) | Ok(SyncResult::Held(r, _)) => record_metrics(r, started),
+            Ok(SyncResult::DryRun(..)) => {}
+            Err(_) => {
+                let m = crate::metrics::metrics();
+                m.runs
+                    .get_or_create(&crate::metrics::OutcomeLabels {
+                        outcome: "failed".into(),
+                    })
+                    .inc();
+                m.last_run.set(crate::metrics::unix_now_f64());
+            }
+        }
+        let s = store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || refresh_state_metrics(&s)).await {
+            tracing::warn!("cannot refresh state metrics: {e}");
+        }
+    }
+    result
+}
+
+async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool) -> Result<SyncResult, SyncError> {
     let id = {
         let s = store.clone();
         blocking(move || s.next_run_id()).await?

@@ -1,0 +1,235 @@
+//! The Prometheus registry and its series (`afas_sync_` prefix, units in
+//! names, `_total` counters). One process-wide instance: the AFAS client,
+//! the sync and the delivery worker record into it; `/metrics` encodes it.
+//! No personal data ever becomes a label (connector, sink, kind, outcome,
+//! reason class and status only).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub connector: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectorLabels {
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub sink: String,
+    pub outcome: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub last_run: FGauge,
+    pub last_success: FGauge,
+    pub run_duration: Histogram,
+    pub runs: Family<OutcomeLabels, Counter>,
+    pub employees: Family<StateLabels, Gauge>,
+    pub mutations: Family<KindLabels, Counter>,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub afas_requests: Family<RequestLabels, Counter>,
+    pub afas_latency: Family<ConnectorLabels, Histogram>,
+    pub outbox_pending: Family<SinkLabels, Gauge>,
+    pub outbox_dead: Family<SinkLabels, Gauge>,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub held_plans: Gauge,
+    pub guard_held: Counter,
+    pub token_expiry: FGauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut r = Registry::default();
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        r.register("afas_sync_build_info", "Build information (always 1)", build);
+        let m = Metrics {
+            last_run: FGauge::default(),
+            last_success: FGauge::default(),
+            run_duration: Histogram::new(exponential_buckets(0.25, 2.0, 14)),
+            runs: Family::default(),
+            employees: Family::default(),
+            mutations: Family::default(),
+            rejected: Family::default(),
+            afas_requests: Family::default(),
+            afas_latency: Family::new_with_constructor(latency_histogram),
+            outbox_pending: Family::default(),
+            outbox_dead: Family::default(),
+            deliveries: Family::default(),
+            held_plans: Gauge::default(),
+            guard_held: Counter::default(),
+            token_expiry: FGauge::default(),
+            registry: Registry::default(),
+        };
+        r.register_with_unit(
+            "afas_sync_last_run_timestamp",
+            "When the last sync run finished (Unix time)",
+            Unit::Seconds,
+            m.last_run.clone(),
+        );
+        r.register_with_unit(
+            "afas_sync_last_success_timestamp",
+            "When the last successful sync run finished (Unix time)",
+            Unit::Seconds,
+            m.last_success.clone(),
+        );
+        r.register_with_unit(
+            "afas_sync_run_duration",
+            "Duration of sync runs",
+            Unit::Seconds,
+            m.run_duration.clone(),
+        );
+        r.register(
+            "afas_sync_runs",
+            "Sync runs by outcome (success, nothing-to-do, held, failed)",
+            m.runs.clone(),
+        );
+        r.register(
+            "afas_sync_employees",
+            "Provisioned employees by state (active, left)",
+            m.employees.clone(),
+        );
+        r.register(
+            "afas_sync_mutations",
+            "Mutations committed, by kind",
+            m.mutations.clone(),
+        );
+        r.register(
+            "afas_sync_rows_rejected",
+            "AFAS rows rejected, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "afas_sync_afas_requests",
+            "AFAS requests by connector and HTTP status",
+            m.afas_requests.clone(),
+        );
+        r.register_with_unit(
+            "afas_sync_afas_request_duration",
+            "AFAS request latency by connector",
+            Unit::Seconds,
+            m.afas_latency.clone(),
+        );
+        r.register(
+            "afas_sync_outbox_pending",
+            "Outbox entries waiting for delivery, per sink",
+            m.outbox_pending.clone(),
+        );
+        r.register(
+            "afas_sync_outbox_dead_letters",
+            "Dead-lettered outbox entries, per sink",
+            m.outbox_dead.clone(),
+        );
+        r.register(
+            "afas_sync_deliveries",
+            "Delivery attempts by sink and outcome",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "afas_sync_held_plans",
+            "Plans held by a guard, waiting for approval",
+            m.held_plans.clone(),
+        );
+        r.register("afas_sync_guard_held", "Runs held by a guard", m.guard_held.clone());
+        r.register_with_unit(
+            "afas_sync_afas_token_expiry_timestamp",
+            "When AFAS says the token expires (Unix time; 0 when AFAS does not tell)",
+            Unit::Seconds,
+            m.token_expiry.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// A short, fixed class for a rejection reason (never the row's data).
+pub fn reason_class(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("duplicate key") {
+        "duplicate_key"
+    } else if r.contains("required but empty") || r.contains("missing") {
+        "missing_field"
+    } else if r.contains("mail") {
+        "invalid_email"
+    } else if r.contains("contract row") {
+        "contract"
+    } else if r.contains("salary row") || r.contains("wage_components row") || r.contains("leave row") {
+        "pay"
+    } else if r.contains("date") || r.contains("ends (") {
+        "invalid_date"
+    } else if r.contains("not an object") {
+        "not_a_row"
+    } else {
+        "invalid_value"
+    }
+}
+
+pub fn unix_now_f64() -> f64 {
+    jiff::Timestamp::now().as_millisecond() as f64 / 1000.0
+}
