@@ -383,6 +383,11 @@ pub struct ScheduleConfig {
     pub times: Vec<String>,
     /// IANA time zone for the schedule and for "today".
     pub time_zone: String,
+    /// Each run starts up to this many seconds after its slot.
+    pub jitter_secs: i64,
+    /// A failed run is retried after 5, 15, 45 … minutes, at most this
+    /// many times before the next slot.
+    pub retries: u32,
 }
 
 impl Default for ScheduleConfig {
@@ -390,6 +395,8 @@ impl Default for ScheduleConfig {
         ScheduleConfig {
             times: vec!["04:00".into(), "20:00".into()],
             time_zone: "Europe/Amsterdam".into(),
+            jitter_secs: 0,
+            retries: 3,
         }
     }
 }
@@ -398,12 +405,15 @@ impl Default for ScheduleConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub bind: String,
+    /// `/readyz` fails when the last successful sync is older than this.
+    pub max_staleness_hours: i64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             bind: "127.0.0.1:9464".into(),
+            max_staleness_hours: 26,
         }
     }
 }
@@ -1036,12 +1046,15 @@ fn validate_schedule(s: &ScheduleConfig) -> Result<(), ConfigError> {
         return Err(invalid("schedule.times", "list at least one time, e.g. [\"04:00\"]"));
     }
     for t in &s.times {
-        if jiff::civil::Time::strptime("%H:%M", t).is_err() {
+        if crate::daemon::schedule::parse_time(t).is_none() {
             return Err(invalid(
                 "schedule.times",
                 format!("`{t}` is not a time of day like \"04:00\""),
             ));
         }
+    }
+    if !(0..=3600).contains(&s.jitter_secs) {
+        return Err(invalid("schedule.jitter_secs", "must be 0 to 3600 seconds"));
     }
     if jiff::tz::TimeZone::get(&s.time_zone).is_err() {
         return Err(invalid(

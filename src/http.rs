@@ -94,7 +94,7 @@ fn route(req: &Request<hyper::body::Incoming>, health: &Health) -> Response<Body
         },
         "/metrics" => response(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::CONTENT_TYPE,
             crate::metrics::metrics().encode(),
         ),
         _ => response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

@@ -193,14 +193,45 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// The OpenMetrics text exposition.
+    /// The Prometheus text exposition (format 0.0.4).
+    ///
+    /// prometheus-client writes OpenMetrics, where a counter family is named
+    /// without `_total`; the classic format (what `promtool check metrics`
+    /// and every Prometheus version read) names HELP and TYPE with it and
+    /// has no `# UNIT` or `# EOF` lines. The conversion is mechanical.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
+        let mut open = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let _ = prometheus_client::encoding::text::encode(&mut open, &self.registry);
+        to_prometheus_text(&open)
     }
 }
+
+/// OpenMetrics text → Prometheus text 0.0.4 (see [`Metrics::encode`]).
+pub fn to_prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The content type of [`Metrics::encode`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -232,4 +263,16 @@ pub fn reason_class(reason: &str) -> &'static str {
 
 pub fn unix_now_f64() -> f64 {
     jiff::Timestamp::now().as_millisecond() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_counters_become_prometheus_counters() {
+        let open = "# HELP x_runs Runs.\n# TYPE x_runs counter\nx_runs_total{a=\"b\"} 1\n# HELP x_t T.\n# TYPE x_t gauge\n# UNIT x_t seconds\nx_t 2\n# EOF\n";
+        let text = to_prometheus_text(open);
+        assert_eq!(text, "# HELP x_runs_total Runs.\n# TYPE x_runs_total counter\nx_runs_total{a=\"b\"} 1\n# HELP x_t T.\n# TYPE x_t gauge\nx_t 2\n");
+    }
 }

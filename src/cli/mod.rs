@@ -40,6 +40,8 @@ pub enum Command {
     },
     /// Check config, token, AFAS reachability and the connectors' fields.
     Check,
+    /// Ask a running daemon's /readyz (for container and monitor checks).
+    Healthcheck,
     /// Read a connector and print its rows as NDJSON (for troubleshooting).
     Fetch {
         #[arg(long, value_enum, default_value = "employees")]
@@ -66,10 +68,11 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Inspect one run.
+    /// Without a subcommand: run the daemon (scheduled syncs, delivery,
+    /// /healthz /readyz /metrics). `run show RUN` inspects one run.
     Run {
         #[command(subcommand)]
-        action: RunAction,
+        action: Option<RunAction>,
     },
     /// Show one employee's stored record and history.
     Employee { key: String },
@@ -205,6 +208,58 @@ fn load_config(path: &Path) -> Result<Config, i32> {
     }
 }
 
+/// Completes on SIGTERM or SIGINT.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn healthcheck(cfg: &Config) -> i32 {
+    crate::afas::client::install_crypto_provider();
+    let url = format!("http://{}/readyz", cfg.http.bind);
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let body = r.text().await.unwrap_or_default();
+            println!("{body}");
+            if ok {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: the daemon does not answer at {url}: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
 /// Runs a state-file command: through a running daemon's control socket,
 /// else on the state file directly.
 async fn state_request(cli: &Cli, req: Request) -> i32 {
@@ -296,6 +351,33 @@ pub async fn run(cli: Cli) -> i32 {
                 exit::FAILURE
             }
         }
+        Command::Run { action: None } => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let listener = match tokio::net::TcpListener::bind(&cfg.http.bind).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on http.bind {}: {e}", cfg.http.bind);
+                    return exit::FAILURE;
+                }
+            };
+            match crate::daemon::run(cli.config.clone(), cfg, listener, stop_signal()).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
+        Command::Healthcheck => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            healthcheck(&cfg).await
+        }
         Command::Fetch { connector, limit } => {
             let cfg = match load_config(&cli.config) {
                 Ok(c) => c,
@@ -317,7 +399,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Status => state_request(&cli, Request::Status).await,
         Command::History { limit } => state_request(&cli, Request::History { limit: *limit }).await,
         Command::Run {
-            action: RunAction::Show { run },
+            action: Some(RunAction::Show { run }),
         } => state_request(&cli, Request::RunShow { run: *run }).await,
         Command::Employee { key } => state_request(&cli, Request::Employee { key: key.clone() }).await,
         Command::Plan { action } => {

@@ -1,2 +1,296 @@
+//! `afas-sync run`: one process with the scheduler, the delivery worker,
+//! the HTTP server and the control socket, on tokio (redb work runs on the
+//! blocking pool). Like mini-redis, [`run`] takes a bound listener and a
+//! shutdown future, so tests drive the real daemon.
+
 pub mod control;
 pub mod schedule;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{Timestamp, ToSpan};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::cli::state::{self, Out, Request};
+use crate::config::Config;
+use crate::http::Health;
+use crate::store::Store;
+use schedule::{Decision, Schedule};
+
+/// How often the loop wakes: watchdog pings, delivery retries, and a
+/// re-check of the wall clock (a suspended VM or a clock step is noticed
+/// within this time, because sleeps are never longer).
+const TICK: Duration = Duration::from_secs(15);
+
+struct Shared {
+    config: RwLock<Config>,
+    store: Arc<Store>,
+    /// Serializes everything that changes the state file.
+    run_lock: Mutex<()>,
+    health: Arc<Health>,
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    // Not under systemd (no NOTIFY_SOCKET): nothing to do.
+    let _ = sd_notify::notify(state);
+}
+
+/// When the latest run started (any outcome): the slot it served.
+fn last_run_started(store: &Store) -> Option<Timestamp> {
+    let runs = store.runs(1).ok()?;
+    runs.first()?.started_at.parse().ok()
+}
+
+fn last_success(store: &Store) -> Option<Timestamp> {
+    let runs = store.runs(200).ok()?;
+    runs.iter()
+        .find(|r| {
+            matches!(
+                r.outcome,
+                crate::sync::Outcome::Success | crate::sync::Outcome::NothingToDo
+            )
+        })
+        .and_then(|r| r.finished_at.parse().ok())
+}
+
+async fn run_sync(shared: &Shared) -> bool {
+    let _guard = shared.run_lock.lock().await;
+    let config = shared.config.read().await.clone();
+    let mut out = Out::default();
+    let req = Request::Sync {
+        as_of: None,
+        dry_run: false,
+    };
+    let code = state::execute(&config, &shared.store, &req, false, &mut out).await;
+    for line in out.stdout.lines().chain(out.stderr.lines()) {
+        tracing::info!("{line}");
+    }
+    if let Some(ts) = last_success(&shared.store) {
+        shared.health.last_success.store(ts.as_second(), Ordering::SeqCst);
+    }
+    // Held (3) is not a failure to retry: it waits for a person.
+    matches!(
+        code,
+        crate::exit::OK | crate::exit::NOTHING_TO_DO | crate::exit::HELD | crate::exit::DELIVERY_INCOMPLETE
+    )
+}
+
+async fn control_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let reply = match control::read_call(&mut stream).await {
+                Ok(call) => {
+                    let mutating = !matches!(
+                        call.request,
+                        Request::Status
+                            | Request::History { .. }
+                            | Request::RunShow { .. }
+                            | Request::Employee { .. }
+                            | Request::PlanShow { .. }
+                            | Request::Export { .. }
+                    );
+                    let _guard = if mutating {
+                        Some(shared.run_lock.lock().await)
+                    } else {
+                        None
+                    };
+                    let config = shared.config.read().await.clone();
+                    let mut out = Out::default();
+                    let code = state::execute(&config, &shared.store, &call.request, call.json, &mut out).await;
+                    if mutating {
+                        if let Some(ts) = last_success(&shared.store) {
+                            shared.health.last_success.store(ts.as_second(), Ordering::SeqCst);
+                        }
+                    }
+                    control::Reply { code, out }
+                }
+                Err(e) => control::Reply {
+                    code: crate::exit::CONFIG,
+                    out: Out {
+                        stdout: String::new(),
+                        stderr: format!("error: {e}\n"),
+                    },
+                },
+            };
+            let _ = control::write_reply(&mut stream, &reply).await;
+        });
+    }
+}
+
+/// Reloads the configuration; an invalid one is refused and the old one
+/// stays. Settings that need a restart are named.
+async fn reload(shared: &Shared, config_path: &std::path::Path) {
+    match Config::load(config_path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let mut current = shared.config.write().await;
+            if loaded.config.store.path != current.store.path || loaded.config.http.bind != current.http.bind {
+                tracing::warn!("store.path and http.bind changes take effect after a restart");
+            }
+            shared
+                .health
+                .max_staleness_secs
+                .store(loaded.config.http.max_staleness_hours * 3600, Ordering::SeqCst);
+            *current = loaded.config;
+            tracing::info!("configuration reloaded from {}", config_path.display());
+        }
+        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+    }
+}
+
+/// Runs the daemon until `shutdown` completes. `http` is already bound.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let store = Arc::new(Store::open(&config.store.path).map_err(|e| e.to_string())?);
+    let health = Health::new(config.http.max_staleness_hours * 3600);
+    health.store_open.store(true, Ordering::SeqCst);
+    if let Some(ts) = last_success(&store) {
+        health.last_success.store(ts.as_second(), Ordering::SeqCst);
+        crate::metrics::metrics().last_success.set(ts.as_second() as f64);
+    }
+    {
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::sync::refresh_state_metrics(&s)).await;
+    }
+    let socket = control::socket_path(&config);
+    let control_listener =
+        control::bind(&socket).map_err(|e| format!("cannot create the control socket {}: {e}", socket.display()))?;
+    let shared = Arc::new(Shared {
+        config: RwLock::new(config),
+        store,
+        run_lock: Mutex::new(()),
+        health: health.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(crate::http::serve(http, health, async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    }));
+    let control_task = tokio::spawn(control_loop(control_listener, shared.clone()));
+
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("afas-sync daemon ready");
+    let watchdog = sd_notify::watchdog_enabled().is_some();
+
+    #[cfg(unix)]
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;
+    tokio::pin!(shutdown);
+
+    let mut last_slot_run = last_run_started(&shared.store);
+    let mut retry: Option<(Timestamp, u32)> = None;
+    let mut last_delivery = Timestamp::UNIX_EPOCH;
+    let mut running: Option<tokio::task::JoinHandle<bool>> = None;
+    loop {
+        if watchdog {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        let now = Timestamp::now();
+        if let Some(task) = running.as_mut().filter(|t| t.is_finished()) {
+            let ok = task.await.unwrap_or(false);
+            running = None;
+            let config = shared.config.read().await.clone();
+            retry = match (ok, retry) {
+                (true, _) => None,
+                (false, Some((_, n))) if n >= config.schedule.retries => None,
+                (false, prev) => {
+                    let n = prev.map(|(_, n)| n + 1).unwrap_or(1);
+                    let wait = 5 * 3i64.pow(n - 1);
+                    tracing::warn!("sync failed; retrying in {wait} minutes");
+                    now.checked_add((wait * 60).seconds()).ok().map(|t| (t, n))
+                }
+            };
+        }
+        let mut wake = now
+            .checked_add(jiff::SignedDuration::try_from(TICK).unwrap_or_default())
+            .unwrap_or(now);
+        if running.is_none() {
+            let config = shared.config.read().await.clone();
+            match Schedule::new(
+                &config.schedule.times,
+                &config.schedule.time_zone,
+                config.schedule.jitter_secs,
+            ) {
+                Ok(sched) => {
+                    let due_retry = retry.is_some_and(|(t, _)| now >= t);
+                    match sched.decide(now, last_slot_run) {
+                        Decision::RunNow => {
+                            last_slot_run = sched.last_at_or_before(now);
+                            retry = None;
+                            let s = shared.clone();
+                            running = Some(tokio::spawn(async move { run_sync(&s).await }));
+                        }
+                        _ if due_retry => {
+                            let s = shared.clone();
+                            running = Some(tokio::spawn(async move { run_sync(&s).await }));
+                        }
+                        Decision::WaitUntil(t) => wake = wake.min(t),
+                    }
+                }
+                Err(e) => tracing::error!("schedule: {e}"),
+            }
+            // Deliver what is due between runs (retries, after an outage).
+            if running.is_none() && now.as_second() - last_delivery.as_second() >= 30 {
+                last_delivery = now;
+                if let Ok(_guard) = shared.run_lock.try_lock() {
+                    if let Ok(sinks) = crate::delivery::sinks(&config, shared.store.clone()) {
+                        if !sinks.is_empty() {
+                            if let Err(e) =
+                                crate::delivery::deliver_pass(&config, &shared.store, &sinks, now.as_second(), false)
+                                    .await
+                            {
+                                tracing::error!("delivery: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((t, _)) = retry {
+            wake = wake.min(t);
+        }
+        let sleep_for = Duration::from_millis(
+            (wake.as_millisecond() - Timestamp::now().as_millisecond()).clamp(50, TICK.as_millis() as i64) as u64,
+        );
+        #[cfg(unix)]
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup.recv() => reload(&shared, &config_path).await,
+            _ = tokio::time::sleep(sleep_for) => {}
+        }
+        #[cfg(not(unix))]
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(sleep_for) => {}
+        }
+    }
+
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping");
+    // A run in progress finishes (its transaction commits or never
+    // happened); it is bounded by the AFAS timeouts and sync_wait_secs.
+    if let Some(task) = running {
+        let _ = tokio::time::timeout(Duration::from_secs(80), task).await;
+    }
+    let _ = stop_tx.send(true);
+    control_task.abort();
+    let _ = http_task.await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -11,6 +11,13 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
+/// `HH:MM`, or `HH:MM:SS`.
+pub fn parse_time(t: &str) -> Option<Time> {
+    Time::strptime("%H:%M", t)
+        .or_else(|_| Time::strptime("%H:%M:%S", t))
+        .ok()
+}
+
 #[derive(Debug, Clone)]
 pub struct Schedule {
     times: Vec<Time>,
@@ -32,7 +39,7 @@ impl Schedule {
         let tz = TimeZone::get(tz).map_err(|e| format!("schedule.time_zone: {e}"))?;
         let mut parsed = times
             .iter()
-            .map(|t| Time::strptime("%H:%M", t).map_err(|e| format!("schedule.times `{t}`: {e}")))
+            .map(|t| parse_time(t).ok_or_else(|| format!("schedule.times `{t}`: not a time like 04:00")))
             .collect::<Result<Vec<_>, _>>()?;
         parsed.sort();
         parsed.dedup();
