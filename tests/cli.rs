@@ -142,14 +142,33 @@ async fn the_example_config_validates() {
         "fully commented"
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), "http://x", TOKEN_HEX, "");
+    let path = dir.path().join("config.toml");
     std::fs::write(&path, &example).expect("write");
-    let (code, out, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
+    // The token comes from the systemd credential directory.
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).expect("mkdir");
+    std::fs::write(creds.join("afas_token"), token().to_xml()).expect("token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(creds.join("afas_token"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let cfg = path.to_str().expect("path");
+    let creds_s = creds.to_str().expect("p");
+    let (code, out, err) = run_bin_env(
+        &["--config", cfg, "config", "check"],
+        &[("CREDENTIALS_DIRECTORY", creds_s)],
+    )
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("https://12345.rest.afas.online/ProfitRestServices"),
         "{out}"
     );
+    // Without the credential, the message names the key and the credential.
+    let (code, _, err) = run_bin(&["--config", cfg, "config", "check"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("afas.token_file") && err.contains("afas_token"), "{err}");
 }
 
 #[tokio::test]

@@ -99,11 +99,17 @@ pub fn write_config(dir: &Path, base_url: &str, token_text: &str, extra: &str) -
 
 /// Runs the real binary with `args`; returns (exit code, stdout, stderr).
 pub async fn run_bin(args: &[&str]) -> (i32, String, String) {
+    run_bin_env(args, &[]).await
+}
+
+/// Like [`run_bin`], with extra environment variables.
+pub async fn run_bin_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_afas-sync"))
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("AFAS_SYNC_CONFIG")
         .env_remove("CREDENTIALS_DIRECTORY")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("binary runs");
