@@ -624,7 +624,71 @@ async fn demo(employees: u64, seed: u64) -> i32 {
     }
 }
 
+/// scim2-server, when installed, as the demo's SCIM target.
+struct DemoScim {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn start_demo_scim(dir: &Path, token: &str) -> Option<DemoScim> {
+    let exe = std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("scim2-server"))
+        .find(|p| p.exists())?;
+    let schemas = dir.join("scim-schemas.json");
+    let types = dir.join("scim-resource-types.json");
+    std::fs::write(&schemas, include_str!("../../packaging/scim/schemas.json")).ok()?;
+    std::fs::write(&types, include_str!("../../packaging/scim/resource-types.json")).ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = tokio::process::Command::new(exe)
+        .args([
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--bearer-token",
+            token,
+        ])
+        .arg("--schema")
+        .arg(&schemas)
+        .arg("--resource-type")
+        .arg(&types)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let up = client
+            .get(format!("{url}/ServiceProviderConfig"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if up {
+            return Some(DemoScim { child, url });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn demo_call(cfg: &Config, req: Request) -> Result<state::Out, String> {
+    match crate::daemon::control::call(cfg, &req, false).await? {
+        Some(reply) => Ok(reply.out),
+        None => Err("the daemon does not answer on its control socket".into()),
+    }
+}
+
 async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
+    crate::afas::client::install_crypto_provider();
     let dir = tempfile::Builder::new()
         .prefix("afas-sync-demo")
         .tempdir()
@@ -637,8 +701,22 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
     );
     let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
+    let scim_token = format!("demo-{}", &random_token().data()[..24]);
+    let scim = start_demo_scim(dir.path(), &scim_token).await;
+    let mut sinks = format!("[sink.files]\ndir = \"{}\"\n", dir.path().join("out").display());
+    if let Some(s) = &scim {
+        write_secret_file(&dir.path().join("scim-token"), &scim_token).map_err(|e| e.to_string())?;
+        sinks.push_str(&format!(
+            "\n[sink.scim]\nurl = \"{}\"\ntoken_file = \"scim-token\"\n",
+            s.url
+        ));
+    }
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
     let config_text = format!(
-        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n{}\n[store]\npath = \"{}\"\n",
+        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n{}\n[store]\npath = \"{}\"\n\n[http]\nbind = \"127.0.0.1:{http_port}\"\n\n{sinks}",
         emu.base_url(),
         EXTRA_CONNECTORS,
         dir.path().join("state.redb").display()
@@ -651,7 +729,11 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
         "afas-sync demo: AFAS emulator with a generated company of {employees} at {}",
         emu.base_url()
     );
-    println!("state file: {}", cfg.store.path.display());
+    println!("state directory: {}", dir.path().display());
+    match &scim {
+        Some(s) => println!("SCIM target: scim2-server at {}", s.url),
+        None => println!("SCIM target: none (install scim2-server from PyPI to include it)"),
+    }
     println!();
     for item in crate::check::run(&cfg).await {
         println!(
@@ -661,66 +743,104 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
             item.detail
         );
     }
-    let store = std::sync::Arc::new(crate::store::Store::open(&cfg.store.path).map_err(|e| e.to_string())?);
-    let mut runs = Vec::new();
-    // Day 1: the first import. Day 2: hires, movers and leavers in AFAS.
-    let day2 = day.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
-    for (n, as_of) in [(1, day), (2, day2)] {
-        if n == 2 {
-            let churned = emu.state.with_data(|d| data::churn(d, seed, day2, 20, 10, 40));
-            println!();
-            println!(
-                "day 2 in AFAS: {} hired, {} left, {} changed department",
-                churned.joiners.len(),
-                churned.leavers.len(),
-                churned.movers.len()
-            );
+
+    // The real daemon: it opens the state file, serves HTTP and the control
+    // socket, and runs the first import at once (no run has happened yet).
+    let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(crate::daemon::run(
+        config_path.clone(),
+        cfg.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut waited = 0;
+    loop {
+        let out = demo_call(&cfg, Request::History { limit: 5 }).await.unwrap_or_default();
+        if out.stdout.lines().count() > 1 {
+            break;
         }
-        let result = crate::sync::run(&cfg, store.clone(), as_of, false)
-            .await
-            .map_err(|e| e.to_string())?;
-        let run = match result {
-            crate::sync::SyncResult::Committed(r) | crate::sync::SyncResult::Held(r, _) => r,
-            crate::sync::SyncResult::DryRun(..) => return Err("unexpected dry run".into()),
-        };
-        if n == 2 {
-            let mutations = store.run_mutations(run.id).map_err(|e| e.to_string())?;
-            for m in mutations.iter().take(12) {
-                let name = m.employee.as_ref().map(|e| e.display_name()).unwrap_or_default();
-                println!("  {:<7} {:<9} {:<30} {}", m.kind.as_str(), m.key, name, m.reason);
-            }
-            if mutations.len() > 12 {
-                println!("  … {} more", mutations.len() - 12);
-            }
+        waited += 1;
+        if waited > 600 || daemon.is_finished() {
+            return Err("the daemon did not complete its first run".into());
         }
-        runs.push(run);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+
+    // Day 2: hires, leavers and department changes in AFAS.
+    let day2 = day.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
+    let churned = emu.state.with_data(|d| data::churn(d, seed, day2, 20, 10, 40));
     println!();
     println!(
-        "  {:>3}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>6} {:>8}",
-        "run", "as of", "outcome", "joiners", "movers", "leavers", "rehires", "rows", "rejected"
+        "day 2 in AFAS: {} hired, {} left, {} changed department; syncing through the daemon",
+        churned.joiners.len(),
+        churned.leavers.len(),
+        churned.movers.len()
     );
-    for r in &runs {
-        println!(
-            "  {:>3}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>6} {:>8}",
-            r.id,
-            r.as_of.to_string(),
-            r.outcome.as_str(),
-            r.joiners,
-            r.movers,
-            r.leavers,
-            r.rehires,
-            r.source.employee_rows,
-            r.source.rejected
-        );
-    }
-    if let Some(r) = runs.first() {
-        for rej in r.source.rejections.iter().take(60) {
-            println!("  rejected {}: {}", rej.row, rej.reason);
-        }
-    }
+    let out = demo_call(
+        &cfg,
+        Request::Sync {
+            as_of: Some(day2),
+            dry_run: false,
+        },
+    )
+    .await?;
+    print!("{}", out.stdout);
+    let history = demo_call(&cfg, Request::History { limit: 5 }).await?;
     println!();
-    println!("requests served by the emulator: {}", emu.state.requests().len());
+    print!("{}", history.stdout);
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    println!();
+    println!(
+        "file sink: {} files in {}",
+        files.len(),
+        dir.path().join("out").display()
+    );
+    if let Some(s) = &scim {
+        let users: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/Users?count=1", s.url))
+            .bearer_auth(&scim_token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("SCIM target: {} users", users["totalResults"]);
+    }
+    let metrics_url = format!("http://{}/metrics", cfg.http.bind);
+    let metrics = reqwest::Client::new()
+        .get(&metrics_url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!();
+    println!("Prometheus metrics at {metrics_url} (while the daemon runs), e.g.:");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("afas_sync_runs_total")
+            || l.starts_with("afas_sync_mutations_total")
+            || l.starts_with("afas_sync_employees")
+    }) {
+        println!("  {line}");
+    }
+    let _ = stop_tx.send(());
+    let _ = daemon.await;
+    if let Some(mut s) = scim {
+        let _ = s.child.kill().await;
+    }
     emu.stop().await;
     Ok(())
 }

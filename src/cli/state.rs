@@ -285,7 +285,6 @@ pub async fn sync_cmd(
             }
         }
         Ok(SyncResult::Committed(run)) | Ok(SyncResult::Held(run, _)) => {
-            let delivery = deliver_outbox(config, store, o).await;
             if json_out {
                 say!(o, "{}", run_json(&run));
             } else {
@@ -310,6 +309,7 @@ pub async fn sync_cmd(
                     say!(o, "rejected rows are listed by `afas-sync run show {}`", run.id);
                 }
             }
+            let delivery = deliver_outbox(config, store, o).await;
             match (exit_for(run.outcome), delivery) {
                 (code, _) if code == exit::HELD || code == exit::FAILURE => code,
                 (_, Some(false)) => exit::DELIVERY_INCOMPLETE,
