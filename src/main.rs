@@ -1,5 +1,9 @@
 use clap::Parser;
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = afas_sync::cli::Cli::parse();
     // The demo prints its own summary; only errors go to the log by default.
