@@ -111,6 +111,21 @@ pub struct ConnectorConfig {
     pub connector: String,
     /// Field ids forming a unique key, in order; a `-` prefix sorts descending.
     pub key: Vec<String>,
+    /// `false` switches an optional connector off (e.g. no contracts
+    /// connector: the employee row's dates are used).
+    // Not serialized at its default: the mapping fingerprint (which holds a
+    // run when the mapping changes) must not change when an upgrade merely
+    // adds a field. Every new mapping field needs the same treatment.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,12 +186,14 @@ fn default_employees_connector() -> ConnectorConfig {
     ConnectorConfig {
         connector: "Profit_Employees_Alleo".into(),
         key: vec!["EmployeeId".into()],
+        enabled: true,
     }
 }
 fn default_contracts_connector() -> Option<ConnectorConfig> {
     Some(ConnectorConfig {
         connector: "Profit_Contract".into(),
         key: vec!["EmployeeId".into(), "SequenceNumber".into()],
+        enabled: true,
     })
 }
 
@@ -775,6 +792,12 @@ fn validate_afas(raw: RawAfas, base_dir: &Path, warnings: &mut Vec<String>) -> R
     if raw.connect_timeout_secs == 0 || raw.connect_timeout_secs > 600 {
         return Err(invalid("afas.connect_timeout_secs", "must be 1 to 600 seconds"));
     }
+    if !raw.employees.enabled {
+        return Err(invalid(
+            "afas.employees.enabled",
+            "the employees connector cannot be switched off",
+        ));
+    }
     if raw.max_retries > 20 {
         return Err(invalid("afas.max_retries", "must be at most 20"));
     }
@@ -837,10 +860,10 @@ fn validate_afas(raw: RawAfas, base_dir: &Path, warnings: &mut Vec<String>) -> R
         max_retries: raw.max_retries,
         max_retry_wait: std::time::Duration::from_secs(raw.max_retry_wait_secs),
         employees: raw.employees,
-        contracts: raw.contracts,
-        salary: raw.salary,
-        wage_components: raw.wage_components,
-        leave: raw.leave,
+        contracts: raw.contracts.filter(|c| c.enabled),
+        salary: raw.salary.filter(|c| c.enabled),
+        wage_components: raw.wage_components.filter(|c| c.enabled),
+        leave: raw.leave.filter(|c| c.enabled),
     })
 }
 

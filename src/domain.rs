@@ -43,8 +43,8 @@ impl fmt::Display for EmployeeKey {
 }
 
 /// An e-mail address: one `@`, a plausible local part and a domain with a
-/// dot. The domain is lower-cased (it is case-insensitive); the local part is
-/// kept as written.
+/// dot. Lower-cased as a whole: mail systems and SCIM targets match
+/// addresses case-insensitively, so a case-only edit in AFAS is no change.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EmailAddress(String);
 
@@ -83,7 +83,7 @@ impl EmailAddress {
         if !domain_ok {
             return Err(format!("`{}`: invalid domain", clip(t)));
         }
-        Ok(EmailAddress(format!("{local}@{}", domain.to_lowercase())))
+        Ok(EmailAddress(format!("{local}@{domain}").to_lowercase()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -422,7 +422,12 @@ impl Draft {
                         mapping.employees.employment_start
                     ))
                 })?;
-                EmploymentPeriod::new(start, self.row_end).map_err(reject)?
+                EmploymentPeriod::new(start, self.row_end).map_err(|e| {
+                    reject(format!(
+                        "fields `{}`/`{}`: {e}",
+                        mapping.employees.employment_start, mapping.employees.employment_end
+                    ))
+                })?
             }
         };
         Ok(Employee {
@@ -508,7 +513,7 @@ mod tests {
     fn emails_parse_or_say_why() {
         assert_eq!(
             EmailAddress::parse(" Jan.de.Vries@Bedrijf.NL ").unwrap().as_str(),
-            "Jan.de.Vries@bedrijf.nl"
+            "jan.de.vries@bedrijf.nl"
         );
         for bad in [
             "jan",

@@ -531,13 +531,17 @@ impl AfasClient {
             let full = fetched.len() >= spec.take as usize;
             let mut rows = Vec::with_capacity(fetched.len());
             let mut to_skip = seen_with_last;
+            let mut last_row_keyless = false;
             for row in fetched {
-                let key = key_values(&row, &spec.order).map_err(|field| {
-                    paging_err(format!(
-                        "key field `{field}` is empty or contains `,`/`;` in row {}; keyset paging needs such a unique key (or set afas.paging = \"skip\")",
-                        super::rows::describe_key(&row, &spec.order)
-                    ))
-                })?;
+                // A row without a usable key is handed on (the engine rejects
+                // it); only the last row of a full page must have one, to
+                // build the next page's filter.
+                let Ok(key) = key_values(&row, &spec.order) else {
+                    last_row_keyless = true;
+                    rows.push(row);
+                    continue;
+                };
+                last_row_keyless = false;
                 if last.as_ref() == Some(&key) {
                     if to_skip > 0 {
                         to_skip -= 1;
@@ -549,6 +553,15 @@ impl AfasClient {
                     seen_with_last = 1;
                 }
                 rows.push(row);
+            }
+            if full && last_row_keyless {
+                let example = rows
+                    .last()
+                    .map(|r| super::rows::describe_key(r, &spec.order))
+                    .unwrap_or_default();
+                return Err(paging_err(format!(
+                    "the last row of a page ({example}) has an empty key or one containing `,`/`;`, so the next page cannot be asked for; fix the key in AFAS or set afas.paging = \"skip\""
+                )));
             }
             if full && rows.is_empty() {
                 // A whole page of one key value that was already read: the

@@ -66,6 +66,13 @@ pub fn text(row: &Row, field: &str) -> Result<Option<String>, CellError> {
             if t.chars().any(|c| c.is_control()) {
                 return Err(cell_err(field, "contains control characters"));
             }
+            // Bidirectional overrides and isolates can make a name display
+            // as something else (spoofing); no real name needs them.
+            if t.chars()
+                .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+            {
+                return Err(cell_err(field, "contains bidirectional override characters"));
+            }
             Ok(Some(t.to_string()))
         }
         Value::Number(n) => Ok(Some(n.to_string())),
@@ -325,8 +332,9 @@ mod tests {
 
     #[test]
     fn text_refuses_control_characters_and_huge_values() {
-        let r = row(json!({"A": "Jan\u{0}", "B": "x".repeat(5000), "C": 1001, "D": "Émile"}));
+        let r = row(json!({"A": "Jan\u{0}", "B": "x".repeat(5000), "C": 1001, "D": "Émile", "E": "Jan\u{202E}nimda"}));
         assert!(text(&r, "A").is_err());
+        assert!(text(&r, "E").is_err());
         assert!(text(&r, "B").is_err());
         assert_eq!(text(&r, "C"), Ok(Some("1001".into())));
         assert_eq!(text(&r, "D"), Ok(Some("Émile".into())));

@@ -118,6 +118,9 @@ impl Plan {
 pub struct Rules {
     pub lead_days: i64,
     pub absent_runs_for_leaver: u32,
+    /// Rows were rejected whose key could not be read: any missing
+    /// employee may be one of them, so absences do not count this run.
+    pub ignore_absences: bool,
 }
 
 fn eligible(e: &Employee, as_of: Date, rules: &Rules) -> bool {
@@ -243,7 +246,7 @@ pub fn diff(
                 Status::Left { .. } => {}
             },
             (Some(p), None) => {
-                if p.status != Status::Active {
+                if p.status != Status::Active || rules.ignore_absences {
                     continue;
                 }
                 let absent = p.absent_runs + 1;
@@ -371,6 +374,7 @@ mod tests {
     const RULES: Rules = Rules {
         lead_days: 0,
         absent_runs_for_leaver: 2,
+        ignore_absences: false,
     };
 
     fn apply(prev: &mut BTreeMap<EmployeeKey, Provisioned>, writes: Vec<Write>) {
@@ -423,6 +427,25 @@ mod tests {
             } else {
                 assert!(m.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn absences_do_not_count_while_keyless_rows_were_rejected() {
+        let mut snap = BTreeMap::new();
+        let present: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let (_, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-01"), &RULES);
+        apply(&mut snap, w);
+        let blind = Rules {
+            ignore_absences: true,
+            ..RULES
+        };
+        for day in ["2024-01-02", "2024-01-03", "2024-01-04"] {
+            let (m, w) = diff(&snap, &BTreeMap::new(), &BTreeSet::new(), d(day), &blind);
+            assert!(m.is_empty() && w.is_empty(), "{day}");
         }
     }
 
