@@ -472,7 +472,7 @@ async fn fetch(cfg: &Config, which: Which, limit: Option<usize>) -> i32 {
 
 /// A random token for the emulator and the demo, from the OS's entropy via
 /// the std hasher's random keys (no extra dependency for a test secret).
-pub fn random_token() -> afas::token::AppToken {
+pub fn random_token() -> Result<afas::token::AppToken, String> {
     use std::hash::{BuildHasher, Hasher};
     let mut hex = String::new();
     for i in 0..4u64 {
@@ -486,8 +486,8 @@ pub fn random_token() -> afas::token::AppToken {
         );
         hex.push_str(&format!("{:016X}", h.finish()));
     }
-    // 64 hex characters by construction, so parsing cannot fail.
-    afas::token::AppToken::parse(&hex).unwrap_or_else(|_| unreachable!("64 hex characters"))
+    // 64 hex characters by construction; still, no panic path.
+    afas::token::AppToken::parse(&hex).map_err(|e| e.to_string())
 }
 
 fn write_secret_file(path: &Path, content: &str) -> std::io::Result<()> {
@@ -520,7 +520,13 @@ async fn emulate(args: &EmulateArgs) -> i32 {
             }
         }
     } else {
-        let t = random_token();
+        let t = match random_token() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot make a token: {e}");
+                return exit::FAILURE;
+            }
+        };
         if let Err(e) = write_secret_file(&args.token_file, &t.to_xml()) {
             eprintln!("error: cannot create --token-file {}: {e}", args.token_file.display());
             return exit::CONFIG;
@@ -693,7 +699,7 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
         .prefix("afas-sync-demo")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let token = random_token();
+    let token = random_token()?;
     let day = today();
     let state = EmulatorState::new(
         vec![("day 1".into(), data::generate(seed, employees, day))],
@@ -701,7 +707,7 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
     );
     let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
-    let scim_token = format!("demo-{}", &random_token().data()[..24]);
+    let scim_token = format!("demo-{}", &random_token()?.data()[..24]);
     let scim = start_demo_scim(dir.path(), &scim_token).await;
     let mut sinks = format!("[sink.files]\ndir = \"{}\"\n", dir.path().join("out").display());
     if let Some(s) = &scim {

@@ -134,6 +134,7 @@ fn mutation_json(m: &Mutation) -> Value {
 }
 
 use crate::delivery::employee_json;
+use crate::delivery::files::csv_field;
 
 fn provisioned_json(p: &Provisioned) -> Value {
     let (status, left_on) = match p.status {
@@ -597,14 +598,6 @@ pub fn forget(store: &Store, key: &str, o: &mut Out) -> i32 {
             exit::FAILURE
         }
         Err(e) => store_failure(o, e),
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 

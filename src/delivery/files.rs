@@ -18,7 +18,8 @@ pub struct FileSink {
     store: Arc<Store>,
 }
 
-fn csv_field(s: &str) -> String {
+/// One CSV field, quoted when it holds a separator, quote or line break.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

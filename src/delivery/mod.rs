@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::domain::{Employee, EmployeeKey};
+use crate::domain::Employee;
 use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError};
 use crate::sync::plan::{Mutation, MutationKind};
 use crate::sync::RunRecord;
@@ -408,14 +408,6 @@ pub async fn deliver_until_done(
             return Ok(report);
         }
         tokio::time::sleep_until(next).await;
-    }
-}
-
-/// The key of a mutation job, for messages.
-pub fn job_key(job: &Job) -> Option<&EmployeeKey> {
-    match &job.entry.item {
-        OutboxItem::Mutation { key, .. } => Some(key),
-        OutboxItem::Run { .. } => None,
     }
 }
 

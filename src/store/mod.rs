@@ -176,6 +176,16 @@ fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// Run events of a run without mutations (failed, held), in `txn`.
+fn enqueue_run_events(txn: &redb::WriteTransaction, targets: &[OutboxTarget], run: u64) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
+    let mut outbox = txn.open_table(OUTBOX)?;
+    enqueue_run_entries(&mut outbox, &mut seq, targets, run, false)?;
+    meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
+    Ok(())
+}
+
 fn enqueue_run_entries(
     outbox: &mut redb::Table<(&str, u64), &[u8]>,
     seq: &mut u64,
@@ -450,11 +460,7 @@ impl Store {
         {
             let mut runs = txn.open_table(RUNS)?;
             runs.insert(run.id, enc("run", run)?.as_slice())?;
-            let mut meta = txn.open_table(META)?;
-            let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
-            let mut outbox = txn.open_table(OUTBOX)?;
-            enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, false)?;
-            meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
+            enqueue_run_events(&txn, targets, run.id)?;
         }
         txn.commit()?;
         Ok(())
@@ -468,11 +474,7 @@ impl Store {
             runs.insert(run.id, enc("run", run)?.as_slice())?;
             let mut held = txn.open_table(HELD)?;
             held.insert(run.id, enc("plan", plan)?.as_slice())?;
-            let mut meta = txn.open_table(META)?;
-            let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
-            let mut outbox = txn.open_table(OUTBOX)?;
-            enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, false)?;
-            meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
+            enqueue_run_events(&txn, targets, run.id)?;
         }
         txn.commit()?;
         Ok(())
@@ -672,11 +674,6 @@ impl Store {
             history.push((k.value().1, dec("mutation", v.value())?));
         }
         Ok((current, history))
-    }
-
-    pub fn outbox_len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(OUTBOX)?.len()?)
     }
 
     /// Recomputes the snapshot digest and compares it with the one the last
