@@ -330,8 +330,8 @@ fn seq_rank(s: &str) -> (u64, String) {
 
 /// An employee row decoded on its own, waiting for its contracts. Holding
 /// these instead of raw JSON rows keeps memory small while the contracts
-/// connector is still being read.
-#[derive(Debug, Clone)]
+/// connector is still being read (the engine keeps them encoded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Draft {
     pub key: EmployeeKey,
     row: String,

@@ -163,8 +163,12 @@ pub struct EmulatorState {
     log: Mutex<Vec<LoggedRequest>>,
     bearer: Mutex<HashMap<String, Instant>>,
     counter: AtomicU64,
+    /// Row order per (connector, order by), valid until the data changes.
+    sorted: Mutex<HashMap<SortKey, Arc<Vec<u32>>>>,
     pub profit_version: String,
 }
+
+type SortKey = (String, Vec<(String, bool)>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep serving.
@@ -184,6 +188,7 @@ impl EmulatorState {
             log: Mutex::new(Vec::new()),
             bearer: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
+            sorted: Mutex::new(HashMap::new()),
             profit_version: "7.7.10".into(),
         })
     }
@@ -196,7 +201,10 @@ impl EmulatorState {
     pub fn set_day(&self, index: usize) -> bool {
         match self.days.get(index) {
             Some((_, d)) => {
-                *self.data.write().unwrap_or_else(|p| p.into_inner()) = d.clone();
+                let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+                *data = d.clone();
+                lock(&self.sorted).clear();
+                drop(data);
                 self.day.store(index as u64, Ordering::SeqCst);
                 true
             }
@@ -210,11 +218,16 @@ impl EmulatorState {
 
     /// Replaces the served data (tests and the demo's "next day").
     pub fn set_data(&self, ds: Dataset) {
-        *self.data.write().unwrap_or_else(|p| p.into_inner()) = ds;
+        let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+        *data = ds;
+        lock(&self.sorted).clear();
     }
 
     pub fn with_data<R>(&self, f: impl FnOnce(&mut Dataset) -> R) -> R {
-        f(&mut self.data.write().unwrap_or_else(|p| p.into_inner()))
+        let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut data);
+        lock(&self.sorted).clear();
+        out
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -469,7 +482,22 @@ impl EmulatorState {
         if q.take > 0 && (q.take as usize).saturating_mul(columns) > MAX_CELLS_PER_PAGE {
             return functional("Out of memory");
         }
-        let rows = match query::apply(conn, &q) {
+        // The cache is filled and read under the data lock, so an order
+        // can never belong to other data.
+        let cache_key = (connector.to_string(), q.order.clone());
+        let cached = lock(&self.sorted).get(&cache_key).cloned();
+        let order = match cached {
+            Some(o) => o,
+            None => match query::sort_order(conn, &q.order) {
+                Ok(o) => {
+                    let o = Arc::new(o);
+                    lock(&self.sorted).insert(cache_key, o.clone());
+                    o
+                }
+                Err(e) => return functional(&e.0),
+            },
+        };
+        let rows = match query::apply_in_order(conn, &q, &order) {
             Ok(r) => r,
             Err(e) => return functional(&e.0),
         };

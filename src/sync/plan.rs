@@ -183,14 +183,36 @@ pub fn diff(
     as_of: Date,
     rules: &Rules,
 ) -> (Vec<Mutation>, Vec<Write>) {
-    let mut mutations = Vec::new();
-    let mut writes = Vec::new();
+    let mut out = Diff::default();
     let keys: BTreeSet<&EmployeeKey> = prev.keys().chain(current.keys()).collect();
     for key in keys {
-        if protected.contains(key) {
-            continue;
+        if !protected.contains(key) {
+            out.step(key, prev.get(key), current.get(key), as_of, rules);
         }
-        match (prev.get(key), current.get(key)) {
+    }
+    (out.mutations, out.writes)
+}
+
+/// The diff's output, fed one key at a time, so the engine can merge the
+/// stored snapshot as it streams from disk instead of holding it whole.
+#[derive(Default)]
+pub struct Diff {
+    pub mutations: Vec<Mutation>,
+    pub writes: Vec<Write>,
+}
+
+impl Diff {
+    /// Decides one key (not a protected one) from its stored and fetched state.
+    pub fn step(
+        &mut self,
+        key: &EmployeeKey,
+        prev: Option<&Provisioned>,
+        current: Option<&Employee>,
+        as_of: Date,
+        rules: &Rules,
+    ) {
+        let (mutations, writes) = (&mut self.mutations, &mut self.writes);
+        match (prev, current) {
             (None, Some(e)) if eligible(e, as_of, rules) => {
                 mutations.push(Mutation {
                     kind: MutationKind::Joiner,
@@ -247,7 +269,7 @@ pub fn diff(
             },
             (Some(p), None) => {
                 if p.status != Status::Active || rules.ignore_absences {
-                    continue;
+                    return;
                 }
                 let absent = p.absent_runs + 1;
                 if absent >= rules.absent_runs_for_leaver {
@@ -272,7 +294,6 @@ pub fn diff(
             }
         }
     }
-    (mutations, writes)
 }
 
 /// Limits that hold a plan for approval instead of applying it.
