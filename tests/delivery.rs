@@ -654,3 +654,56 @@ async fn refused_credentials_stop_the_sink_and_keep_everything_pending() {
     assert_eq!(code, 4, "{out}");
     assert_server_matches(&scim, &env.snapshot()).await;
 }
+
+#[tokio::test]
+async fn a_stale_version_412_is_read_again_and_retried_later_when_it_persists() {
+    let scim = ScimPeer::start().await;
+    // One at a time, so PATCH number N belongs to a known user: the first
+    // changed user's PATCH meets 412 once (someone changed it in between);
+    // the fourth user's meets it three times in a row.
+    let proxy = FaultProxy::start(
+        scim.url(),
+        vec![
+            Inject::new("PATCH", "/Users", 1, 1, 412, None),
+            Inject::new("PATCH", "/Users", 6, 3, 412, None),
+        ],
+    )
+    .await;
+    let env = Env::new(40, &scim_sink(&proxy.url())).await;
+    let text = std::fs::read_to_string(&env.cfg).expect("config");
+    std::fs::write(&env.cfg, text.replace("parallelism = 4", "parallelism = 1")).expect("config");
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+    let d1 = next(day0(), 1);
+    env.emu.state.with_data(|d| {
+        churn(d, 8, d1, 0, 0, 300);
+    });
+    let (code, out) = env.sync(d1).await;
+    assert_eq!(code, 5, "one user is still pending: {out}");
+    assert!(out.contains("1 to retry") && out.contains("0 dead-lettered"), "{out}");
+    assert_eq!(
+        proxy.injected.lock().expect("log").len(),
+        4,
+        "412 once, then three times"
+    );
+    let store = Store::open(&env.store_path).expect("store");
+    let entries = store.outbox_entries("scim").expect("entries");
+    assert_eq!(entries.len(), 1, "only the user that kept changing waits");
+    assert!(
+        entries[0]
+            .1
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("412 three times"))
+            && !entries[0].1.dead,
+        "{:?}",
+        entries[0].1
+    );
+    drop(store);
+    // The next pass (the proxy injects no more) delivers it: nothing lost.
+    let (code, out, _) = run_bin(&["--config", &env.cfg, "outbox", "retry"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = env.sync(d1).await;
+    assert!(code == 0 || code == 4, "{out}");
+    assert_server_matches(&scim, &env.snapshot()).await;
+}

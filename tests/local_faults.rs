@@ -36,7 +36,10 @@ fn output(mut c: Command) -> (i32, String) {
 fn store_state(path: &Path) -> (Option<u64>, u64) {
     let store = Store::open(path).expect("store opens");
     store.verify().expect("store verifies");
-    (store.meta().expect("meta").last_committed_run, store.employee_count().expect("count"))
+    (
+        store.meta().expect("meta").last_committed_run,
+        store.employee_count().expect("count"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +97,10 @@ async fn a_full_disk_fails_the_commit_and_loses_nothing() {
         .and_then(|n| n.parse().ok())
         .expect("joiner count in the summary");
     let added = summary.joiners.len() as u64;
-    assert!(joiners > 0 && joiners <= added, "{joiners} joiners for {added} new rows: {out}");
+    assert!(
+        joiners > 0 && joiners <= added,
+        "{joiners} joiners for {added} new rows: {out}"
+    );
     let after = store_state(&state);
     assert_eq!(after.1, before.1 + joiners, "{out}");
     // And a run of the same data changes nothing: none is sent twice.
@@ -149,7 +155,10 @@ async fn an_unwritable_state_directory_is_refused_by_name_and_left_alone() {
     let (code, out) = output(c);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains(&store.display().to_string()), "names the file: {out}");
-    assert!(out.contains("Permission denied") || out.contains("permission denied"), "{out}");
+    assert!(
+        out.contains("Permission denied") || out.contains("permission denied"),
+        "{out}"
+    );
     assert!(!store.exists());
 
     // An existing store that became read-only: refused, byte for byte unchanged.

@@ -128,7 +128,8 @@ pub enum PlanAction {
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
-    /// Queue dead-lettered entries again (of one sink, or all).
+    /// Queue dead-lettered entries again and make waiting ones due now
+    /// (of one sink, or all).
     Retry {
         #[arg(long)]
         sink: Option<String>,

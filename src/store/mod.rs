@@ -594,14 +594,19 @@ impl Store {
                     continue;
                 }
                 let e: OutboxEntry = dec("outbox entry", v.value())?;
-                if e.dead {
+                // Dead entries start over; waiting ones (backing off after
+                // a failure) keep their attempts and age but are due now,
+                // for an operator who just fixed the target.
+                if e.dead || e.next_at > now {
                     revive.push((s.to_string(), seq, e));
                 }
             }
             for (s, seq, mut e) in revive {
-                e.dead = false;
-                e.attempts = 0;
-                e.created_at = now;
+                if e.dead {
+                    e.dead = false;
+                    e.attempts = 0;
+                    e.created_at = now;
+                }
                 e.next_at = now;
                 outbox.insert((s.as_str(), seq), enc("outbox entry", &e)?.as_slice())?;
                 n += 1;
