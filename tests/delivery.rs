@@ -707,3 +707,98 @@ async fn a_stale_version_412_is_read_again_and_retried_later_when_it_persists() 
     assert!(code == 0 || code == 4, "{out}");
     assert_server_matches(&scim, &env.snapshot()).await;
 }
+
+/// The target side of the fault matrix not covered above: a 500, an answer
+/// lost after the server applied the request (connection closed), a server
+/// that applies a request and never answers (timeout), and a connection
+/// closed before anything was sent. Each is retried; none duplicates a user.
+#[tokio::test]
+async fn server_errors_lost_answers_timeouts_and_resets_are_retried_without_duplicates() {
+    let scim = ScimPeer::start().await;
+    // One at a time, so the Nth request of a kind belongs to one employee.
+    let proxy = FaultProxy::start(
+        scim.url(),
+        vec![
+            Inject::new("POST", "/Users", 2, 1, 500, None),
+            Inject::new("POST", "/Users", 5, 1, FORWARD_THEN_RESET, None),
+            Inject::new("POST", "/Users", 9, 1, FORWARD_THEN_HANG, None),
+            Inject::new("GET", "/Users?filter", 15, 1, RESET, None),
+            Inject::new("PATCH", "/Users", 2, 1, FORWARD_THEN_RESET, None),
+        ],
+    )
+    .await;
+    let env = Env::new(
+        60,
+        &scim_sink(&proxy.url()).replace("timeout_secs = 10", "timeout_secs = 2"),
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.cfg).expect("config");
+    std::fs::write(&env.cfg, text.replace("parallelism = 4", "parallelism = 1")).expect("config");
+
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 5, "four employees wait for a retry: {out}");
+    assert!(out.contains("4 to retry") && out.contains("0 dead-lettered"), "{out}");
+    let injected: Vec<u16> = proxy.injected.lock().expect("log").iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        injected,
+        vec![500, FORWARD_THEN_RESET, FORWARD_THEN_HANG, RESET],
+        "{injected:?}"
+    );
+    {
+        let store = Store::open(&env.store_path).expect("store");
+        let entries = store.outbox_entries("scim").expect("entries");
+        let mut errors: Vec<String> = entries
+            .iter()
+            .map(|(_, e)| {
+                assert!(!e.dead && e.attempts == 1, "{e:?}");
+                e.last_error.clone().unwrap_or_default()
+            })
+            .collect();
+        errors.sort();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(
+            errors
+                .iter()
+                .filter(|e| e.contains("cannot reach the SCIM server"))
+                .count(),
+            3,
+            "{errors:?}"
+        );
+        assert_eq!(errors.iter().filter(|e| e.contains("500")).count(), 1, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("timed out")), "{errors:?}");
+    }
+    let (_, status, _) = run_bin(&["--config", &env.cfg, "--json", "status"]).await;
+    let v: Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(v["outbox"]["scim"]["dead"], 0, "{status}");
+    assert_eq!(v["outbox"]["scim"]["pending"], 4, "{status}");
+    // The user whose answer was lost, and the one whose answer never came,
+    // exist at the server already; the retry must find them, not add a
+    // second copy.
+    assert_eq!(
+        scim.users().await.len(),
+        env.snapshot().len() - 2,
+        "all but the 500 and the reset-before-sending reached the server"
+    );
+
+    let (code, out, _) = run_bin(&["--config", &env.cfg, "outbox", "retry"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 4, "nothing new, delivery complete: {out}");
+    assert_server_matches(&scim, &env.snapshot()).await;
+
+    // Movers: the second PATCH is applied and its answer lost; the retry
+    // repeats the same operations, which changes nothing further.
+    let d1 = next(day0(), 1);
+    env.emu.state.with_data(|d| {
+        churn(d, 8, d1, 0, 0, 300);
+    });
+    let (code, out) = env.sync(d1).await;
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("1 to retry"), "{out}");
+    let (code, out, _) = run_bin(&["--config", &env.cfg, "outbox", "retry"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = env.sync(d1).await;
+    assert_eq!(code, 4, "{out}");
+    assert_server_matches(&scim, &env.snapshot()).await;
+    assert_eq!(proxy.injected.lock().expect("log").len(), 5);
+}

@@ -2,7 +2,6 @@
 //! front of it, and the Standard Webhooks receiver in `tests/peers/`.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,8 +143,17 @@ impl ScimPeer {
     }
 }
 
+/// Not HTTP statuses: what the proxy does instead of answering.
+/// Closes the connection without forwarding or answering.
+pub const RESET: u16 = 0;
+/// Forwards the request (the target applies it), then closes the
+/// connection: the answer is lost on the way back.
+pub const FORWARD_THEN_RESET: u16 = 1;
+/// Forwards the request, then never answers: the client must time out.
+pub const FORWARD_THEN_HANG: u16 = 2;
+
 /// An injected answer for the `nth` request (1-based) whose method and
-/// path match, `times` times.
+/// path match, `times` times: an HTTP status, or one of the modes above.
 #[derive(Clone, Debug)]
 pub struct Inject {
     pub method: &'static str,
@@ -221,8 +229,13 @@ impl FaultProxy {
                                 }
                                 hit
                             };
-                            if let Some((status, retry_after)) = injected {
+                            if let Some((status, _)) = injected {
                                 inj.lock().expect("log").push((format!("{method} {path_q}"), status));
+                            }
+                            if let Some((RESET, _)) = injected {
+                                return Err(std::io::Error::other("injected reset"));
+                            }
+                            if let Some((status, retry_after)) = injected.filter(|(s, _)| *s >= 100) {
                                 let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(
                                     b"{\"detail\":\"injected\"}",
                                 )));
@@ -231,7 +244,7 @@ impl FaultProxy {
                                     resp.headers_mut()
                                         .insert("retry-after", s.to_string().parse().expect("hv"));
                                 }
-                                return Ok::<_, Infallible>(resp);
+                                return Ok::<_, std::io::Error>(resp);
                             }
                             let headers = req.headers().clone();
                             let body = req
@@ -259,6 +272,13 @@ impl FaultProxy {
                             let status = resp.status();
                             let rh = resp.headers().clone();
                             let bytes = resp.bytes().await.unwrap_or_default();
+                            match injected {
+                                Some((FORWARD_THEN_RESET, _)) => {
+                                    return Err(std::io::Error::other("injected reset after forwarding"))
+                                }
+                                Some((FORWARD_THEN_HANG, _)) => std::future::pending::<()>().await,
+                                _ => {}
+                            }
                             let mut out = hyper::Response::new(Full::new(bytes));
                             *out.status_mut() = status;
                             for (k, v) in rh.iter() {
