@@ -5,6 +5,7 @@
 //!         [--latency-ms 50] [--year-size 100000] [--year-days 365]
 //!         [--delivery-size 10000] [--out target/bench-scale.md]
 //!         [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
+//!     cargo bench --bench scale -- --only year [--keep-year state.redb]
 //!     cargo bench --bench scale -- --smoke     (the test command's check)
 //!
 //! Every sync is the release binary as a child process, so wall time, CPU
@@ -40,6 +41,10 @@ struct Args {
     delivery_size: u64,
     wrk_secs: u64,
     out: PathBuf,
+    /// `--only year`: just the simulated year (it takes hours at 365 days).
+    only_year: bool,
+    /// `--keep-year DIR`: a copy of the year's store before the purge.
+    keep_year: Option<PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
@@ -51,6 +56,8 @@ fn args() -> Result<Args, String> {
         delivery_size: 10_000,
         wrk_secs: 5,
         out: PathBuf::from("target/bench-scale.md"),
+        only_year: false,
+        keep_year: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +80,11 @@ fn args() -> Result<Args, String> {
             "--delivery-size" => a.delivery_size = num(value()?)?,
             "--wrk-secs" => a.wrk_secs = num(value()?)?,
             "--out" => a.out = PathBuf::from(value()?),
+            "--only" => match value()?.as_str() {
+                "year" => a.only_year = true,
+                other => return Err(format!("--only: unknown part {other} (known: year)")),
+            },
+            "--keep-year" => a.keep_year = Some(PathBuf::from(value()?)),
             "--binary" => {
                 let p = PathBuf::from(value()?);
                 if !p.is_file() {
@@ -451,10 +463,13 @@ fn real_main() -> Result<(), String> {
     ));
 
     // 1-4: floor, first import, no-op, churn day.
-    report.push_str("| employees | sync | pages | wall | floor wall | wall / floor | CPU | floor CPU | CPU beyond floor | peak RSS | store | store growth |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    if !a.only_year {
+        report.push_str("| employees | sync | pages | wall | floor wall | wall / floor | CPU | floor CPU | CPU beyond floor | peak RSS | store | store growth |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    }
     let mut daemon_report = String::new();
     let mut kept_dirs = Vec::new();
-    for &n in &a.sizes {
+    let sizes = if a.only_year { &[][..] } else { &a.sizes[..] };
+    for &n in sizes {
         eprintln!("== {n} employees: generating");
         let mut ds = generate(SEED, n, day0);
         bench.state.set_data(ds.clone());
@@ -502,14 +517,15 @@ fn real_main() -> Result<(), String> {
     eprintln!("== simulated year: {} days at {} employees", a.year_days, a.year_size);
     report.push_str(&year(&bench, &a, day0)?);
 
-    // 6: delivery throughput.
-    eprintln!(
-        "== delivery: {} employees to scim2-server and the webhook receiver",
-        a.delivery_size
-    );
-    report.push_str(&delivery(&bench, &a, day0)?);
-
-    report.push_str(&binary_size());
+    if !a.only_year {
+        // 6: delivery throughput.
+        eprintln!(
+            "== delivery: {} employees to scim2-server and the webhook receiver",
+            a.delivery_size
+        );
+        report.push_str(&delivery(&bench, &a, day0)?);
+        report.push_str(&binary_size());
+    }
     if let Some(parent) = a.out.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
@@ -717,6 +733,9 @@ fn year(bench: &Bench, a: &Args, day0: Date) -> Result<String, String> {
     }
     let path = dir.path().join("state.redb");
     let end = file_size(&path);
+    if let Some(keep) = &a.keep_year {
+        std::fs::copy(&path, keep).map_err(|e| format!("--keep-year {}: {e}", keep.display()))?;
+    }
     let mut store = afas_sync::store::Store::open(&path).map_err(|e| e.to_string())?;
     let default_purge = store.purge(day, 400, 90).map_err(|e| e.to_string())?;
     store.compact().map_err(|e| e.to_string())?;

@@ -636,6 +636,9 @@ async fn forget_erases_an_employee_everywhere() {
         .expect("m")
         .iter()
         .all(|m| m.key.as_str() != "1"));
+    // The other employee's mutation, packed beside it, stays.
+    assert_eq!(s.st().run_mutations(1).expect("m").len(), 1);
+    assert_eq!(s.st().employee("2").expect("e").1.len(), 1);
     s.st().verify().expect("digest");
 }
 

@@ -12,6 +12,7 @@ use afas_sync::store::{Store, StoreError, SCHEMA_VERSION};
 use common::*;
 
 const FIXTURE_V1: &str = "tests/fixtures/store-schema1.redb";
+const FIXTURE_V2: &str = "tests/fixtures/store-schema2.redb";
 
 fn today() -> jiff::civil::Date {
     jiff::civil::Date::new(2026, 11, 24).expect("date")
@@ -117,15 +118,58 @@ async fn sigkill_during_syncs_never_leaves_a_half_applied_run() {
 fn a_store_written_by_the_first_released_schema_opens_and_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = copy_fixture(dir.path());
-    let store = Store::open(&path).expect("schema 1 opens");
+    assert_fixture_reads(&path);
+    assert!(
+        dir.path().join("state.redb.schema1.bak").exists(),
+        "backed up before migrating"
+    );
+}
+
+#[test]
+fn a_store_written_by_schema_2_opens_and_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V2), &path).expect("copy fixture");
+    assert_fixture_reads(&path);
+    assert!(
+        !dir.path().join("state.redb.schema2.bak").exists(),
+        "nothing to migrate"
+    );
+}
+
+/// What both fixtures hold (`write_current_schema_fixture` wrote them the
+/// same way): 20 employees, two successful runs, pay data, history.
+fn assert_fixture_reads(path: &Path) {
+    let store = Store::open(path).expect("fixture opens");
     assert_eq!(store.meta().expect("meta").schema_version, SCHEMA_VERSION);
     store.verify().expect("digest of the old file");
     let snap = store.snapshot().expect("snapshot");
-    // The employees ever provisioned, as `write_schema_1_fixture` wrote them.
-    assert_eq!(snap.len(), 20);
+    // 20 generated employees plus the second day's joiners.
+    assert!(snap.len() >= 20, "{}", snap.len());
     let runs = store.runs(10).expect("runs");
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.outcome == afas_sync::sync::Outcome::Success));
+    // Schema 2 keeps history as an index into the run's mutations, rebuilt
+    // by the migration: every mutation of every run is in its employee's
+    // history, unchanged.
+    let mut seen = 0;
+    let mut keys = std::collections::BTreeSet::new();
+    for run in &runs {
+        for m in store.run_mutations(run.id).expect("mutations") {
+            keys.insert(m.key.to_string());
+            let (_, history) = store.employee(m.key.as_str()).expect("employee");
+            assert!(
+                history.iter().any(|(r, h)| *r == run.id && *h == m),
+                "{} in run {}",
+                m.key,
+                run.id
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 20, "{seen}");
+    // Every stored employee arrived through a mutation.
+    assert_eq!(keys.len(), snap.len());
     let (current, history) = store.employee("1000001").expect("employee");
     let current = current.expect("stored");
     assert!(!history.is_empty());
@@ -212,11 +256,13 @@ async fn a_second_process_is_told_the_file_is_in_use() {
     assert!(!err.contains("already open"), "{err}");
 }
 
-/// Regenerates the schema-1 fixture. Run only when deliberately creating
-/// the fixture of a released schema: `cargo test --test store -- --ignored`.
+/// Writes the fixture of the current schema
+/// (tests/fixtures/store-schema<N>.redb). Run only when a schema is
+/// released, never to overwrite an older one:
+/// `cargo test --test store -- --ignored write_current_schema_fixture`.
 #[tokio::test]
 #[ignore]
-async fn write_schema_1_fixture() {
+async fn write_current_schema_fixture() {
     let emu = spawn_emulator(generate(5, 20, today())).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = format!(
@@ -237,7 +283,69 @@ async fn write_schema_1_fixture() {
         .await
         .expect("sync 2");
     drop(store);
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V1);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/fixtures/store-schema{}.redb",
+        afas_sync::store::SCHEMA_VERSION
+    ));
+    assert!(
+        !target.exists(),
+        "{} exists: fixtures of released schemas are never rewritten",
+        target.display()
+    );
     std::fs::create_dir_all(target.parent().expect("dir")).expect("mkdir");
     std::fs::copy(&config.store.path, &target).expect("copy");
+}
+
+/// Mutations are stored packed several to a value (schema 2). Every one of
+/// a large run reads back by its index, and forgetting some (first, last,
+/// and one in the middle of a pack) leaves their neighbours intact.
+#[tokio::test]
+async fn packed_mutations_read_back_one_by_one_and_forget_touches_only_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let emu = spawn_emulator(generate(11, 600, today())).await;
+    let cfg = write_config(
+        dir.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "\n[guards]\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n",
+    );
+    let (code, out, err) = run_bin(&[
+        "--config",
+        cfg.to_str().expect("p"),
+        "sync",
+        "--as-of",
+        &today().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let store = Store::open(&dir.path().join("state.redb")).expect("open");
+    let run = store.meta().expect("meta").last_committed_run.expect("run");
+    let all = store.run_mutations(run).expect("mutations");
+    assert!(all.len() > 500, "{}", all.len());
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(
+            store.mutation(run, i as u32).expect("read").as_ref(),
+            Some(m),
+            "index {i}"
+        );
+    }
+    assert_eq!(store.mutation(run, all.len() as u32).expect("read"), None);
+    let doomed = [0, 1, all.len() / 2, all.len() - 1];
+    for &i in &doomed {
+        assert!(store.forget(all[i].key.as_str()).expect("forget"));
+    }
+    let left = store.run_mutations(run).expect("mutations");
+    assert_eq!(left.len(), all.len() - doomed.len());
+    for (i, m) in all.iter().enumerate() {
+        let got = store.mutation(run, i as u32).expect("read");
+        let (_, history) = store.employee(m.key.as_str()).expect("employee");
+        if doomed.contains(&i) {
+            assert_eq!(got, None, "index {i} forgotten");
+            assert!(history.is_empty());
+        } else {
+            assert_eq!(got.as_ref(), Some(m), "index {i} kept");
+            assert_eq!(history, vec![(run, m.clone())]);
+        }
+    }
+    store.verify().expect("digest");
 }

@@ -7,6 +7,7 @@
 //! the same transaction so a later open can prove the snapshot is exactly
 //! the one the last run committed.
 
+pub mod chunk;
 pub mod codec;
 
 use std::collections::BTreeMap;
@@ -22,15 +23,23 @@ use crate::sync::plan::{Mutation, Plan, Provisioned, Status, Write};
 use crate::sync::RunRecord;
 
 /// The schema this binary writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EMPLOYEES: TableDefinition<&str, &[u8]> = TableDefinition::new("employees");
-/// (employee key, run id) → the mutation of that employee in that run.
-const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// (employee key, run id) → the index of that employee's mutation in that
+/// run. Schema 1 stored the whole mutation here as well as in MUTATIONS:
+/// every change was on disk twice, which made a year of history at 100k
+/// employees several times the size of the snapshot.
+const HISTORY: TableDefinition<(&str, u64), u32> = TableDefinition::new("history_index");
+/// Schema 1's history table, read once by the migration and then deleted.
+const HISTORY_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
-/// (run id, index) → mutation.
-const MUTATIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("mutations");
+/// (run id, index of the chunk's first mutation) → a chunk of that run's
+/// mutations (see `chunk`: why they are packed).
+const MUTATIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("mutation_chunks");
+/// Schema 1's one-mutation-per-entry table, read once by the migration.
+const MUTATIONS_V1: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("mutations");
 /// (sink name, sequence) → outbox entry.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_plans");
@@ -440,10 +449,10 @@ impl Store {
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
             let now = unix_now();
+            let mut chunk = ChunkWriter::new(run.id);
             for (i, m) in plan.mutations.iter().enumerate() {
-                let bytes = enc("mutation", m)?;
-                mutations.insert((run.id, i as u32), bytes.as_slice())?;
-                history.insert((m.key.as_str(), run.id), bytes.as_slice())?;
+                chunk.push(&mut mutations, i as u32, enc("mutation", m)?)?;
+                history.insert((m.key.as_str(), run.id), i as u32)?;
                 for t in targets.iter().filter(|t| t.mutations) {
                     seq += 1;
                     let item = OutboxItem::Mutation {
@@ -457,6 +466,7 @@ impl Store {
                     )?;
                 }
             }
+            chunk.flush(&mut mutations)?;
             enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, !plan.mutations.is_empty())?;
             run.snapshot_digest = digest;
             let mut runs = txn.open_table(RUNS)?;
@@ -518,8 +528,7 @@ impl Store {
     pub fn mutation(&self, run: u64, index: u32) -> Result<Option<Mutation>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(MUTATIONS)?;
-        let v = t.get((run, index))?;
-        v.map(|g| dec("mutation", g.value())).transpose()
+        read_mutation(&t, run, index)
     }
 
     pub fn run_if_exists(&self, id: u64) -> Result<Option<RunRecord>, StoreError> {
@@ -681,7 +690,9 @@ impl Store {
         let mut out = Vec::new();
         for item in t.range((id, 0)..=(id, u32::MAX))? {
             let (_, v) = item?;
-            out.push(dec("mutation", v.value())?);
+            for (_, bytes) in chunk_entries(id, v.value())? {
+                out.push(dec("mutation", bytes)?);
+            }
         }
         Ok(out)
     }
@@ -695,10 +706,16 @@ impl Store {
             None => None,
         };
         let h = txn.open_table(HISTORY)?;
+        let m = txn.open_table(MUTATIONS)?;
         let mut history = Vec::new();
         for item in h.range((key, 0)..=(key, u64::MAX))? {
             let (k, v) = item?;
-            history.push((k.value().1, dec("mutation", v.value())?));
+            let run = k.value().1;
+            let mutation = read_mutation(&m, run, v.value())?.ok_or_else(|| StoreError::Codec {
+                what: format!("history of {key}"),
+                reason: format!("run {run} has no mutation {}", v.value()),
+            })?;
+            history.push((run, mutation));
         }
         Ok((current, history))
     }
@@ -760,14 +777,19 @@ impl Store {
                 }
             }
             for id in old_runs {
+                let mut chunks = Vec::new();
                 let mut keys = Vec::new();
                 for item in mutations.range((id, 0)..=(id, u32::MAX))? {
                     let (k, v) = item?;
-                    let m: Mutation = dec("mutation", v.value())?;
-                    keys.push((k.value().1, m.key));
+                    chunks.push(k.value().1);
+                    for (_, bytes) in chunk_entries(id, v.value())? {
+                        keys.push(dec::<Mutation>("mutation", bytes)?.key);
+                    }
                 }
-                for (idx, key) in keys {
-                    mutations.remove((id, idx))?;
+                for first in chunks {
+                    mutations.remove((id, first))?;
+                }
+                for key in keys {
                     history.remove((key.as_str(), id))?;
                     stats.mutations += 1;
                 }
@@ -798,7 +820,7 @@ impl Store {
                     digest = digest.wrapping_sub(record_hash(p.key.as_str(), old.value()));
                 }
                 digest = digest.wrapping_add(record_hash(p.key.as_str(), &bytes));
-                scrub_history(&mut history, &mut mutations, &p.key)?;
+                scrub_history(&history, &mut mutations, &p.key)?;
                 stats.scrubbed_leavers += 1;
             }
             meta.insert("snapshot_digest", u64_bytes(digest).as_slice())?;
@@ -828,23 +850,14 @@ impl Store {
             meta.insert("snapshot_digest", u64_bytes(digest).as_slice())?;
             let mut history = txn.open_table(HISTORY)?;
             let mut mutations = txn.open_table(MUTATIONS)?;
-            let mut run_ids = Vec::new();
+            let mut entries = Vec::new();
             for item in history.range((key, 0)..=(key, u64::MAX))? {
-                run_ids.push(item?.0.value().1);
+                let (k, v) = item?;
+                entries.push((k.value().1, v.value()));
             }
-            for run in &run_ids {
-                history.remove((key, *run))?;
-                let mut doomed = Vec::new();
-                for item in mutations.range((*run, 0)..=(*run, u32::MAX))? {
-                    let (k, v) = item?;
-                    let m: Mutation = dec("mutation", v.value())?;
-                    if m.key.as_str() == key {
-                        doomed.push(k.value());
-                    }
-                }
-                for k in doomed {
-                    mutations.remove(k)?;
-                }
+            for (run, idx) in entries {
+                history.remove((key, run))?;
+                rewrite_mutation(&mut mutations, run, idx, |_| Ok(None))?;
                 found = true;
             }
             let mut outbox = txn.open_table(OUTBOX)?;
@@ -902,33 +915,134 @@ fn set_last_run_digest(
 }
 
 fn scrub_history(
-    history: &mut redb::Table<(&str, u64), &[u8]>,
+    history: &redb::Table<(&str, u64), u32>,
     mutations: &mut redb::Table<(u64, u32), &[u8]>,
     key: &EmployeeKey,
 ) -> Result<(), StoreError> {
     let mut entries = Vec::new();
     for item in history.range((key.as_str(), 0)..=(key.as_str(), u64::MAX))? {
         let (k, v) = item?;
-        entries.push((k.value().1, dec::<Mutation>("mutation", v.value())?));
+        entries.push((k.value().1, v.value()));
     }
-    for (run, mut m) in entries {
-        m.employee = None;
-        m.changes.clear();
-        let bytes = enc("mutation", &m)?;
-        history.insert((key.as_str(), run), bytes.as_slice())?;
-        let mut idxs = Vec::new();
-        for item in mutations.range((run, 0)..=(run, u32::MAX))? {
-            let (k, v) = item?;
-            let other: Mutation = dec("mutation", v.value())?;
-            if &other.key == key {
-                idxs.push(k.value().1);
-            }
-        }
-        for idx in idxs {
-            mutations.insert((run, idx), bytes.as_slice())?;
-        }
+    for (run, idx) in entries {
+        rewrite_mutation(mutations, run, idx, |bytes| {
+            let mut m: Mutation = dec("mutation", bytes)?;
+            m.employee = None;
+            m.changes.clear();
+            enc("mutation", &m).map(Some)
+        })?;
     }
     Ok(())
+}
+
+/// The chunk that holds (or held) mutation `index` of `run`: the one with
+/// the greatest first index not above it. Its key and a copy of its bytes.
+fn chunk_holding(
+    t: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    run: u64,
+    index: u32,
+) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+    match t.range((run, 0)..=(run, index))?.next_back() {
+        Some(item) => {
+            let (k, v) = item?;
+            Ok(Some((k.value().1, v.value().to_vec())))
+        }
+        None => Ok(None),
+    }
+}
+
+fn chunk_entries(run: u64, bytes: &[u8]) -> Result<Vec<(u32, &[u8])>, StoreError> {
+    chunk::entries(bytes).map_err(|reason| StoreError::Codec {
+        what: format!("mutations of run {run}"),
+        reason,
+    })
+}
+
+fn read_mutation(
+    t: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    run: u64,
+    index: u32,
+) -> Result<Option<Mutation>, StoreError> {
+    let Some((_, bytes)) = chunk_holding(t, run, index)? else {
+        return Ok(None);
+    };
+    for (i, m) in chunk_entries(run, &bytes)? {
+        if i == index {
+            return dec("mutation", m).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Replaces (or, when `f` returns None, drops) one mutation in its chunk.
+/// The chunk keeps its key, so later look-ups still find it.
+fn rewrite_mutation(
+    t: &mut redb::Table<(u64, u32), &[u8]>,
+    run: u64,
+    index: u32,
+    f: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<(), StoreError> {
+    let Some((first, bytes)) = chunk_holding(t, run, index)? else {
+        return Ok(());
+    };
+    let mut f = Some(f);
+    let mut kept: Vec<(u32, Vec<u8>)> = Vec::new();
+    for (i, m) in chunk_entries(run, &bytes)? {
+        match f.take_if(|_| i == index) {
+            Some(f) => {
+                if let Some(new) = f(m)? {
+                    kept.push((i, new));
+                }
+            }
+            None => kept.push((i, m.to_vec())),
+        }
+    }
+    if kept.is_empty() {
+        t.remove((run, first))?;
+    } else {
+        t.insert(
+            (run, first),
+            chunk::encode(kept.iter().map(|(i, b)| (*i, b.as_slice()))).as_slice(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Packs one run's mutations, in index order, into chunks.
+struct ChunkWriter {
+    run: u64,
+    entries: Vec<(u32, Vec<u8>)>,
+    len: usize,
+}
+
+impl ChunkWriter {
+    fn new(run: u64) -> Self {
+        ChunkWriter {
+            run,
+            entries: Vec::new(),
+            len: 4,
+        }
+    }
+
+    fn push(&mut self, t: &mut redb::Table<(u64, u32), &[u8]>, index: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let size = chunk::entry_size(bytes.len());
+        if !self.entries.is_empty() && self.len + size > chunk::TARGET_BYTES {
+            self.flush(t)?;
+        }
+        self.len += size;
+        self.entries.push((index, bytes));
+        Ok(())
+    }
+
+    fn flush(&mut self, t: &mut redb::Table<(u64, u32), &[u8]>) -> Result<(), StoreError> {
+        if let Some(&(first, _)) = self.entries.first() {
+            let value = chunk::encode(self.entries.iter().map(|(i, b)| (*i, b.as_slice())));
+            t.insert((self.run, first), value.as_slice())?;
+        }
+        self.entries.clear();
+        self.len = 4;
+        Ok(())
+    }
 }
 
 /// Looks at an existing file without any chance of writing to it: a file
@@ -1001,16 +1115,42 @@ fn backup(path: &Path, version: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Migrations from older schemas, one step at a time. Schema 1 is the first
-/// released one, so there is nothing to migrate yet; the next schema adds
-/// its step here and a fixture of schema 1 proves it.
+/// Migrations from older schemas, one step at a time, all in one
+/// transaction: a crash leaves the old schema (and the backup) intact.
+/// Each step is proven by a fixture file of the schema it starts from
+/// (tests/fixtures/store-schema<N>.redb).
 fn migrate(store: &Store, from: u32) -> Result<(), StoreError> {
     let txn = store.db.begin_write()?;
     {
+        let mut version = from;
+        if version == 1 {
+            // 1 → 2: mutations packed into chunks, and history an index
+            // into them instead of a second copy. Both rebuilt from schema
+            // 1's mutations, which it kept in step with its history
+            // (written, scrubbed and removed together).
+            let old = txn.open_table(MUTATIONS_V1)?;
+            let mut mutations = txn.open_table(MUTATIONS)?;
+            let mut history = txn.open_table(HISTORY)?;
+            let mut chunk = ChunkWriter::new(0);
+            for item in old.iter()? {
+                let (k, v) = item?;
+                let (run, idx) = k.value();
+                let m: Mutation = dec(&format!("mutation {idx} of run {run}"), v.value())?;
+                if run != chunk.run {
+                    chunk.flush(&mut mutations)?;
+                    chunk.run = run;
+                }
+                chunk.push(&mut mutations, idx, v.value().to_vec())?;
+                history.insert((m.key.as_str(), run), idx)?;
+            }
+            chunk.flush(&mut mutations)?;
+            drop(old);
+            txn.delete_table(MUTATIONS_V1)?;
+            txn.delete_table(HISTORY_V1)?;
+            version = 2;
+        }
+        debug_assert_eq!(version, SCHEMA_VERSION);
         let mut meta = txn.open_table(META)?;
-        let version = from;
-        // (future) if version == 1 { …; version = 2; }
-        debug_assert!(version <= SCHEMA_VERSION);
         meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
     }
     txn.commit()?;
