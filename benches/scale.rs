@@ -17,6 +17,9 @@
 //! that thread's (`RUSAGE_THREAD`), so the emulator's own work is in
 //! neither figure. No figure is asserted: this is a benchmark, not a test.
 
+#[path = "../tests/common/peers.rs"]
+mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -29,7 +32,6 @@ use jiff::civil::Date;
 use jiff::ToSpan;
 
 const TOKEN_HEX: &str = "610C51AE2FFE4B2C8E33D5A5EB163E12735C72A44D98C278C5E7B5B560079BC1";
-const SCIM_TOKEN: &str = "bench-scim-token-0123456789";
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SEED: u64 = 42;
 
@@ -299,7 +301,7 @@ fn floor(base: &str, requests: &[LoggedRequest]) -> Result<(Duration, Duration, 
 
 struct Bench {
     /// Runs the emulator; kept alive for the whole benchmark.
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
     emulator: Emulator,
     state: Arc<EmulatorState>,
 }
@@ -447,11 +449,7 @@ fn real_main() -> Result<(), String> {
     let emulator = rt
         .block_on(Emulator::start_local(state.clone()))
         .map_err(|e| e.to_string())?;
-    let bench = Bench {
-        _rt: rt,
-        emulator,
-        state,
-    };
+    let bench = Bench { rt, emulator, state };
     let day0 = Date::new(2026, 11, 24).map_err(|e| e.to_string())?;
     let mut report = String::new();
     let machine = machine();
@@ -767,39 +765,17 @@ fn year(bench: &Bench, a: &Args, day0: Date) -> Result<String, String> {
 fn delivery(bench: &Bench, a: &Args, day0: Date) -> Result<String, String> {
     bench.state.set_latency(Duration::ZERO);
     bench.state.set_data(generate(SEED, a.delivery_size, day0));
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut out = String::new();
 
-    let port = free_port()?;
-    let mut scim = Command::new("scim2-server")
-        .args([
-            "--hostname",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--bearer-token",
-            SCIM_TOKEN,
-        ])
-        .arg("--schema")
-        .arg(manifest.join("packaging/scim/schemas.json"))
-        .arg("--resource-type")
-        .arg(manifest.join("packaging/scim/resource-types.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("scim2-server is needed (pip install scim2-server): {e}"))?;
-    let scim_url = format!("http://127.0.0.1:{port}");
-    let waited = wait_http(
-        &format!("{scim_url}/ServiceProviderConfig"),
-        Some(("Authorization", &format!("Bearer {SCIM_TOKEN}"))),
-    );
-    let result = waited.and_then(|_| {
+    // The same peers the delivery tests use (tests/common/peers.rs).
+    let mut scim = bench.rt.block_on(peers::ScimPeer::start());
+    let result = (|| {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        std::fs::write(dir.path().join("scim-token"), SCIM_TOKEN).map_err(|e| e.to_string())?;
+        std::fs::write(dir.path().join("scim-token"), peers::SCIM_TOKEN).map_err(|e| e.to_string())?;
         let cfg = write_config(
             dir.path(),
             &bench.emulator.base_url(),
-            &format!("\n[sink.scim]\nurl = \"{scim_url}\"\ntoken_file = \"scim-token\"\n"),
+            &format!("\n[sink.scim]\nurl = \"{}\"\ntoken_file = \"scim-token\"\n", scim.url()),
         )?;
         delivery_run(
             dir.path(),
@@ -807,54 +783,30 @@ fn delivery(bench: &Bench, a: &Args, day0: Date) -> Result<String, String> {
             day0,
             "scim2-server 0.8 (SCIM, parallelism 4, the default)",
         )
-    });
-    let _ = scim.kill();
-    let _ = scim.wait();
+    })();
+    bench.rt.block_on(scim.stop());
     out.push_str(&result?);
 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port_file = dir.path().join("webhook.port");
-    let mut hook = Command::new("python3")
-        .arg(manifest.join("tests/peers/webhook_receiver.py"))
-        .arg(WEBHOOK_SECRET)
-        .arg(&port_file)
-        .arg(dir.path().join("webhook.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("python3 with standardwebhooks is needed: {e}"))?;
-    let mut port = None;
-    for _ in 0..100 {
-        if let Some(p) = std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u16>().ok())
-        {
-            port = Some(p);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let result = match port {
-        None => Err("the webhook receiver did not start (pip install standardwebhooks)".to_string()),
-        Some(port) => (|| {
-            std::fs::write(dir.path().join("webhook-secrets"), WEBHOOK_SECRET).map_err(|e| e.to_string())?;
-            let cfg = write_config(
-                dir.path(),
-                &bench.emulator.base_url(),
-                &format!(
-                    "\n[sink.webhook]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"webhook-secrets\"\n"
-                ),
-            )?;
-            delivery_run(
-                dir.path(),
-                &cfg,
-                day0,
-                "the Standard Webhooks receiver in tests/peers (Python http.server, verifies each signature)",
-            )
-        })(),
-    };
-    let _ = hook.kill();
-    let _ = hook.wait();
+    let hook = bench.rt.block_on(peers::WebhookPeer::start(WEBHOOK_SECRET, dir.path()));
+    let result = (|| {
+        std::fs::write(dir.path().join("webhook-secrets"), WEBHOOK_SECRET).map_err(|e| e.to_string())?;
+        let cfg = write_config(
+            dir.path(),
+            &bench.emulator.base_url(),
+            &format!(
+                "\n[sink.webhook]\nurl = \"{}\"\nsecret_file = \"webhook-secrets\"\n",
+                hook.url()
+            ),
+        )?;
+        delivery_run(
+            dir.path(),
+            &cfg,
+            day0,
+            "the Standard Webhooks receiver in tests/peers (Python http.server, verifies each signature)",
+        )
+    })();
+    bench.rt.block_on(hook.stop());
     out.push_str(&result?);
     out.push('\n');
     Ok(out)
