@@ -323,6 +323,41 @@ async fn contract_renewal_without_gap_is_one_employment_and_a_gap_is_leave_then_
 }
 
 #[tokio::test]
+async fn contracts_in_any_order_are_matched_and_a_repeated_contract_rejects_its_employee() {
+    let emps = [e("1", "2020-01-01"), e("2", "2020-01-01"), e("3", "2020-01-01")];
+    // AFAS's contract order is not the engine's: employees interleaved, a
+    // contract whose employee has no row, and employee 3's contract 1 twice.
+    let contracts = vec![
+        contract("3", 1, "2025-01-01", None),
+        contract("2", 2, "2026-03-01", None),
+        contract("9", 1, "2025-01-01", None),
+        contract("1", 1, "2025-01-01", None),
+        contract("2", 1, "2025-01-01", Some("2025-12-31")),
+        contract("3", 1, "2025-01-01", None),
+    ];
+    let s = Scenario::new(vec![day(&emps, contracts)], LOOSE_GUARDS).await;
+    let r = s.committed(0, "2025-06-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Joiner, "1"), k(Joiner, "2")]);
+    assert_eq!(r.source.rejected, 1);
+    let why: Vec<String> = r
+        .source
+        .rejections
+        .iter()
+        .map(|x| format!("{}: {}", x.row, x.reason))
+        .collect();
+    assert_eq!(
+        why,
+        vec!["EmployeeId=3: contract row: contract 1 appears twice".to_string()]
+    );
+    assert_eq!(s.status("3"), None, "a rejected row is not provisioned");
+    // Employee 2's two contracts, sent apart and in reverse, leave a gap.
+    let r = s.committed(0, "2026-01-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Leaver, "2")]);
+    let r = s.committed(0, "2026-03-01").await;
+    assert_eq!(s.kinds(r.id), vec![k(Rehire, "2")]);
+}
+
+#[tokio::test]
 async fn rehire_after_leaving() {
     let d0 = day(&[e("1", "2020-01-01")], vec![]);
     let d1 = day(&[e("1", "2020-01-01").end("2025-06-30")], vec![]);

@@ -625,7 +625,7 @@ pub struct ChurnSummary {
 }
 
 /// Moves a generated company one day on: `joiners`, `leavers` and `movers`
-/// are per mille of the current employees. Leavers get yesterday as their
+/// are per mille of the active employees (no end date). Leavers get yesterday as their
 /// last day; movers change department.
 pub fn churn(ds: &mut Dataset, seed: u64, today: Date, joiners: u64, leavers: u64, movers: u64) -> ChurnSummary {
     let mut rng = Rng::new(seed ^ 0xC0FF_EE00);
@@ -634,7 +634,6 @@ pub fn churn(ds: &mut Dataset, seed: u64, today: Date, joiners: u64, leavers: u6
     let Some(emps) = ds.connectors.get(EMPLOYEES_CONNECTOR) else {
         return summary;
     };
-    let count = emps.rows.len() as u64;
     let mut next_n = emps
         .rows
         .iter()
@@ -650,6 +649,10 @@ pub fn churn(ds: &mut Dataset, seed: u64, today: Date, joiners: u64, leavers: u6
         .filter(|(_, r)| r.get("EmploymentEnd").is_none_or(Value::is_null))
         .map(|(i, _)| i)
         .collect();
+    // The shares are of today's workforce, not of every row AFAS keeps:
+    // leavers stay in the connector, and counting them would make the churn
+    // of a simulated year grow day by day.
+    let count = active.len() as u64;
     let mut changed: std::collections::BTreeSet<usize> = Default::default();
     let n_leavers = (count * leavers).div_ceil(1000).min(active.len() as u64);
     let n_movers = (count * movers).div_ceil(1000);
@@ -752,12 +755,39 @@ mod tests {
     fn churn_changes_what_it_reports() {
         let today = Date::new(2026, 11, 24).unwrap();
         let mut ds = generate(1, 1000, today);
+        let active = |ds: &Dataset| {
+            ds.connectors[EMPLOYEES_CONNECTOR]
+                .rows
+                .iter()
+                .filter(|r| r["EmploymentEnd"].is_null())
+                .count() as u64
+        };
         let before = ds.clone();
+        let n = active(&ds);
+        assert!(n < 1000, "the generated company has former employees");
         let s = churn(&mut ds, 1, today, 5, 5, 20);
-        assert_eq!(s.joiners.len(), 5);
-        assert_eq!(s.leavers.len(), 5);
-        assert_eq!(s.movers.len(), 20);
-        assert_eq!(ds.connectors[EMPLOYEES_CONNECTOR].rows.len(), 1005);
+        assert_eq!(s.joiners.len() as u64, (n * 5).div_ceil(1000));
+        assert_eq!(s.leavers.len() as u64, (n * 5).div_ceil(1000));
+        assert_eq!(s.movers.len() as u64, (n * 20).div_ceil(1000));
+        assert_eq!(ds.connectors[EMPLOYEES_CONNECTOR].rows.len(), 1000 + s.joiners.len());
         assert_ne!(before, ds);
+    }
+
+    #[test]
+    fn churn_is_a_share_of_the_active_workforce_so_a_year_stays_level() {
+        // Leavers' rows stay in AFAS; were the share taken of all rows, a
+        // simulated year would churn more every day.
+        let mut day = Date::new(2026, 1, 1).unwrap();
+        let mut ds = generate(3, 2000, day);
+        let mut first = None;
+        for i in 0..200u64 {
+            day = day.checked_add(1.day()).unwrap();
+            let s = churn(&mut ds, i, day, 5, 5, 20);
+            let joined = s.joiners.len();
+            assert_eq!(joined, s.leavers.len(), "day {i}: joiners and leavers balance");
+            let first = *first.get_or_insert(joined);
+            assert_eq!(joined, first, "day {i}: the daily churn does not grow");
+        }
+        assert!(ds.connectors[EMPLOYEES_CONNECTOR].rows.len() >= 2000 + 200 * first.unwrap_or(0));
     }
 }

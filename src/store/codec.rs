@@ -26,9 +26,12 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT];
-    let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Bincode(e.to_string()))?;
-    out.extend_from_slice(&body);
+    // Straight into the record, no second buffer; records are held by the
+    // 100,000 while a run works, so the spare capacity is given back.
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT);
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Bincode(e.to_string()))?;
+    out.shrink_to_fit();
     Ok(out)
 }
 
