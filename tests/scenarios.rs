@@ -858,3 +858,54 @@ async fn salary_holiday_allowance_and_leave_travel_with_the_employee() {
         ("salary", "3150.5")
     );
 }
+
+#[tokio::test]
+async fn a_streamed_commit_stores_exactly_the_plan_a_dry_run_shows() {
+    // A sync writes its diff straight into the run's transaction; a dry run
+    // (and a held plan) builds the same diff in memory. Both must agree,
+    // mutation by mutation and record by record.
+    use afas_sync::emulator::data::{churn, generate};
+    use afas_sync::sync::plan::Write;
+    use jiff::ToSpan;
+    let day0: jiff::civil::Date = "2026-03-02".parse().expect("date");
+    let mut ds = generate(11, 400, day0);
+    let mut days = vec![ds.clone()];
+    let mut dates = vec![day0];
+    for i in 1..=3u64 {
+        let date = day0.checked_add((i as i64).days()).expect("date");
+        churn(&mut ds, i, date, 20, 20, 60);
+        days.push(ds.clone());
+        dates.push(date);
+    }
+    let s = Scenario::new(days, LOOSE_GUARDS).await;
+    for (i, as_of) in dates.into_iter().enumerate() {
+        assert!(s.emu.state.set_day(i));
+        let plan = match sync::run(&s.config, s.st().clone(), as_of, true)
+            .await
+            .expect("dry run")
+        {
+            SyncResult::DryRun(plan, _) => plan,
+            other => panic!("expected a dry run, got {other:?}"),
+        };
+        assert!(!plan.mutations.is_empty(), "day {i} changes something");
+        let r = s.committed(i, &as_of.to_string()).await;
+        assert_eq!(
+            s.st().run_mutations(r.id).expect("mutations"),
+            plan.mutations,
+            "day {i}"
+        );
+        for (kind, n) in [
+            (Joiner, r.joiners),
+            (Mover, r.movers),
+            (Leaver, r.leavers),
+            (Rehire, r.rehires),
+        ] {
+            assert_eq!(plan.count(kind), n, "day {i}: {kind:?}");
+        }
+        for Write::Upsert(p) in &plan.writes {
+            let stored = s.st().employee(p.key.as_str()).expect("employee").0;
+            assert_eq!(stored.as_ref(), Some(p), "day {i}: {}", p.key);
+        }
+        s.st().verify().expect("digest matches the snapshot");
+    }
+}

@@ -19,7 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use crate::domain::EmployeeKey;
-use crate::sync::plan::{Mutation, Plan, Provisioned, Status, Write};
+use crate::sync::plan::{Mutation, MutationKind, Plan, Provisioned, Status, Write};
 use crate::sync::RunRecord;
 
 /// The schema this binary writes. Bump it with a migration in [`migrate`].
@@ -228,6 +228,95 @@ pub struct Meta {
     pub snapshot_digest: u64,
 }
 
+/// What [`Store::commit_run`]'s feed hands back to be recorded.
+pub struct RunOutcome {
+    /// The run record; its snapshot digest is filled in on commit.
+    pub run: RunRecord,
+    /// For the shrink guard of the next run.
+    pub source_rows: u64,
+    pub mapping_fingerprint: String,
+}
+
+/// The open tables of one run's write transaction ([`Store::commit_run`]).
+pub struct RunWriter<'t> {
+    employees: redb::Table<'t, &'static str, &'static [u8]>,
+    mutations: redb::Table<'t, (u64, u32), &'static [u8]>,
+    history: redb::Table<'t, (&'static str, u64), u32>,
+    outbox: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    chunk: ChunkWriter,
+    targets: &'t [OutboxTarget],
+    base_run: Option<u64>,
+    run_id: u64,
+    seq: u64,
+    digest: u64,
+    now: i64,
+    counts: [u64; 4],
+    written: u32,
+}
+
+impl RunWriter<'_> {
+    /// The last committed run: what this run is based on.
+    pub fn base_run(&self) -> Option<u64> {
+        self.base_run
+    }
+
+    /// The id this run is recorded under.
+    pub fn run_id(&self) -> u64 {
+        self.run_id
+    }
+
+    /// Mutations of `kind` written so far.
+    pub fn count(&self, kind: MutationKind) -> u64 {
+        self.counts[kind as usize]
+    }
+
+    /// Stores one snapshot change.
+    pub fn write(&mut self, write: &Write) -> Result<(), StoreError> {
+        let Write::Upsert(p) = write;
+        let bytes = enc("employee", p)?;
+        let key = p.key.as_str();
+        if let Some(old) = self.employees.insert(key, bytes.as_slice())? {
+            self.digest = self.digest.wrapping_sub(record_hash(key, old.value()));
+        }
+        self.digest = self.digest.wrapping_add(record_hash(key, &bytes));
+        Ok(())
+    }
+
+    /// Stores the next mutation, its history entry and an outbox entry per
+    /// sink that takes mutations.
+    pub fn mutation(&mut self, m: &Mutation) -> Result<(), StoreError> {
+        let index = self.written;
+        self.written = self
+            .written
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Conflict("more than 4 billion mutations in one run".into()))?;
+        self.counts[m.kind as usize] += 1;
+        self.chunk.push(&mut self.mutations, index, enc("mutation", m)?)?;
+        self.history.insert((m.key.as_str(), self.run_id), index)?;
+        for t in self.targets.iter().filter(|t| t.mutations) {
+            self.seq += 1;
+            let item = OutboxItem::Mutation {
+                run: self.run_id,
+                index,
+                key: m.key.clone(),
+            };
+            self.outbox.insert(
+                (t.sink.as_str(), self.seq),
+                enc("outbox entry", &OutboxEntry::new(item, self.now))?.as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The snapshot digest as meta holds it (0 for an empty store).
+fn stored_digest(meta: &redb::Table<&str, &[u8]>) -> Result<u64, StoreError> {
+    Ok(meta
+        .get("snapshot_digest")?
+        .and_then(|g| read_u64(g.value()))
+        .unwrap_or(0))
+}
+
 /// What a retention purge removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeStats {
@@ -415,74 +504,105 @@ impl Store {
     /// transaction, so a plan can be applied only once.
     pub fn commit(
         &self,
-        mut run: RunRecord,
+        run: RunRecord,
         plan: &Plan,
         targets: &[OutboxTarget],
         approved_held: Option<u64>,
     ) -> Result<RunRecord, StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let current_base = meta.get("last_committed_run")?.and_then(|g| read_u64(g.value()));
-            if current_base != plan.base_run {
+        let committed = self.commit_run(run.id, targets, approved_held, |w| {
+            if w.base_run() != plan.base_run {
                 return Err(StoreError::Conflict(format!(
                     "the snapshot moved on since this plan was computed (it was based on run {}, the last committed run is {}); reject it and run `afas-sync sync` again",
                     plan.base_run.map(|r| r.to_string()).unwrap_or_else(|| "none".into()),
-                    current_base.map(|r| r.to_string()).unwrap_or_else(|| "none".into())
+                    w.base_run().map(|r| r.to_string()).unwrap_or_else(|| "none".into())
                 )));
             }
-            let mut digest = meta
-                .get("snapshot_digest")?
-                .and_then(|g| read_u64(g.value()))
-                .unwrap_or(0);
-            let mut employees = txn.open_table(EMPLOYEES)?;
-            for Write::Upsert(p) in &plan.writes {
-                let bytes = enc("employee", p)?;
-                let key = p.key.as_str();
-                if let Some(old) = employees.insert(key, bytes.as_slice())? {
-                    digest = digest.wrapping_sub(record_hash(key, old.value()));
-                }
-                digest = digest.wrapping_add(record_hash(key, &bytes));
+            for write in &plan.writes {
+                w.write(write)?;
             }
-            let mut mutations = txn.open_table(MUTATIONS)?;
-            let mut history = txn.open_table(HISTORY)?;
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
-            let now = unix_now();
-            let mut chunk = ChunkWriter::new(run.id);
-            for (i, m) in plan.mutations.iter().enumerate() {
-                chunk.push(&mut mutations, i as u32, enc("mutation", m)?)?;
-                history.insert((m.key.as_str(), run.id), i as u32)?;
-                for t in targets.iter().filter(|t| t.mutations) {
-                    seq += 1;
-                    let item = OutboxItem::Mutation {
-                        run: run.id,
-                        index: i as u32,
-                        key: m.key.clone(),
-                    };
-                    outbox.insert(
-                        (t.sink.as_str(), seq),
-                        enc("outbox entry", &OutboxEntry::new(item, now))?.as_slice(),
-                    )?;
-                }
+            for m in &plan.mutations {
+                w.mutation(m)?;
             }
-            chunk.flush(&mut mutations)?;
-            enqueue_run_entries(&mut outbox, &mut seq, targets, run.id, !plan.mutations.is_empty())?;
-            run.snapshot_digest = digest;
+            Ok(Some(RunOutcome {
+                run,
+                source_rows: plan.source.employee_rows,
+                mapping_fingerprint: plan.mapping_fingerprint.clone(),
+            }))
+        })?;
+        committed.ok_or_else(|| StoreError::Conflict("the plan was not committed".into()))
+    }
+
+    /// One run in one write transaction, fed by `feed` as it goes: the sync
+    /// streams its diff in here, so a first import of 100k employees never
+    /// holds its plan in memory. `feed` returns what to record, or `None`
+    /// to abort (a guard tripped): nothing of the run is then stored.
+    ///
+    /// redb keeps readers on the last committed state, so `feed` may scan
+    /// the snapshot while this transaction rewrites it. Other writers (the
+    /// delivery worker) wait until this returns.
+    pub fn commit_run(
+        &self,
+        run_id: u64,
+        targets: &[OutboxTarget],
+        approved_held: Option<u64>,
+        feed: impl FnOnce(&mut RunWriter<'_>) -> Result<Option<RunOutcome>, StoreError>,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let run = {
+            let mut meta = txn.open_table(META)?;
+            let base_run = meta.get("last_committed_run")?.and_then(|g| read_u64(g.value()));
+            let digest = stored_digest(&meta)?;
+            let seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
+            let mut w = RunWriter {
+                employees: txn.open_table(EMPLOYEES)?,
+                mutations: txn.open_table(MUTATIONS)?,
+                history: txn.open_table(HISTORY)?,
+                outbox: txn.open_table(OUTBOX)?,
+                chunk: ChunkWriter::new(run_id),
+                targets,
+                base_run,
+                run_id,
+                seq,
+                digest,
+                now: unix_now(),
+                counts: [0; 4],
+                written: 0,
+            };
+            let Some(RunOutcome {
+                mut run,
+                source_rows,
+                mapping_fingerprint,
+            }) = feed(&mut w)?
+            else {
+                drop(w);
+                drop(meta);
+                txn.abort()?;
+                return Ok(None);
+            };
+            if run.id != run_id {
+                return Err(StoreError::Conflict(format!(
+                    "run {} cannot record the mutations written for run {run_id}",
+                    run.id
+                )));
+            }
+            w.chunk.flush(&mut w.mutations)?;
+            enqueue_run_entries(&mut w.outbox, &mut w.seq, targets, run_id, w.written > 0)?;
+            run.snapshot_digest = w.digest;
             let mut runs = txn.open_table(RUNS)?;
             runs.insert(run.id, enc("run", &run)?.as_slice())?;
             meta.insert("last_committed_run", u64_bytes(run.id).as_slice())?;
-            meta.insert("snapshot_digest", u64_bytes(digest).as_slice())?;
-            meta.insert("source_rows", u64_bytes(plan.source.employee_rows).as_slice())?;
-            meta.insert("mapping_fingerprint", plan.mapping_fingerprint.as_bytes())?;
-            meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
+            meta.insert("snapshot_digest", u64_bytes(w.digest).as_slice())?;
+            meta.insert("source_rows", u64_bytes(source_rows).as_slice())?;
+            meta.insert("mapping_fingerprint", mapping_fingerprint.as_bytes())?;
+            meta.insert("outbox_seq", u64_bytes(w.seq).as_slice())?;
             if let Some(id) = approved_held {
                 let mut held = txn.open_table(HELD)?;
                 held.remove(id)?;
             }
-        }
+            run
+        };
         txn.commit()?;
-        Ok(run)
+        Ok(Some(run))
     }
 
     /// Records a run that changed nothing (a failed one), with its run
@@ -798,10 +918,7 @@ impl Store {
             }
 
             let mut meta = txn.open_table(META)?;
-            let mut digest = meta
-                .get("snapshot_digest")?
-                .and_then(|g| read_u64(g.value()))
-                .unwrap_or(0);
+            let mut digest = stored_digest(&meta)?;
             let mut employees = txn.open_table(EMPLOYEES)?;
             let mut scrub = Vec::new();
             for item in employees.iter()? {
@@ -838,10 +955,7 @@ impl Store {
         let mut found = false;
         {
             let mut meta = txn.open_table(META)?;
-            let mut digest = meta
-                .get("snapshot_digest")?
-                .and_then(|g| read_u64(g.value()))
-                .unwrap_or(0);
+            let mut digest = stored_digest(&meta)?;
             let mut employees = txn.open_table(EMPLOYEES)?;
             if let Some(old) = employees.remove(key)? {
                 digest = digest.wrapping_sub(record_hash(key, old.value()));

@@ -17,8 +17,8 @@ use crate::afas::rows::Decimal;
 use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem, Source};
 use crate::config::Config;
 use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Pay, Rejection};
-use crate::store::{OutboxTarget, RunEvent, Store, StoreError};
-use plan::{Baseline, Diff, Plan, Provisioned, Rules, SourceStats};
+use crate::store::{OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
+use plan::{Baseline, Diff, MutationKind, Plan, Provisioned, Rules, SourceStats};
 
 /// Rejections kept in a run record; the count is always exact.
 const MAX_KEPT_REJECTIONS: usize = 200;
@@ -579,8 +579,7 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
         blocking(move || s.next_run_id()).await?
     };
     let mut record = RunRecord::new(id, as_of);
-    let result = plan_run(config, store.clone(), as_of).await;
-    let plan = match result {
+    let prepared = match prepare(config, as_of).await {
         Ok(p) => p,
         Err(e) => {
             if !dry_run {
@@ -597,39 +596,83 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
             return Err(e);
         }
     };
-    let baseline = {
-        let s = store.clone();
-        let meta = blocking(move || s.meta()).await?;
-        Baseline {
-            source_rows: meta.source_rows,
-            mapping_fingerprint: meta.mapping_fingerprint,
-        }
-    };
-    let reasons = plan::check_guards(&plan, &config.guards.guards(), &baseline);
+    let guards = config.guards.guards();
+    let fingerprint = mapping_fingerprint(config);
     if dry_run {
-        return Ok(SyncResult::DryRun(Box::new(plan), reasons));
+        let s = store.clone();
+        return blocking(move || {
+            let plan = prepared.plan(&s, fingerprint)?;
+            let reasons = plan::check_guards(&plan.guard_input(), &guards, &baseline(&s)?);
+            Ok(SyncResult::DryRun(Box::new(plan), reasons))
+        })
+        .await;
     }
-    record.fill_counts(&plan);
-    record.finished_at = now();
-    if !reasons.is_empty() {
+    let targets = outbox_targets(config);
+    let s = store.clone();
+    let result = blocking(move || {
+        let baseline = baseline(&s)?;
+        let mut held = Vec::new();
+        let mut draft = record.clone();
+        // The diff goes straight into the run's write transaction; a
+        // tripped guard aborts it, and only then is the plan built in
+        // memory, to be stored for approval.
+        let committed = s.commit_run(record.id, &targets, None, |w| {
+            let mut sink = |d: &mut Diff| -> Result<(), StoreError> {
+                for write in d.writes.drain(..) {
+                    w.write(&write)?;
+                }
+                for m in d.mutations.drain(..) {
+                    w.mutation(&m)?;
+                }
+                Ok(())
+            };
+            let active_before = merge_snapshot(&s, &prepared.fetched, as_of, &prepared.rules, &mut sink)?;
+            let input = plan::GuardInput {
+                leavers: w.count(MutationKind::Leaver),
+                active_before,
+                source: &prepared.fetched.stats,
+                mapping_fingerprint: &fingerprint,
+            };
+            held = plan::check_guards(&input, &guards, &baseline);
+            if !held.is_empty() {
+                return Ok(None);
+            }
+            draft.joiners = w.count(MutationKind::Joiner);
+            draft.movers = w.count(MutationKind::Mover);
+            draft.leavers = w.count(MutationKind::Leaver);
+            draft.rehires = w.count(MutationKind::Rehire);
+            draft.source = prepared.fetched.stats.clone();
+            draft.outcome = if draft.joiners + draft.movers + draft.leavers + draft.rehires == 0 {
+                Outcome::NothingToDo
+            } else {
+                Outcome::Success
+            };
+            draft.finished_at = now();
+            Ok(Some(RunOutcome {
+                run: draft.clone(),
+                source_rows: prepared.fetched.stats.employee_rows,
+                mapping_fingerprint: fingerprint.clone(),
+            }))
+        })?;
+        if let Some(run) = committed {
+            return Ok(SyncResult::Committed(run));
+        }
+        let plan = prepared.plan(&s, fingerprint)?;
+        record.fill_counts(&plan);
+        record.finished_at = now();
         record.outcome = Outcome::Held;
-        record.message = reasons.join("; ");
-        let s = store.clone();
-        let r = record.clone();
-        let targets = outbox_targets(config);
-        blocking(move || s.hold(&r, &plan, &targets)).await?;
-        tracing::warn!(run = id, "sync held for approval: {}", record.message);
-        return Ok(SyncResult::Held(record, reasons));
-    }
-    record.outcome = if plan.mutations.is_empty() {
-        Outcome::NothingToDo
-    } else {
-        Outcome::Success
-    };
-    let committed = {
-        let s = store.clone();
-        let targets = outbox_targets(config);
-        blocking(move || s.commit(record, &plan, &targets, None)).await?
+        record.message = held.join("; ");
+        s.hold(&record, &plan, &targets)?;
+        Ok(SyncResult::Held(record, held))
+    })
+    .await?;
+    let committed = match result {
+        SyncResult::Committed(r) => r,
+        SyncResult::Held(r, reasons) => {
+            tracing::warn!(run = id, "sync held for approval: {}", r.message);
+            return Ok(SyncResult::Held(r, reasons));
+        }
+        other => return Ok(other),
     };
     let retention = config.retention.clone();
     let s = store.clone();
@@ -648,6 +691,15 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
         "sync committed"
     );
     Ok(SyncResult::Committed(committed))
+}
+
+/// The committed state the guards compare a run with.
+fn baseline(store: &Store) -> Result<Baseline, StoreError> {
+    let meta = store.meta()?;
+    Ok(Baseline {
+        source_rows: meta.source_rows,
+        mapping_fingerprint: meta.mapping_fingerprint,
+    })
 }
 
 /// The outbox entries each configured sink gets from a run.
@@ -678,14 +730,40 @@ pub fn outbox_targets(config: &Config) -> Vec<OutboxTarget> {
     out
 }
 
-async fn plan_run(config: &Config, store: Arc<Store>, as_of: Date) -> Result<Plan, SyncError> {
+/// A run's input: the fetched employees and the rules to diff them with.
+struct Prepared {
+    fetched: Fetched,
+    rules: Rules,
+    as_of: Date,
+}
+
+impl Prepared {
+    /// The whole plan in memory, for a dry run or to hold for approval.
+    fn plan(&self, store: &Store, mapping_fingerprint: String) -> Result<Plan, StoreError> {
+        let base_run = store.meta()?.last_committed_run;
+        let mut out = Diff::default();
+        let mut keep = |d: &mut Diff| -> Result<(), StoreError> {
+            out.mutations.append(&mut d.mutations);
+            out.writes.append(&mut d.writes);
+            Ok(())
+        };
+        let active_before = merge_snapshot(store, &self.fetched, self.as_of, &self.rules, &mut keep)?;
+        Ok(Plan {
+            as_of: self.as_of,
+            base_run,
+            mutations: out.mutations,
+            writes: out.writes,
+            source: self.fetched.stats.clone(),
+            active_before,
+            mapping_fingerprint,
+        })
+    }
+}
+
+async fn prepare(config: &Config, as_of: Date) -> Result<Prepared, SyncError> {
     let opts = ClientOptions::from_config(&config.afas)?;
     let client = AfasClient::new(opts)?;
     let fetched = fetch(config, &client, as_of).await?;
-    let meta = {
-        let s = store.clone();
-        blocking(move || s.meta()).await?
-    };
     if fetched.unkeyed > 0 {
         tracing::warn!(
             rows = fetched.unkeyed,
@@ -697,29 +775,21 @@ async fn plan_run(config: &Config, store: Arc<Store>, as_of: Date) -> Result<Pla
         absent_runs_for_leaver: config.sync.absent_runs_before_leaver,
         ignore_absences: fetched.unkeyed > 0,
     };
-    let s = store.clone();
-    let (merged, active_before, stats) = blocking(move || {
-        let (diff, active) = merge_snapshot(&s, &fetched, as_of, &rules)?;
-        Ok((diff, active, fetched.stats))
-    })
-    .await?;
-    let (mutations, writes) = (merged.mutations, merged.writes);
-    Ok(Plan {
-        as_of,
-        base_run: meta.last_committed_run,
-        mutations,
-        writes,
-        source: stats,
-        active_before,
-        mapping_fingerprint: mapping_fingerprint(config),
-    })
+    Ok(Prepared { fetched, rules, as_of })
 }
 
 /// Diffs the fetched employees against the stored snapshot as it streams
 /// from the store, both in key order (redb orders the table by the key's
-/// bytes, as `EmployeeKey` orders). Returns the diff and the number of
-/// employees that were active before.
-fn merge_snapshot(store: &Store, fetched: &Fetched, as_of: Date, rules: &Rules) -> Result<(Diff, u64), StoreError> {
+/// bytes, as `EmployeeKey` orders). Each key's mutations and writes go to
+/// `sink` as soon as they are decided. Returns the number of employees that
+/// were active before.
+fn merge_snapshot(
+    store: &Store,
+    fetched: &Fetched,
+    as_of: Date,
+    rules: &Rules,
+    sink: &mut dyn FnMut(&mut Diff) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
     let mut out = Diff::default();
     let mut active_before = 0u64;
     let mut current = fetched.employees.iter().peekable();
@@ -736,7 +806,7 @@ fn merge_snapshot(store: &Store, fetched: &Fetched, as_of: Date, rules: &Rules) 
                     reason: e.to_string(),
                 })?;
         out.step(key, prev, employee.as_ref(), as_of, rules);
-        Ok::<(), StoreError>(())
+        sink(&mut out)
     };
     store.scan_snapshot(|p| {
         if p.status == plan::Status::Active {
@@ -751,7 +821,7 @@ fn merge_snapshot(store: &Store, fetched: &Fetched, as_of: Date, rules: &Rules) 
     for (key, bytes) in current {
         visit(key, None, Some(bytes))?;
     }
-    Ok((out, active_before))
+    Ok(active_before)
 }
 
 /// Applies a held plan exactly as it was computed, once. Refused when the

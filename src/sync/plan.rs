@@ -112,6 +112,25 @@ impl Plan {
     pub fn count(&self, kind: MutationKind) -> u64 {
         self.mutations.iter().filter(|m| m.kind == kind).count() as u64
     }
+
+    pub fn guard_input(&self) -> GuardInput<'_> {
+        GuardInput {
+            leavers: self.count(MutationKind::Leaver),
+            active_before: self.active_before,
+            source: &self.source,
+            mapping_fingerprint: &self.mapping_fingerprint,
+        }
+    }
+}
+
+/// What the guards judge a run by: known before a streamed run commits,
+/// without the plan itself in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardInput<'a> {
+    pub leavers: u64,
+    pub active_before: u64,
+    pub source: &'a SourceStats,
+    pub mapping_fingerprint: &'a str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -330,9 +349,9 @@ pub struct Baseline {
 }
 
 /// Every guard that trips, each with what it saw and what to do.
-pub fn check_guards(plan: &Plan, guards: &Guards, baseline: &Baseline) -> Vec<String> {
+pub fn check_guards(plan: &GuardInput<'_>, guards: &Guards, baseline: &Baseline) -> Vec<String> {
     let mut reasons = Vec::new();
-    let s = &plan.source;
+    let s = plan.source;
     if s.employee_rows == 0 {
         reasons.push(
             "AFAS returned no employee rows at all; refusing to treat that as everyone leaving. Check the GetConnector's filters and the system user's authorization".into(),
@@ -346,7 +365,7 @@ pub fn check_guards(plan: &Plan, guards: &Guards, baseline: &Baseline) -> Vec<St
             ));
         }
     }
-    let leavers = plan.count(MutationKind::Leaver);
+    let leavers = plan.leavers;
     let pct_limit = (plan.active_before as f64 * guards.max_leavers_percent / 100.0).floor() as u64;
     let limit = guards.max_leavers.min(pct_limit);
     if leavers > limit {
@@ -365,7 +384,7 @@ pub fn check_guards(plan: &Plan, guards: &Guards, baseline: &Baseline) -> Vec<St
         }
     }
     if let Some(prev) = &baseline.mapping_fingerprint {
-        if *prev != plan.mapping_fingerprint {
+        if prev != plan.mapping_fingerprint {
             reasons.push("the field mapping, scope (access field) or connectors changed since the last run; review the plan before it is applied".into());
         }
     }
@@ -521,19 +540,19 @@ mod tests {
             mapping_fingerprint: Some("a".into()),
         };
         assert!(
-            check_guards(&plan(1000, 0, 25, 1000), &g, &base).is_empty(),
+            check_guards(&plan(1000, 0, 25, 1000).guard_input(), &g, &base).is_empty(),
             "25 of 1000: within 25 and 5%"
         );
-        assert_eq!(check_guards(&plan(1000, 0, 26, 1000), &g, &base).len(), 1);
+        assert_eq!(check_guards(&plan(1000, 0, 26, 1000).guard_input(), &g, &base).len(), 1);
         // 5% of 100 = 5 is stricter than 25.
-        assert_eq!(check_guards(&plan(1000, 0, 6, 100), &g, &base).len(), 1);
-        assert!(check_guards(&plan(0, 0, 0, 1000), &g, &base)[0].contains("no employee rows"));
-        assert!(check_guards(&plan(800, 0, 0, 1000), &g, &base)[0].contains("fewer"));
-        assert!(check_guards(&plan(1000, 60, 0, 1000), &g, &base)[0].contains("rejected"));
+        assert_eq!(check_guards(&plan(1000, 0, 6, 100).guard_input(), &g, &base).len(), 1);
+        assert!(check_guards(&plan(0, 0, 0, 1000).guard_input(), &g, &base)[0].contains("no employee rows"));
+        assert!(check_guards(&plan(800, 0, 0, 1000).guard_input(), &g, &base)[0].contains("fewer"));
+        assert!(check_guards(&plan(1000, 60, 0, 1000).guard_input(), &g, &base)[0].contains("rejected"));
         let moved = Baseline {
             mapping_fingerprint: Some("b".into()),
             ..base
         };
-        assert!(check_guards(&plan(1000, 0, 0, 1000), &g, &moved)[0].contains("mapping"));
+        assert!(check_guards(&plan(1000, 0, 0, 1000).guard_input(), &g, &moved)[0].contains("mapping"));
     }
 }
