@@ -674,6 +674,9 @@ async fn forget_erases_an_employee_everywhere() {
     // The other employee's mutation, packed beside it, stays.
     assert_eq!(s.st().run_mutations(1).expect("m").len(), 1);
     assert_eq!(s.st().employee("2").expect("e").1.len(), 1);
+    // The kept count follows (verify also recounts it from the snapshot).
+    assert_eq!(s.st().employee_counts().expect("counts"), (1, 1));
+    assert_eq!(s.st().meta().expect("meta").active_employees, Some(1));
     s.st().verify().expect("digest");
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use afas_sync::emulator::data::{churn, generate, Rng};
 use afas_sync::store::{Store, StoreError, SCHEMA_VERSION};
+use afas_sync::sync::plan::Status;
 use common::*;
 
 const FIXTURE_V1: &str = "tests/fixtures/store-schema1.redb";
@@ -146,6 +147,10 @@ fn assert_fixture_reads(path: &Path) {
     let snap = store.snapshot().expect("snapshot");
     // 20 generated employees plus the second day's joiners.
     assert!(snap.len() >= 20, "{}", snap.len());
+    // Written before the active count was kept: counted from the snapshot.
+    assert_eq!(store.meta().expect("meta").active_employees, None);
+    let active = snap.values().filter(|p| p.status == Status::Active).count() as u64;
+    assert_eq!(store.employee_counts().expect("counts"), (active, snap.len() as u64));
     let runs = store.runs(10).expect("runs");
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.outcome == afas_sync::sync::Outcome::Success));
@@ -197,6 +202,9 @@ async fn a_schema_1_store_keeps_syncing_with_this_binary() {
     let store = Store::open(&dir.path().join("state.redb")).expect("open");
     store.verify().expect("digest");
     assert_eq!(store.runs(10).expect("runs").len(), 3);
+    // The first commit with this binary starts keeping the active count
+    // (verify has just recounted it).
+    assert!(store.meta().expect("meta").active_employees.is_some());
 }
 
 #[test]

@@ -328,8 +328,7 @@ pub async fn sync_cmd(
 
 pub fn status(store: &Store, json_out: bool, o: &mut Out) -> i32 {
     let result = (|| -> Result<Value, StoreError> {
-        let snap = store.snapshot()?;
-        let active = snap.values().filter(|p| p.status == Status::Active).count();
+        let (active, all) = store.employee_counts()?;
         let runs = store.runs(50)?;
         let last = runs.first().cloned();
         let last_success = runs
@@ -339,7 +338,7 @@ pub fn status(store: &Store, json_out: bool, o: &mut Out) -> i32 {
         let held: Vec<u64> = store.held_plans()?.into_iter().map(|(id, _)| id).collect();
         Ok(json!({
             "store": store.path().display().to_string(),
-            "employees": {"active": active, "left": snap.len() - active},
+            "employees": {"active": active, "left": all.saturating_sub(active)},
             "last_run": last.as_ref().map(run_json),
             "last_success": last_success.as_ref().map(|r| json!({"id": r.id, "finished_at": r.finished_at})),
             "held_plans": held,
@@ -602,17 +601,16 @@ pub fn forget(store: &Store, key: &str, o: &mut Out) -> i32 {
 }
 
 pub fn export(store: &Store, csv: bool, o: &mut Out) -> i32 {
-    let snap = match store.snapshot() {
-        Ok(s) => s,
-        Err(e) => return store_failure(o, e),
-    };
     if csv {
         say!(
             o,
             "key,status,email,first_name,prefix,last_name,department,date_of_birth,employment_start,employment_end"
         );
     }
-    for p in snap.values() {
+    // Streamed from the store, one employee at a time: at 100k the whole
+    // snapshot in a map took over 100 MiB.
+    let result = store.scan_snapshot(|p| {
+        let p = &p;
         if csv {
             let status = if p.status == Status::Active { "active" } else { "left" };
             let e = p.employee.as_ref();
@@ -634,6 +632,10 @@ pub fn export(store: &Store, csv: bool, o: &mut Out) -> i32 {
         } else {
             say!(o, "{}", provisioned_json(p));
         }
+        Ok(())
+    });
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => store_failure(o, e),
     }
-    exit::OK
 }

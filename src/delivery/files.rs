@@ -77,26 +77,31 @@ impl FileSink {
             }
             write_atomic(&path, out.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             if let Some(csv_path) = csv_path {
-                let snap = store.snapshot().map_err(|e| e.to_string())?;
                 let mut csv = String::from(
                     "key,status,email,first_name,prefix,last_name,department,employment_start,employment_end\n",
                 );
-                for p in snap.values().filter(|p| p.status == Status::Active) {
-                    let Some(e) = &p.employee else { continue };
-                    let cols = [
-                        p.key.as_str().to_string(),
-                        "active".to_string(),
-                        e.email.as_str().to_string(),
-                        e.first_name.clone(),
-                        e.prefix.clone().unwrap_or_default(),
-                        e.last_name.clone(),
-                        e.department.clone().unwrap_or_default(),
-                        e.employment.start.to_string(),
-                        e.employment.end.map(|d| d.to_string()).unwrap_or_default(),
-                    ];
-                    csv.push_str(&cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
-                    csv.push('\n');
-                }
+                // Streamed: the daemon never holds the whole snapshot.
+                store
+                    .scan_snapshot(|p| {
+                        let Some(e) = p.employee.as_ref().filter(|_| p.status == Status::Active) else {
+                            return Ok(());
+                        };
+                        let cols = [
+                            p.key.as_str().to_string(),
+                            "active".to_string(),
+                            e.email.as_str().to_string(),
+                            e.first_name.clone(),
+                            e.prefix.clone().unwrap_or_default(),
+                            e.last_name.clone(),
+                            e.department.clone().unwrap_or_default(),
+                            e.employment.start.to_string(),
+                            e.employment.end.map(|d| d.to_string()).unwrap_or_default(),
+                        ];
+                        csv.push_str(&cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+                        csv.push('\n');
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
                 write_atomic(&csv_path, csv.as_bytes())
                     .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
             }

@@ -93,8 +93,14 @@ fn enc<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn dec<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    dec_named(|| what.to_string(), bytes)
+}
+
+/// [`dec`] whose name is built only on failure: a scan decodes every
+/// employee, and formatting each key up front was a string per row.
+fn dec_named<T: serde::de::DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StoreError> {
     codec::decode(bytes).map_err(|e| StoreError::Codec {
-        what: what.into(),
+        what: what(),
         reason: e.to_string(),
     })
 }
@@ -226,6 +232,9 @@ pub struct Meta {
     pub source_rows: Option<u64>,
     pub mapping_fingerprint: Option<String>,
     pub snapshot_digest: u64,
+    /// Kept with every commit so status and metrics need no scan; absent
+    /// in files written before it was kept (counted on the next commit).
+    pub active_employees: Option<u64>,
 }
 
 /// What [`Store::commit_run`]'s feed hands back to be recorded.
@@ -240,6 +249,8 @@ pub struct RunOutcome {
 /// The open tables of one run's write transaction ([`Store::commit_run`]).
 pub struct RunWriter<'t> {
     employees: redb::Table<'t, &'static str, &'static [u8]>,
+    /// Active employees once the writes so far are applied.
+    active: u64,
     mutations: redb::Table<'t, (u64, u32), &'static [u8]>,
     history: redb::Table<'t, (&'static str, u64), u32>,
     outbox: redb::Table<'t, (&'static str, u64), &'static [u8]>,
@@ -275,10 +286,15 @@ impl RunWriter<'_> {
         let Write::Upsert(p) = write;
         let bytes = enc("employee", p)?;
         let key = p.key.as_str();
-        if let Some(old) = self.employees.insert(key, bytes.as_slice())? {
-            self.digest = self.digest.wrapping_sub(record_hash(key, old.value()));
-        }
+        let was_active = match self.employees.insert(key, bytes.as_slice())? {
+            Some(old) => {
+                self.digest = self.digest.wrapping_sub(record_hash(key, old.value()));
+                dec_named::<Provisioned>(|| format!("employee {key}"), old.value())?.status == Status::Active
+            }
+            None => false,
+        };
         self.digest = self.digest.wrapping_add(record_hash(key, &bytes));
+        self.active = (self.active + u64::from(p.status == Status::Active)).saturating_sub(u64::from(was_active));
         Ok(())
     }
 
@@ -307,6 +323,17 @@ impl RunWriter<'_> {
         }
         Ok(())
     }
+}
+
+/// Counts active employees: once, for a file that does not keep the count yet.
+fn count_active(employees: &redb::Table<&str, &[u8]>) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for item in employees.iter()? {
+        let (k, v) = item?;
+        let p: Provisioned = dec_named(|| format!("employee {}", k.value()), v.value())?;
+        n += u64::from(p.status == Status::Active);
+    }
+    Ok(n)
 }
 
 /// The snapshot digest as meta holds it (0 for an empty store).
@@ -460,6 +487,7 @@ impl Store {
             source_rows: get("source_rows")?.as_deref().and_then(read_u64),
             mapping_fingerprint: get("mapping_fingerprint")?.map(|b| String::from_utf8_lossy(&b).into_owned()),
             snapshot_digest: get("snapshot_digest")?.as_deref().and_then(read_u64).unwrap_or(0),
+            active_employees: get("active_employees")?.as_deref().and_then(read_u64),
         })
     }
 
@@ -488,9 +516,24 @@ impl Store {
         let t = txn.open_table(EMPLOYEES)?;
         for item in t.iter()? {
             let (k, v) = item?;
-            f(dec(&format!("employee {}", k.value()), v.value())?)?;
+            f(dec_named(|| format!("employee {}", k.value()), v.value())?)?;
         }
         Ok(())
+    }
+
+    /// (active, all) stored employees: the kept count when there is one,
+    /// else one scan.
+    pub fn employee_counts(&self) -> Result<(u64, u64), StoreError> {
+        let all = self.employee_count()?;
+        if let Some(active) = self.meta()?.active_employees {
+            return Ok((active, all));
+        }
+        let mut active = 0;
+        self.scan_snapshot(|p| {
+            active += u64::from(p.status == Status::Active);
+            Ok(())
+        })?;
+        Ok((active, all))
     }
 
     pub fn employee_count(&self) -> Result<u64, StoreError> {
@@ -553,8 +596,14 @@ impl Store {
             let base_run = meta.get("last_committed_run")?.and_then(|g| read_u64(g.value()));
             let digest = stored_digest(&meta)?;
             let seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
+            let employees = txn.open_table(EMPLOYEES)?;
+            let active = match meta.get("active_employees")?.and_then(|g| read_u64(g.value())) {
+                Some(n) => n,
+                None => count_active(&employees)?,
+            };
             let mut w = RunWriter {
-                employees: txn.open_table(EMPLOYEES)?,
+                employees,
+                active,
                 mutations: txn.open_table(MUTATIONS)?,
                 history: txn.open_table(HISTORY)?,
                 outbox: txn.open_table(OUTBOX)?,
@@ -595,6 +644,7 @@ impl Store {
             meta.insert("source_rows", u64_bytes(source_rows).as_slice())?;
             meta.insert("mapping_fingerprint", mapping_fingerprint.as_bytes())?;
             meta.insert("outbox_seq", u64_bytes(w.seq).as_slice())?;
+            meta.insert("active_employees", u64_bytes(w.active).as_slice())?;
             if let Some(id) = approved_held {
                 let mut held = txn.open_table(HELD)?;
                 held.remove(id)?;
@@ -846,10 +896,12 @@ impl Store {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(EMPLOYEES)?;
         let mut digest = 0u64;
+        let mut active = 0u64;
         for item in t.iter()? {
             let (k, v) = item?;
             digest = digest.wrapping_add(record_hash(k.value(), v.value()));
-            let _: Provisioned = dec(&format!("employee {}", k.value()), v.value())?;
+            let p: Provisioned = dec_named(|| format!("employee {}", k.value()), v.value())?;
+            active += u64::from(p.status == Status::Active);
         }
         drop(t);
         drop(txn);
@@ -862,6 +914,11 @@ impl Store {
             return Err(corrupt(format!(
                 "snapshot digest {digest:016x} differs from the committed {:016x}",
                 meta.snapshot_digest
+            )));
+        }
+        if let Some(counted) = meta.active_employees.filter(|n| *n != active) {
+            return Err(corrupt(format!(
+                "{active} active employees stored, the count kept says {counted}"
             )));
         }
         if let Some(id) = meta.last_committed_run {
@@ -957,11 +1014,21 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut digest = stored_digest(&meta)?;
             let mut employees = txn.open_table(EMPLOYEES)?;
+            let mut was_active = false;
             if let Some(old) = employees.remove(key)? {
                 digest = digest.wrapping_sub(record_hash(key, old.value()));
+                was_active =
+                    dec_named::<Provisioned>(|| format!("employee {key}"), old.value())?.status == Status::Active;
                 found = true;
             }
             meta.insert("snapshot_digest", u64_bytes(digest).as_slice())?;
+            let kept = meta.get("active_employees")?.and_then(|g| read_u64(g.value()));
+            if let Some(n) = kept {
+                meta.insert(
+                    "active_employees",
+                    u64_bytes(n.saturating_sub(u64::from(was_active))).as_slice(),
+                )?;
+            }
             let mut history = txn.open_table(HISTORY)?;
             let mut mutations = txn.open_table(MUTATIONS)?;
             let mut entries = Vec::new();

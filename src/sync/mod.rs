@@ -514,20 +514,16 @@ fn record_metrics(record: &RunRecord, started: std::time::Instant) {
 /// plans, outbox) from the store.
 pub fn refresh_state_metrics(store: &Store) -> Result<(), StoreError> {
     let m = crate::metrics::metrics();
-    let (mut active, mut all) = (0i64, 0i64);
-    store.scan_snapshot(|p| {
-        all += 1;
-        if p.status == plan::Status::Active {
-            active += 1;
-        }
-        Ok(())
-    })?;
+    // Kept counts: a scan of the snapshot after every run was 5% of a
+    // no-op sync's CPU at 100k.
+    let (active, all) = store.employee_counts()?;
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     m.employees
         .get_or_create(&crate::metrics::StateLabels { state: "active".into() })
-        .set(active);
+        .set(gauge(active));
     m.employees
         .get_or_create(&crate::metrics::StateLabels { state: "left".into() })
-        .set(all - active);
+        .set(gauge(all.saturating_sub(active)));
     m.held_plans.set(store.held_plans()?.len() as i64);
     refresh_outbox_metrics(store)
 }
