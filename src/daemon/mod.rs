@@ -179,9 +179,31 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(crate::http::serve(http, health, async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    }));
+    // The probes and /metrics get a thread and a runtime of their own: a
+    // sync decodes AFAS pages on this runtime's workers, and a scrape that
+    // queued behind a page decode was the p99 of /metrics under load.
+    let http = http.into_std().map_err(|e| format!("cannot hand the HTTP listener over: {e}"))?;
+    let http_task = std::thread::Builder::new()
+        .name("afas-sync-http".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("cannot start the HTTP runtime: {e}"),
+            };
+            rt.block_on(async move {
+                match TcpListener::from_std(http) {
+                    Ok(listener) => {
+                        crate::http::serve(listener, health, async move {
+                            let _ = http_stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                    }
+                    Err(e) => tracing::error!("cannot serve HTTP: {e}"),
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
     let control_task = tokio::spawn(control_loop(control_listener, shared.clone()));
 
     notify(&[sd_notify::NotifyState::Ready]);
@@ -290,7 +312,7 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     control_task.abort();
-    let _ = http_task.await;
+    let _ = tokio::task::spawn_blocking(move || http_task.join()).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
