@@ -182,7 +182,9 @@ pub async fn run(
     // The probes and /metrics get a thread and a runtime of their own: a
     // sync decodes AFAS pages on this runtime's workers, and a scrape that
     // queued behind a page decode was the p99 of /metrics under load.
-    let http = http.into_std().map_err(|e| format!("cannot hand the HTTP listener over: {e}"))?;
+    let http = http
+        .into_std()
+        .map_err(|e| format!("cannot hand the HTTP listener over: {e}"))?;
     let http_task = std::thread::Builder::new()
         .name("afas-sync-http".into())
         .spawn(move || {

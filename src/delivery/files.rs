@@ -29,6 +29,12 @@ pub fn csv_field(s: &str) -> String {
 
 /// Writes `content` to `path` atomically: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(content))
+}
+
+/// [`write_atomic`] for content written piece by piece (a first import's
+/// 100k mutations are never one string in memory).
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -37,12 +43,17 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        fill(&mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// A store error carried through the writer's `io::Result`.
+fn store_io(e: crate::store::StoreError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 impl FileSink {
@@ -69,41 +80,43 @@ impl FileSink {
             .then(|| self.dir.join(format!("afas-sync-snapshot-{run:06}.csv")));
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mutations = store.run_mutations(run).map_err(|e| e.to_string())?;
-            let mut out = String::new();
-            for (i, m) in mutations.iter().enumerate() {
-                out.push_str(&mutation_event(m, run, i as u32).to_string());
-                out.push('\n');
-            }
-            write_atomic(&path, out.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            if let Some(csv_path) = csv_path {
-                let mut csv = String::from(
-                    "key,status,email,first_name,prefix,last_name,department,employment_start,employment_end\n",
-                );
-                // Streamed: the daemon never holds the whole snapshot.
+            // Mutations and snapshot rows are streamed from the store into
+            // the files, one at a time.
+            write_atomic_with(&path, |w| {
                 store
-                    .scan_snapshot(|p| {
-                        let Some(e) = p.employee.as_ref().filter(|_| p.status == Status::Active) else {
-                            return Ok(());
-                        };
-                        let cols = [
-                            p.key.as_str().to_string(),
-                            "active".to_string(),
-                            e.email.as_str().to_string(),
-                            e.first_name.clone(),
-                            e.prefix.clone().unwrap_or_default(),
-                            e.last_name.clone(),
-                            e.department.clone().unwrap_or_default(),
-                            e.employment.start.to_string(),
-                            e.employment.end.map(|d| d.to_string()).unwrap_or_default(),
-                        ];
-                        csv.push_str(&cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
-                        csv.push('\n');
-                        Ok(())
+                    .scan_run_mutations(run, |index, m| {
+                        writeln!(w, "{}", mutation_event(&m, run, index)).map_err(crate::store::StoreError::from)
                     })
-                    .map_err(|e| e.to_string())?;
-                write_atomic(&csv_path, csv.as_bytes())
-                    .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
+                    .map_err(store_io)
+            })
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            if let Some(csv_path) = csv_path {
+                write_atomic_with(&csv_path, |w| {
+                    w.write_all(
+                        b"key,status,email,first_name,prefix,last_name,department,employment_start,employment_end\n",
+                    )?;
+                    store
+                        .scan_snapshot(|p| {
+                            let Some(e) = p.employee.as_ref().filter(|_| p.status == Status::Active) else {
+                                return Ok(());
+                            };
+                            let cols = [
+                                p.key.as_str().to_string(),
+                                "active".to_string(),
+                                e.email.as_str().to_string(),
+                                e.first_name.clone(),
+                                e.prefix.clone().unwrap_or_default(),
+                                e.last_name.clone(),
+                                e.department.clone().unwrap_or_default(),
+                                e.employment.start.to_string(),
+                                e.employment.end.map(|d| d.to_string()).unwrap_or_default(),
+                            ];
+                            let line = cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",");
+                            writeln!(w, "{line}").map_err(crate::store::StoreError::from)
+                        })
+                        .map_err(store_io)
+                })
+                .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
             }
             Ok(())
         })

@@ -66,6 +66,15 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// Writing what was read from the store elsewhere (an export file) failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
 }
 
 macro_rules! redb_err {
@@ -855,16 +864,30 @@ impl Store {
     }
 
     pub fn run_mutations(&self, id: u64) -> Result<Vec<Mutation>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_run_mutations(id, |_, m| {
+            out.push(m);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Visits one run's mutations in order with their indexes, decoding one
+    /// at a time.
+    pub fn scan_run_mutations(
+        &self,
+        id: u64,
+        mut f: impl FnMut(u32, Mutation) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(MUTATIONS)?;
-        let mut out = Vec::new();
         for item in t.range((id, 0)..=(id, u32::MAX))? {
             let (_, v) = item?;
-            for (_, bytes) in chunk_entries(id, v.value())? {
-                out.push(dec("mutation", bytes)?);
+            for (index, bytes) in chunk_entries(id, v.value())? {
+                f(index, dec("mutation", bytes)?)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The stored record of one employee and its history (run id, mutation).
