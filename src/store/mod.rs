@@ -280,11 +280,6 @@ impl RunWriter<'_> {
         self.base_run
     }
 
-    /// The id this run is recorded under.
-    pub fn run_id(&self) -> u64 {
-        self.run_id
-    }
-
     /// Mutations of `kind` written so far.
     pub fn count(&self, kind: MutationKind) -> u64 {
         self.counts[kind as usize]
@@ -335,7 +330,7 @@ impl RunWriter<'_> {
 }
 
 /// Counts active employees: once, for a file that does not keep the count yet.
-fn count_active(employees: &redb::Table<&str, &[u8]>) -> Result<u64, StoreError> {
+fn count_active(employees: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
     let mut n = 0;
     for item in employees.iter()? {
         let (k, v) = item?;
@@ -537,12 +532,8 @@ impl Store {
         if let Some(active) = self.meta()?.active_employees {
             return Ok((active, all));
         }
-        let mut active = 0;
-        self.scan_snapshot(|p| {
-            active += u64::from(p.status == Status::Active);
-            Ok(())
-        })?;
-        Ok((active, all))
+        let txn = self.db.begin_read()?;
+        Ok((count_active(&txn.open_table(EMPLOYEES)?)?, all))
     }
 
     pub fn employee_count(&self) -> Result<u64, StoreError> {
