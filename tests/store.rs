@@ -14,6 +14,7 @@ use common::*;
 
 const FIXTURE_V1: &str = "tests/fixtures/store-schema1.redb";
 const FIXTURE_V2: &str = "tests/fixtures/store-schema2.redb";
+const FIXTURE_V3: &str = "tests/fixtures/store-schema3.redb";
 
 fn today() -> jiff::civil::Date {
     jiff::civil::Date::new(2026, 11, 24).expect("date")
@@ -119,11 +120,12 @@ async fn sigkill_during_syncs_never_leaves_a_half_applied_run() {
 fn a_store_written_by_the_first_released_schema_opens_and_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = copy_fixture(dir.path());
-    assert_fixture_reads(&path);
+    assert_fixture_reads(&path, false);
     assert!(
         dir.path().join("state.redb.schema1.bak").exists(),
         "backed up before migrating"
     );
+    assert_chunks_compressed(&path);
 }
 
 #[test]
@@ -131,16 +133,59 @@ fn a_store_written_by_schema_2_opens_and_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.redb");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V2), &path).expect("copy fixture");
-    assert_fixture_reads(&path);
     assert!(
-        !dir.path().join("state.redb.schema2.bak").exists(),
+        !chunk_values(&path).iter().any(|v| v.starts_with(&[0xff; 4])),
+        "schema 2 stored raw chunks"
+    );
+    assert_fixture_reads(&path, false);
+    assert!(
+        dir.path().join("state.redb.schema2.bak").exists(),
+        "backed up before migrating"
+    );
+    assert_chunks_compressed(&path);
+}
+
+#[test]
+fn a_store_written_by_schema_3_opens_and_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V3), &path).expect("copy fixture");
+    assert_fixture_reads(&path, true);
+    assert!(
+        !dir.path().join("state.redb.schema3.bak").exists(),
         "nothing to migrate"
+    );
+    assert_chunks_compressed(&path);
+}
+
+/// The stored values of the mutation chunk table, read with redb itself.
+fn chunk_values(path: &Path) -> Vec<Vec<u8>> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::open(path).expect("raw open");
+    let txn = db.begin_read().expect("txn");
+    let t = txn
+        .open_table(redb::TableDefinition::<(u64, u32), &[u8]>::new("mutation_chunks"))
+        .expect("chunks");
+    t.iter()
+        .expect("iter")
+        .map(|item| item.expect("item").1.value().to_vec())
+        .collect()
+}
+
+/// Schema 3 stores every chunk compressed (tagged `u32::MAX`).
+fn assert_chunks_compressed(path: &Path) {
+    let values = chunk_values(path);
+    assert!(!values.is_empty());
+    assert!(
+        values.iter().all(|v| v.starts_with(&[0xff; 4])),
+        "every chunk compressed"
     );
 }
 
-/// What both fixtures hold (`write_current_schema_fixture` wrote them the
+/// What every fixture holds (`write_current_schema_fixture` wrote them the
 /// same way): 20 employees, two successful runs, pay data, history.
-fn assert_fixture_reads(path: &Path) {
+/// `counted`: written by a binary that keeps the active count.
+fn assert_fixture_reads(path: &Path, counted: bool) {
     let store = Store::open(path).expect("fixture opens");
     assert_eq!(store.meta().expect("meta").schema_version, SCHEMA_VERSION);
     store.verify().expect("digest of the old file");
@@ -148,8 +193,9 @@ fn assert_fixture_reads(path: &Path) {
     // 20 generated employees plus the second day's joiners.
     assert!(snap.len() >= 20, "{}", snap.len());
     // Written before the active count was kept: counted from the snapshot.
-    assert_eq!(store.meta().expect("meta").active_employees, None);
     let active = snap.values().filter(|p| p.status == Status::Active).count() as u64;
+    let kept = store.meta().expect("meta").active_employees;
+    assert_eq!(kept, counted.then_some(active));
     assert_eq!(store.employee_counts().expect("counts"), (active, snap.len() as u64));
     let runs = store.runs(10).expect("runs");
     assert_eq!(runs.len(), 2);

@@ -7,16 +7,41 @@
 //! twice its size on disk (measured: 20.8 MB stored in 40 MB of leaves per
 //! 125k mutations). A value close to one page fills its page.
 //!
-//! Layout, all integers little-endian u32: `count`, then `count` times
+//! Raw layout, all integers little-endian u32: `count`, then `count` times
 //! `index, length, bytes` (each `bytes` an encoded mutation, see `codec`).
 //! The index is the mutation's position in its run, kept explicitly so that
 //! `forget` can drop one entry without renumbering the others.
+//!
+//! Stored (schema 3): the tag `u32::MAX`, the raw length, then the raw
+//! layout compressed with LZ4. The mutations of one chunk are records of
+//! the same shape with many equal fields; a year's chunks compressed 2.1×
+//! one by one and 2.6× four together (measured on the 365-day store), and
+//! the mutation chunks were two thirds of that store's live pages. LZ4
+//! rather than deflate: ~20× faster on these small values (a first import
+//! compresses every joiner), for a ratio 20 % lower. Schema 2 stored the
+//! raw layout itself; no raw chunk can start with the tag (a count that
+//! large cannot fit), so `open` reads both.
 
-/// A chunk is closed once adding the next mutation would take it past this
-/// many bytes: under one 4 KiB page with room for redb's leaf header.
+use std::borrow::Cow;
+
+/// The first four bytes of a compressed chunk.
+const TAG: u32 = u32::MAX;
+
+/// The largest raw chunk `open` will inflate: a damaged length must not
+/// allocate gigabytes. Writers stay far below it (`MAX_RAW_BYTES`).
+const LIMIT_RAW_BYTES: usize = 1 << 20;
+
+/// A writer closes a chunk at this many raw bytes whatever it compresses
+/// to, so that one damaged chunk never takes more than a few hundred
+/// mutations with it.
+pub const MAX_RAW_BYTES: usize = 64 * 1024;
+
+/// A chunk is closed once adding the next mutation would take its stored
+/// (compressed) size past this many bytes: under one 4 KiB page with room
+/// for redb's leaf header.
 pub const TARGET_BYTES: usize = 3800;
 
-/// Encodes entries (index, encoded mutation) into one chunk value.
+/// Encodes entries (index, encoded mutation) into the raw layout.
 pub fn encode<'a>(entries: impl IntoIterator<Item = (u32, &'a [u8])>) -> Vec<u8> {
     let mut out = vec![0u8; 4];
     let mut count = 0u32;
@@ -30,12 +55,39 @@ pub fn encode<'a>(entries: impl IntoIterator<Item = (u32, &'a [u8])>) -> Vec<u8>
     out
 }
 
+/// The value stored for a raw chunk: compressed, after the tag and length.
+pub fn seal(raw: &[u8]) -> Vec<u8> {
+    let packed = lz4_flex::block::compress(raw);
+    let mut out = Vec::with_capacity(8 + packed.len());
+    out.extend_from_slice(&TAG.to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out.extend_from_slice(&packed);
+    out
+}
+
+/// The raw layout of a stored chunk, compressed (schema 3) or not (2).
+pub fn open(stored: &[u8]) -> Result<Cow<'_, [u8]>, String> {
+    let mut rest = stored;
+    if take_u32(&mut rest) != Some(TAG) {
+        return Ok(Cow::Borrowed(stored));
+    }
+    let len = take_u32(&mut rest).ok_or("compressed chunk shorter than its header")? as usize;
+    if len > LIMIT_RAW_BYTES {
+        return Err(format!("compressed chunk claims {len} bytes"));
+    }
+    let raw = lz4_flex::block::decompress(rest, len).map_err(|e| format!("compressed chunk: {e}"))?;
+    if raw.len() != len {
+        return Err(format!("compressed chunk holds {} bytes, not {len}", raw.len()));
+    }
+    Ok(Cow::Owned(raw))
+}
+
 /// The bytes a chunk adds for one entry of `len` bytes.
 pub fn entry_size(len: usize) -> usize {
     8 + len
 }
 
-/// Splits a chunk into its entries. A damaged chunk is an error, never a
+/// Splits a raw chunk into its entries. A damaged chunk is an error, never a
 /// panic: the state file is read as untrusted input like any other.
 pub fn entries(chunk: &[u8]) -> Result<Vec<(u32, &[u8])>, String> {
     let mut rest = chunk;
@@ -91,5 +143,28 @@ mod tests {
         let mut huge = chunk;
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(entries(&huge).is_err());
+    }
+
+    #[test]
+    fn sealed_chunks_open_to_their_raw_layout_and_damage_is_an_error() {
+        let records: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| format!("{{\"key\":\"10000{i}\",\"kind\":\"mover\",\"city\":\"Utrecht\"}}").into_bytes())
+            .collect();
+        let raw = encode(records.iter().enumerate().map(|(i, r)| (i as u32, r.as_slice())));
+        let sealed = seal(&raw);
+        assert!(sealed.len() * 2 < raw.len(), "{} of {}", sealed.len(), raw.len());
+        assert_eq!(open(&sealed).expect("opens").as_ref(), raw.as_slice());
+        // A schema 2 chunk is its own raw layout.
+        assert!(matches!(open(&raw), Ok(Cow::Borrowed(b)) if b == raw.as_slice()));
+        // Truncated, or a length that lies: an error, not a panic.
+        for cut in 4..sealed.len() {
+            assert!(open(&sealed[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut lying = sealed.clone();
+        lying[4..8].copy_from_slice(&((raw.len() as u32) + 1).to_le_bytes());
+        assert!(open(&lying).is_err());
+        let mut huge = sealed;
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(open(&huge).is_err());
     }
 }

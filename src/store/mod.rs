@@ -23,7 +23,7 @@ use crate::sync::plan::{Mutation, MutationKind, Plan, Provisioned, Status, Write
 use crate::sync::RunRecord;
 
 /// The schema this binary writes. Bump it with a migration in [`migrate`].
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EMPLOYEES: TableDefinition<&str, &[u8]> = TableDefinition::new("employees");
@@ -874,7 +874,8 @@ impl Store {
         let t = txn.open_table(MUTATIONS)?;
         for item in t.range((id, 0)..=(id, u32::MAX))? {
             let (_, v) = item?;
-            for (index, bytes) in chunk_entries(id, v.value())? {
+            let raw = open_chunk(id, v.value())?;
+            for (index, bytes) in chunk_entries(id, &raw)? {
                 f(index, dec("mutation", bytes)?)?;
             }
         }
@@ -973,7 +974,8 @@ impl Store {
                 for item in mutations.range((id, 0)..=(id, u32::MAX))? {
                     let (k, v) = item?;
                     chunks.push(k.value().1);
-                    for (_, bytes) in chunk_entries(id, v.value())? {
+                    let raw = open_chunk(id, v.value())?;
+                    for (_, bytes) in chunk_entries(id, &raw)? {
                         keys.push(dec::<Mutation>("mutation", bytes)?.key);
                     }
                 }
@@ -1146,8 +1148,16 @@ fn chunk_holding(
     }
 }
 
-fn chunk_entries(run: u64, bytes: &[u8]) -> Result<Vec<(u32, &[u8])>, StoreError> {
-    chunk::entries(bytes).map_err(|reason| StoreError::Codec {
+/// A stored chunk's raw layout (inflated when compressed).
+fn open_chunk(run: u64, stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, StoreError> {
+    chunk::open(stored).map_err(|reason| StoreError::Codec {
+        what: format!("mutations of run {run}"),
+        reason,
+    })
+}
+
+fn chunk_entries(run: u64, raw: &[u8]) -> Result<Vec<(u32, &[u8])>, StoreError> {
+    chunk::entries(raw).map_err(|reason| StoreError::Codec {
         what: format!("mutations of run {run}"),
         reason,
     })
@@ -1161,7 +1171,8 @@ fn read_mutation(
     let Some((_, bytes)) = chunk_holding(t, run, index)? else {
         return Ok(None);
     };
-    for (i, m) in chunk_entries(run, &bytes)? {
+    let raw = open_chunk(run, &bytes)?;
+    for (i, m) in chunk_entries(run, &raw)? {
         if i == index {
             return dec("mutation", m).map(Some);
         }
@@ -1182,7 +1193,8 @@ fn rewrite_mutation(
     };
     let mut f = Some(f);
     let mut kept: Vec<(u32, Vec<u8>)> = Vec::new();
-    for (i, m) in chunk_entries(run, &bytes)? {
+    let raw = open_chunk(run, &bytes)?;
+    for (i, m) in chunk_entries(run, &raw)? {
         match f.take_if(|_| i == index) {
             Some(f) => {
                 if let Some(new) = f(m)? {
@@ -1195,19 +1207,23 @@ fn rewrite_mutation(
     if kept.is_empty() {
         t.remove((run, first))?;
     } else {
-        t.insert(
-            (run, first),
-            chunk::encode(kept.iter().map(|(i, b)| (*i, b.as_slice()))).as_slice(),
-        )?;
+        let raw = chunk::encode(kept.iter().map(|(i, b)| (*i, b.as_slice())));
+        t.insert((run, first), chunk::seal(&raw).as_slice())?;
     }
     Ok(())
 }
 
-/// Packs one run's mutations, in index order, into chunks.
+/// Packs one run's mutations, in index order, into compressed chunks of
+/// about one page each.
 struct ChunkWriter {
     run: u64,
     entries: Vec<(u32, Vec<u8>)>,
     len: usize,
+    /// Raw bytes to gather before closing a chunk: the page target times
+    /// the ratio the previous chunk compressed by (a run's mutations are
+    /// alike, so the last ratio predicts the next well), with a margin so
+    /// a chunk seldom spills past one page.
+    raw_target: usize,
 }
 
 impl ChunkWriter {
@@ -1216,12 +1232,13 @@ impl ChunkWriter {
             run,
             entries: Vec::new(),
             len: 4,
+            raw_target: chunk::TARGET_BYTES * 2,
         }
     }
 
     fn push(&mut self, t: &mut redb::Table<(u64, u32), &[u8]>, index: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
         let size = chunk::entry_size(bytes.len());
-        if !self.entries.is_empty() && self.len + size > chunk::TARGET_BYTES {
+        if !self.entries.is_empty() && self.len + size > self.raw_target {
             self.flush(t)?;
         }
         self.len += size;
@@ -1231,8 +1248,12 @@ impl ChunkWriter {
 
     fn flush(&mut self, t: &mut redb::Table<(u64, u32), &[u8]>) -> Result<(), StoreError> {
         if let Some(&(first, _)) = self.entries.first() {
-            let value = chunk::encode(self.entries.iter().map(|(i, b)| (*i, b.as_slice())));
-            t.insert((self.run, first), value.as_slice())?;
+            let raw = chunk::encode(self.entries.iter().map(|(i, b)| (*i, b.as_slice())));
+            let sealed = chunk::seal(&raw);
+            t.insert((self.run, first), sealed.as_slice())?;
+            let ratio = raw.len() as f64 / sealed.len().max(1) as f64;
+            self.raw_target =
+                ((chunk::TARGET_BYTES as f64 * ratio * 0.9) as usize).clamp(chunk::TARGET_BYTES, chunk::MAX_RAW_BYTES);
         }
         self.entries.clear();
         self.len = 4;
@@ -1343,6 +1364,35 @@ fn migrate(store: &Store, from: u32) -> Result<(), StoreError> {
             txn.delete_table(MUTATIONS_V1)?;
             txn.delete_table(HISTORY_V1)?;
             version = 2;
+        }
+        if version == 2 {
+            // 2 → 3: chunks compressed. Every run's mutations are packed
+            // anew, chunk by chunk as they are read, so memory stays at one
+            // chunk whatever the store holds. A new chunk's key is the index
+            // of its first entry, which came from a chunk already removed,
+            // so it never lands on a chunk still to be read.
+            let mut mutations = txn.open_table(MUTATIONS)?;
+            let mut keys = Vec::new();
+            for item in mutations.iter()? {
+                keys.push(item?.0.value());
+            }
+            let mut chunk = ChunkWriter::new(0);
+            for (run, first) in keys {
+                if run != chunk.run {
+                    chunk.flush(&mut mutations)?;
+                    chunk.run = run;
+                }
+                let Some(stored) = mutations.get((run, first))?.map(|g| g.value().to_vec()) else {
+                    continue;
+                };
+                mutations.remove((run, first))?;
+                let raw = open_chunk(run, &stored)?;
+                for (index, bytes) in chunk_entries(run, &raw)? {
+                    chunk.push(&mut mutations, index, bytes.to_vec())?;
+                }
+            }
+            chunk.flush(&mut mutations)?;
+            version = 3;
         }
         debug_assert_eq!(version, SCHEMA_VERSION);
         let mut meta = txn.open_table(META)?;
