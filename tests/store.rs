@@ -158,6 +158,82 @@ fn a_store_written_by_schema_3_opens_and_reads() {
     assert_chunks_compressed(&path);
 }
 
+/// Leavers' personal data is found for scrubbing through an index by leave
+/// date. A file written before the index gets it from its first purge (one
+/// scan); after that a purge reads only what is due, and a purge with
+/// nothing to do commits nothing.
+#[test]
+fn the_retention_purge_indexes_an_older_file_once_then_scrubs_from_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V3), &path).expect("copy fixture");
+    let store = Store::open(&path).expect("open");
+    let kept = |store: &Store| -> Vec<String> {
+        let snap = store.snapshot().expect("snapshot");
+        snap.values()
+            .filter(|p| matches!(p.status, Status::Left { .. }) && p.employee.is_some())
+            .map(|p| p.key.to_string())
+            .collect()
+    };
+    let leavers = kept(&store);
+    assert!(leavers.len() >= 2, "the fixture has leavers: {leavers:?}");
+    assert!(leaver_index(&store, &path).is_empty(), "written before the index");
+
+    // Nothing due yet: the scan indexes every leaver and scrubs none.
+    let day = |n: i64| today().checked_add(jiff::ToSpan::days(n)).expect("date");
+    let stats = store.purge(day(5), 400, 90).expect("purge");
+    assert_eq!(stats.scrubbed_leavers, 0);
+    let mut indexed: Vec<String> = leaver_index(&store, &path).into_iter().map(|(_, k)| k).collect();
+    indexed.sort();
+    let mut expected = leavers.clone();
+    expected.sort();
+    assert_eq!(indexed, expected);
+
+    // Forgetting a leaver takes it out of the index too.
+    let gone = &leavers[0];
+    assert!(store.forget(gone).expect("forget"));
+    assert!(leaver_index(&store, &path).iter().all(|(_, k)| k != gone));
+
+    // Again nothing due: nothing is committed (the file is byte for byte
+    // the same).
+    let before = std::fs::read(&path).expect("read");
+    let stats = store.purge(day(6), 400, 90).expect("purge");
+    assert_eq!((stats.runs, stats.scrubbed_leavers), (0, 0));
+    assert!(std::fs::read(&path).expect("read") == before, "no commit for nothing");
+
+    // Due: every remaining leaver is scrubbed through the index, which is
+    // then empty; the snapshot still verifies.
+    let stats = store.purge(day(200), 400, 90).expect("purge");
+    assert_eq!(stats.scrubbed_leavers as usize, leavers.len() - 1);
+    assert!(kept(&store).is_empty());
+    assert!(leaver_index(&store, &path).is_empty());
+    store.verify().expect("digest");
+}
+
+/// The leaver index as stored: (yyyymmdd, key).
+fn leaver_index(store: &Store, path: &Path) -> Vec<(u32, String)> {
+    let _ = store;
+    // redb allows one Database per file per process; read through a copy.
+    let copy = path.with_extension("copy.redb");
+    std::fs::copy(path, &copy).expect("copy");
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::open(&copy).expect("raw open");
+    let txn = db.begin_read().expect("txn");
+    let t = match txn.open_table(redb::TableDefinition::<(u32, &str), ()>::new("leavers_by_date")) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Vec::new(),
+        Err(e) => panic!("{e}"),
+    };
+    t.iter()
+        .expect("iter")
+        .map(|item| {
+            let (k, _) = item.expect("item");
+            let (d, key) = k.value();
+            (d, key.to_string())
+        })
+        .collect()
+}
+
 /// The stored values of the mutation chunk table, read with redb itself.
 fn chunk_values(path: &Path) -> Vec<Vec<u8>> {
     use redb::{ReadableDatabase, ReadableTable};

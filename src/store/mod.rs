@@ -45,6 +45,21 @@ const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_plans");
 /// (sink, employee key) → the target's id for that employee (the SCIM id).
 const TARGET_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_ids");
+/// (leave date as yyyymmdd, employee key) of leavers whose personal data is
+/// still kept: the retention purge reads only the ones that are due
+/// instead of decoding the whole snapshot every run (~7 % of a no-op
+/// sync's instructions at 10k). An entry may be stale (rehired, forgotten,
+/// left again later); the purge checks the record before it scrubs.
+/// Added within schema 3: a file without it is indexed by its next purge
+/// (meta `leaver_index`), which scans the snapshot once.
+const LEAVERS: TableDefinition<(u32, &str), ()> = TableDefinition::new("leavers_by_date");
+
+/// A date as the leaver index orders it. Years before 0 (never a leave
+/// date) sort first.
+fn day_key(d: Date) -> u32 {
+    let year = u32::try_from(d.year()).unwrap_or(0);
+    year * 10_000 + d.month() as u32 * 100 + d.day() as u32
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -263,6 +278,7 @@ pub struct RunWriter<'t> {
     mutations: redb::Table<'t, (u64, u32), &'static [u8]>,
     history: redb::Table<'t, (&'static str, u64), u32>,
     outbox: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    leavers: redb::Table<'t, (u32, &'static str), ()>,
     chunk: ChunkWriter,
     targets: &'t [OutboxTarget],
     base_run: Option<u64>,
@@ -299,6 +315,9 @@ impl RunWriter<'_> {
         };
         self.digest = self.digest.wrapping_add(record_hash(key, &bytes));
         self.active = (self.active + u64::from(p.status == Status::Active)).saturating_sub(u64::from(was_active));
+        if let (Status::Left { on }, Some(_)) = (p.status, &p.employee) {
+            self.leavers.insert((day_key(on), key), ())?;
+        }
         Ok(())
     }
 
@@ -475,6 +494,7 @@ impl Store {
     fn ensure_tables(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(TARGET_IDS)?;
+        txn.open_table(LEAVERS)?;
         txn.commit()?;
         Ok(())
     }
@@ -607,6 +627,7 @@ impl Store {
                 mutations: txn.open_table(MUTATIONS)?,
                 history: txn.open_table(HISTORY)?,
                 outbox: txn.open_table(OUTBOX)?,
+                leavers: txn.open_table(LEAVERS)?,
                 chunk: ChunkWriter::new(run_id),
                 targets,
                 base_run,
@@ -956,6 +977,7 @@ impl Store {
         let runs_before = today.checked_sub(history_days.days()).unwrap_or(today);
         let leavers_before = today.checked_sub(leaver_days.days()).unwrap_or(today);
         let txn = self.db.begin_write()?;
+        let mut changed = false;
         {
             let mut runs = txn.open_table(RUNS)?;
             let mut mutations = txn.open_table(MUTATIONS)?;
@@ -993,15 +1015,42 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut digest = stored_digest(&meta)?;
             let mut employees = txn.open_table(EMPLOYEES)?;
+            let mut leavers = txn.open_table(LEAVERS)?;
             let mut scrub = Vec::new();
-            for item in employees.iter()? {
-                let (_, v) = item?;
-                let p: Provisioned = dec("employee", v.value())?;
-                if let Status::Left { on } = p.status {
-                    if on < leavers_before && p.employee.is_some() {
-                        scrub.push(p);
+            let due = |p: &Provisioned| {
+                matches!(p.status, Status::Left { on } if on < leavers_before) && p.employee.is_some()
+            };
+            if meta.get("leaver_index")?.is_some() {
+                let mut entries = Vec::new();
+                for item in leavers.range(..(day_key(leavers_before), ""))? {
+                    let (k, _) = item?;
+                    let (day, key) = k.value();
+                    entries.push((day, key.to_string()));
+                }
+                for (day, key) in entries {
+                    leavers.remove((day, key.as_str()))?;
+                    changed = true;
+                    if let Some(v) = employees.get(key.as_str())? {
+                        let p: Provisioned = dec_named(|| format!("employee {key}"), v.value())?;
+                        if due(&p) {
+                            scrub.push(p);
+                        }
                     }
                 }
+            } else {
+                // A file written before the index: one scan finds what is
+                // due now and indexes the rest.
+                for item in employees.iter()? {
+                    let (_, v) = item?;
+                    let p: Provisioned = dec("employee", v.value())?;
+                    if due(&p) {
+                        scrub.push(p);
+                    } else if let (Status::Left { on }, Some(_)) = (p.status, &p.employee) {
+                        leavers.insert((day_key(on), p.key.as_str()), ())?;
+                    }
+                }
+                meta.insert("leaver_index", [1u8].as_slice())?;
+                changed = true;
             }
             for mut p in scrub {
                 p.employee = None;
@@ -1013,11 +1062,19 @@ impl Store {
                 scrub_history(&history, &mut mutations, &p.key)?;
                 stats.scrubbed_leavers += 1;
             }
-            meta.insert("snapshot_digest", u64_bytes(digest).as_slice())?;
-            // Keep the last run's digest in step so `verify` holds.
-            set_last_run_digest(&meta, &mut runs, digest)?;
+            if stats.scrubbed_leavers > 0 {
+                meta.insert("snapshot_digest", u64_bytes(digest).as_slice())?;
+                // Keep the last run's digest in step so `verify` holds.
+                set_last_run_digest(&meta, &mut runs, digest)?;
+            }
+            changed |= stats.runs > 0 || stats.scrubbed_leavers > 0;
         }
-        txn.commit()?;
+        // Nothing to do is the usual day: no commit, no fsync.
+        if changed {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
         Ok(stats)
     }
 
@@ -1081,6 +1138,18 @@ impl Store {
             }
             for sink in doomed_ids {
                 ids.remove((sink.as_str(), key))?;
+            }
+            let mut leavers = txn.open_table(LEAVERS)?;
+            let mut doomed_days = Vec::new();
+            for item in leavers.iter()? {
+                let (k, _) = item?;
+                let (day, k2) = k.value();
+                if k2 == key {
+                    doomed_days.push(day);
+                }
+            }
+            for day in doomed_days {
+                leavers.remove((day, key))?;
             }
             let mut runs = txn.open_table(RUNS)?;
             set_last_run_digest(&meta, &mut runs, digest)?;
