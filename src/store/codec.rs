@@ -35,6 +35,19 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// Decodes the leading fields of a record as `T` (a struct whose fields are
+/// the first fields of the stored one, in the same order) and returns where
+/// the rest of the record starts.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT {
+        return Err(CodecError::UnknownFormat(version));
+    }
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Bincode(e.to_string()))?;
+    Ok((value, 1 + used))
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT {

@@ -116,13 +116,16 @@ fn enc<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-fn dec<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn dec<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     dec_named(|| what.to_string(), bytes)
 }
 
 /// [`dec`] whose name is built only on failure: a scan decodes every
 /// employee, and formatting each key up front was a string per row.
-fn dec_named<T: serde::de::DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn dec_named<T: serde::de::DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     codec::decode(bytes).map_err(|e| StoreError::Codec {
         what: what(),
         reason: e.to_string(),
@@ -535,6 +538,21 @@ impl Store {
 
     /// Visits every stored employee in key order, decoding one at a time, so
     /// a sync never holds the whole snapshot in memory.
+    /// Visits every stored employee in key order as (key, stored bytes),
+    /// for a caller that decodes only what it needs.
+    pub fn scan_snapshot_raw(
+        &self,
+        mut f: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(EMPLOYEES)?;
+        for item in t.iter()? {
+            let (k, v) = item?;
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
     pub fn scan_snapshot(&self, mut f: impl FnMut(Provisioned) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(EMPLOYEES)?;

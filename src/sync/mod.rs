@@ -804,14 +804,30 @@ fn merge_snapshot(
         out.step(key, prev, employee.as_ref(), as_of, rules);
         sink(&mut out)
     };
-    store.scan_snapshot(|p| {
-        if p.status == plan::Status::Active {
+    store.scan_snapshot_raw(|key, stored| {
+        let (head, at) =
+            crate::store::codec::decode_prefix::<plan::ProvisionedHead>(stored).map_err(|e| StoreError::Codec {
+                what: format!("employee {key}"),
+                reason: e.to_string(),
+            })?;
+        if head.status == plan::Status::Active {
             active_before += 1;
         }
-        while let Some((key, bytes)) = current.next_if(|e| e.0 < p.key) {
-            visit(key, None, Some(bytes))?;
+        while let Some((k, bytes)) = current.next_if(|e| e.0.as_str() < key) {
+            visit(k, None, Some(bytes))?;
         }
-        let same = current.next_if(|e| e.0 == p.key).map(|(_, b)| b);
+        let same = current.next_if(|e| e.0.as_str() == key).map(|(_, b)| b);
+        // Most employees are the same as yesterday: when AFAS sent the
+        // stored record byte for byte (after the `Some` tag of the stored
+        // `Option`; both after the format byte), `step` would do nothing,
+        // and neither record needs decoding. ~15 % of a no-op's work.
+        if let Some(fetched) = same {
+            let equal = stored.get(at) == Some(&1) && stored.get(at + 1..) == fetched.get(1..);
+            if equal && head.unchanged_when_equal(as_of, rules) {
+                return Ok(());
+            }
+        }
+        let p: Provisioned = crate::store::dec_named(|| format!("employee {key}"), stored)?;
         visit(&p.key, Some(&p), same)
     })?;
     for (key, bytes) in current {

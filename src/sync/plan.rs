@@ -36,8 +36,30 @@ pub struct Provisioned {
     /// Consecutive successful runs in which AFAS did not return this key.
     pub absent_runs: u32,
     /// The last delivered record; `None` once a leaver's personal data was
-    /// removed by retention.
+    /// removed by retention. Always the last field: see [`ProvisionedHead`].
     pub employee: Option<Employee>,
+}
+
+/// The fields of a stored [`Provisioned`] before its employee, in the same
+/// order, so they decode from the stored bytes alone and the employee's
+/// encoding can be compared with the fetched one as bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProvisionedHead {
+    pub key: EmployeeKey,
+    pub status: Status,
+    pub employment: EmploymentPeriod,
+    pub absent_runs: u32,
+}
+
+impl ProvisionedHead {
+    /// What [`Diff::step`] decides for this stored employee when AFAS sent
+    /// the very record it holds: nothing, as long as it is active, was not
+    /// absent and is still employed. (`employment` is always the stored
+    /// employee's own, and an active record was eligible when written, so
+    /// its access flag allowed it; with equal records neither can differ.)
+    pub fn unchanged_when_equal(&self, as_of: Date, rules: &Rules) -> bool {
+        self.status == Status::Active && self.absent_runs == 0 && self.employment.employed_on(as_of, rules.lead_days)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -422,6 +444,59 @@ mod tests {
         absent_runs_for_leaver: 2,
         ignore_absences: false,
     };
+
+    /// The merge compares a stored employee with the fetched one as bytes
+    /// after decoding only the head: that holds only while the head's
+    /// fields are the stored record's first fields and the employee is
+    /// encoded last, as it is on its own.
+    #[test]
+    fn the_head_of_a_stored_record_decodes_alone_and_the_employee_follows_as_encoded() {
+        use crate::store::codec;
+        let e = emp("1042", "2020-01-01", Some("2030-06-30"));
+        for (status, employee, absent) in [
+            (Status::Active, Some(e.clone()), 0),
+            (Status::Left { on: d("2026-11-24") }, Some(e.clone()), 3),
+            (Status::Left { on: d("2026-11-24") }, None, 1),
+        ] {
+            let p = Provisioned {
+                key: e.key.clone(),
+                status,
+                employment: e.employment,
+                absent_runs: absent,
+                employee: employee.clone(),
+            };
+            let stored = codec::encode(&p).unwrap();
+            let (head, at) = codec::decode_prefix::<ProvisionedHead>(&stored).unwrap();
+            assert_eq!(
+                head,
+                ProvisionedHead {
+                    key: p.key.clone(),
+                    status,
+                    employment: p.employment,
+                    absent_runs: absent
+                }
+            );
+            match employee {
+                Some(e) => {
+                    assert_eq!(stored[at], 1);
+                    assert_eq!(stored[at + 1..], codec::encode(&e).unwrap()[1..]);
+                }
+                None => assert_eq!(&stored[at..], &[0]),
+            }
+        }
+        // Equal records change nothing only while active, present and employed.
+        let head = |status, absent_runs, end: Option<&str>| ProvisionedHead {
+            key: e.key.clone(),
+            status,
+            employment: EmploymentPeriod::new(d("2020-01-01"), end.map(d)).unwrap(),
+            absent_runs,
+        };
+        let today = d("2026-11-25");
+        assert!(head(Status::Active, 0, None).unchanged_when_equal(today, &RULES));
+        assert!(!head(Status::Active, 1, None).unchanged_when_equal(today, &RULES));
+        assert!(!head(Status::Active, 0, Some("2026-11-24")).unchanged_when_equal(today, &RULES));
+        assert!(!head(Status::Left { on: today }, 0, None).unchanged_when_equal(today, &RULES));
+    }
 
     fn apply(prev: &mut BTreeMap<EmployeeKey, Provisioned>, writes: Vec<Write>) {
         for Write::Upsert(p) in writes {
