@@ -443,6 +443,10 @@ pub struct SyncConfig {
     /// A provisioned employee missing from AFAS becomes a leaver only after
     /// this many consecutive successful runs.
     pub absent_runs_before_leaver: u32,
+    /// MiB of fetched records a sync sorts in memory (employees and
+    /// contracts each) before it sorts through temporary files in the
+    /// state directory.
+    pub sort_memory_mib: u32,
 }
 
 impl Default for SyncConfig {
@@ -450,6 +454,7 @@ impl Default for SyncConfig {
         SyncConfig {
             lead_days: 0,
             absent_runs_before_leaver: 2,
+            sort_memory_mib: 24,
         }
     }
 }
@@ -1045,6 +1050,9 @@ fn validate_rules(sync: &SyncConfig, guards: &GuardsConfig, retention: &Retentio
     }
     if !(1..=100).contains(&sync.absent_runs_before_leaver) {
         return Err(invalid("sync.absent_runs_before_leaver", "must be 1 to 100 runs"));
+    }
+    if !(1..=65536).contains(&sync.sort_memory_mib) {
+        return Err(invalid("sync.sort_memory_mib", "must be 1 to 65536 MiB"));
     }
     for (key, v) in [
         ("guards.max_leavers_percent", guards.max_leavers_percent),

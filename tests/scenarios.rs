@@ -912,3 +912,92 @@ async fn a_streamed_commit_stores_exactly_the_plan_a_dry_run_shows() {
         s.st().verify().expect("digest matches the snapshot");
     }
 }
+
+#[tokio::test]
+async fn sorting_through_temporary_files_syncs_exactly_as_sorting_in_memory() {
+    // Past `sync.sort_memory_mib` the fetched employees and contracts are
+    // sorted through temporary files. Two stores fed the same days, one
+    // with 1 MiB (8,000 employees do not fit) and one with the default,
+    // must end with the same mutations and the same snapshot.
+    use afas_sync::emulator::data::{churn, generate};
+    use jiff::ToSpan;
+    let day0: jiff::civil::Date = "2026-03-02".parse().expect("date");
+    let mut ds = generate(23, 8000, day0);
+    let emu = spawn_emulator(ds.clone()).await;
+    let open = |extra: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), &emu.base_url(), TOKEN_HEX, extra);
+        let config = Config::load(&path).expect("config").config;
+        let store = Arc::new(Store::open(&config.store.path).expect("store"));
+        (dir, config, store)
+    };
+    let guards = "\n[guards]\nmax_leavers = 100000\nmax_leavers_percent = 100.0\nmax_rejected_percent = 100.0\n";
+    let (small_dir, small, small_store) = open(&format!("\n[sync]\nsort_memory_mib = 1\n{guards}"));
+    let (_dir, large, large_store) = open(guards);
+
+    let client =
+        afas_sync::afas::AfasClient::new(afas_sync::afas::ClientOptions::from_config(&small.afas).expect("options"))
+            .expect("client");
+    let spilled = sync::fetch(&small, &client, day0).await.expect("fetch");
+    let kept = sync::fetch(&large, &client, day0).await.expect("fetch");
+    assert!(
+        spilled.spilled >= 3,
+        "employees, contracts and the result on disk: {}",
+        spilled.spilled
+    );
+    assert_eq!(kept.spilled, 0);
+    assert_eq!(spilled.stats.valid, kept.stats.valid);
+    assert_eq!(spilled.protected, kept.protected);
+    let a: Vec<_> = spilled
+        .employees
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("read").into_owned())
+        .collect();
+    let b: Vec<_> = kept
+        .employees
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("read").into_owned())
+        .collect();
+    assert_eq!(a, b);
+    drop((spilled, kept));
+
+    let mut date = day0;
+    for i in 0..3u64 {
+        if i > 0 {
+            date = date.checked_add(1.day()).expect("date");
+            churn(&mut ds, i, date, 40, 40, 160);
+            emu.state.set_data(ds.clone());
+        }
+        let mut runs = Vec::new();
+        for (config, store) in [(&small, &small_store), (&large, &large_store)] {
+            match sync::run(config, store.clone(), date, false).await.expect("sync") {
+                SyncResult::Committed(r) => runs.push(r),
+                other => panic!("day {i}: expected a committed run, got {other:?}"),
+            }
+        }
+        assert!(
+            runs[0].joiners + runs[0].movers + runs[0].leavers > 0,
+            "day {i} changes something"
+        );
+        assert_eq!(
+            small_store.run_mutations(runs[0].id).expect("mutations"),
+            large_store.run_mutations(runs[1].id).expect("mutations"),
+            "day {i}"
+        );
+        assert_eq!(
+            small_store.snapshot().expect("snapshot"),
+            large_store.snapshot().expect("snapshot")
+        );
+        assert_eq!(runs[0].snapshot_digest, runs[1].snapshot_digest);
+    }
+    // The temporary files were unlinked: only the state file (and config)
+    // remain beside it.
+    let mut names: Vec<String> = std::fs::read_dir(small_dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["afas-token", "config.toml", "state.redb"]);
+}

@@ -6,7 +6,12 @@
 //! plan, exactly as computed, for approval.
 
 pub mod plan;
+pub mod spill;
 
+use spill::{Sorter, Spooled};
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -150,12 +155,16 @@ async fn blocking<T: Send + 'static>(
 pub struct Fetched {
     /// Sorted by key, unique, encoded (`store::codec`): a third of the
     /// memory of the decoded records, which matters at 100k+ employees.
-    pub employees: Vec<(EmployeeKey, Vec<u8>)>,
+    /// On disk past `sync.sort_memory_mib`.
+    pub employees: Spooled<Vec<u8>>,
     /// Keys of rejected rows: left untouched by the diff.
     pub protected: BTreeSet<EmployeeKey>,
     /// Rejected rows whose key could not be read.
     pub unkeyed: u64,
     pub stats: SourceStats,
+    /// Temporary files the fetch sorted through (0 when it fitted in
+    /// `sync.sort_memory_mib`).
+    pub spilled: usize,
 }
 
 /// Where rejections go: counts, kept examples, and the keys they protect.
@@ -178,6 +187,57 @@ fn reject(acc: &mut Rejections, r: Rejection) {
     }
     if stats.rejections.len() < MAX_KEPT_REJECTIONS {
         stats.rejections.push(r);
+    }
+}
+
+/// Where a sync sorts through temporary files: beside the state file,
+/// on a disk the service may write to.
+fn spill_dir(config: &Config) -> std::path::PathBuf {
+    match config.store.path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+fn encoded_size(item: &spill::Item<Vec<u8>>) -> usize {
+    // The key's String and the record's Vec, with their heap blocks.
+    item.0.as_str().len() + item.1.len() + 64
+}
+
+fn by_key(a: &spill::Item<Vec<u8>>, b: &spill::Item<Vec<u8>>) -> Ordering {
+    a.0.cmp(&b.0)
+}
+
+fn contract_size(item: &spill::Item<Contract>) -> usize {
+    std::mem::size_of::<spill::Item<Contract>>() + item.0.as_str().len() + item.1.sequence.len()
+}
+
+fn contract_order(a: &spill::Item<Contract>, b: &spill::Item<Contract>) -> Ordering {
+    (&a.0, &a.1.sequence, a.1.start, a.1.end).cmp(&(&b.0, &b.1.sequence, b.1.start, b.1.end))
+}
+
+/// Takes from `items` every item whose key compares to `key` as `want`
+/// (`Less`: the ones before it, `Equal`: its own), handing each value to `f`.
+fn take_key<T: serde::de::DeserializeOwned>(
+    items: &mut std::iter::Peekable<spill::Sorted<T>>,
+    key: &EmployeeKey,
+    want: Ordering,
+    mut f: impl FnMut(T),
+) -> std::io::Result<()> {
+    loop {
+        match items.peek() {
+            Some(Ok((k, _))) if k.cmp(key) == want => {}
+            Some(Err(_)) => {
+                return match items.next() {
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        }
+        if let Some(Ok((_, v))) = items.next() {
+            f(v);
+        }
     }
 }
 
@@ -230,13 +290,21 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
         .as_ref()
         .map(|c| client.read(afas::read_spec(config, c)));
     let mut acc = Rejections::default();
+    let dir = spill_dir(config);
+    let limit = config.sync.sort_memory_mib as usize * 1024 * 1024;
+    let spill_err = |e: std::io::Error| {
+        SyncError::Store(StoreError::Io(format!(
+            "sorting the fetched records through temporary files in {}: {e}",
+            dir.display()
+        )))
+    };
     // Encoded: decoded drafts of 100k employees took ~45 MiB while the
     // contracts connector was still being read.
-    let mut drafts: Vec<(EmployeeKey, Vec<u8>)> = Vec::new();
+    let mut drafts: Sorter<Vec<u8>> = Sorter::new(dir.clone(), limit, encoded_size, by_key);
     // A flat list, sorted by key below and walked beside the sorted drafts.
     // A map of per-employee lists cost 4 slots (288 bytes) for the usual
     // single contract: 35 MiB of a 100k no-op run's 62 MiB heap.
-    let mut contracts: Vec<(EmployeeKey, Contract)> = Vec::new();
+    let mut contracts: Sorter<Contract> = Sorter::new(dir.clone(), limit, contract_size, contract_order);
     let mut row_problems: HashMap<EmployeeKey, String> = HashMap::new();
     let (mut emp_done, mut con_done) = (false, con_rx.is_none());
     while !emp_done || !con_done {
@@ -252,7 +320,7 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
                     for row in &page.rows {
                         acc.stats.employee_rows += 1;
                         match domain::decode_employee(row, mapping) {
-                            Ok(d) => drafts.push((d.key.clone(), encode_internal(&d)?)),
+                            Ok(d) => drafts.push((d.key.clone(), encode_internal(&d)?)).map_err(spill_err)?,
                             Err(r) => reject(&mut acc, r),
                         }
                     }
@@ -265,7 +333,7 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
                     acc.stats.contract_rows += (page.rows.len() + page.bad_rows.len()) as u64;
                     for row in &page.rows {
                         match domain::normalize_contract(row, mapping) {
-                            Ok(pair) => contracts.push(pair),
+                            Ok(pair) => contracts.push(pair).map_err(spill_err)?,
                             Err(reason) => {
                                 // A contract we cannot read may hide the current
                                 // employment: reject its employee rather than
@@ -293,37 +361,31 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
         row_problems.entry(key).or_insert(problem);
     }
 
-    // Sorted by key: duplicates sit side by side, and the list turns into the fetched snapshot in place, in
-    // the order the stored snapshot streams in. No second collection: at
-    // 100k employees a map of drafts next to a map of employees was the
-    // largest part of a run's memory.
+    // Sorted by key: duplicates sit side by side, and the sorted drafts
+    // turn into the fetched snapshot one by one, in the order the stored
+    // snapshot streams in. At 100k employees a map of drafts next to a map
+    // of employees was the largest part of a run's memory.
     //
     // Unstable sorts: a stable one borrows a scratch buffer the size of the
     // list (8 MiB of the peak at 100k). Order among equal keys does not
     // matter: duplicate employee rows are all rejected, and an employee's
     // contracts are ordered by their own fields wherever it counts.
-    drafts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    contracts.sort_unstable_by(|a, b| {
-        (&a.0, &a.1.sequence, a.1.start, a.1.end).cmp(&(&b.0, &b.1.sequence, b.1.start, b.1.end))
-    });
-    let mut contracts = contracts.into_iter().peekable();
+    let spilled = drafts.runs() + contracts.runs();
+    if spilled > 0 {
+        tracing::info!(runs = spilled, dir = %dir.display(), "fetched records sorted through temporary files");
+    }
+    let mut drafts = drafts.finish().map_err(spill_err)?.peekable();
+    let mut contracts = contracts.finish().map_err(spill_err)?.peekable();
+    let mut employees = Spooled::new(dir.clone(), limit, encoded_size);
     let mut mine: Vec<Contract> = Vec::new();
-    let (mut read, mut write) = (0, 0);
-    while read < drafts.len() {
-        let mut end = read + 1;
-        while end < drafts.len() && drafts[end].0 == drafts[read].0 {
-            end += 1;
-        }
-        let key = drafts[read].0.clone();
-        let n = end - read;
-        let bytes = std::mem::take(&mut drafts[read].1);
-        read = end;
+    while let Some(first) = drafts.next() {
+        let (key, bytes) = first.map_err(spill_err)?;
+        let mut n = 1;
+        take_key(&mut drafts, &key, Ordering::Equal, |_| n += 1).map_err(spill_err)?;
         // Contracts of keys no employee row has are never read.
-        while contracts.next_if(|(k, _)| *k < key).is_some() {}
+        take_key(&mut contracts, &key, Ordering::Less, |_| {}).map_err(spill_err)?;
         mine.clear();
-        while let Some((_, c)) = contracts.next_if(|(k, _)| *k == key) {
-            mine.push(c);
-        }
+        take_key(&mut contracts, &key, Ordering::Equal, |c| mine.push(c)).map_err(spill_err)?;
         let twice = mine
             .iter()
             .enumerate()
@@ -353,20 +415,21 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
         let pay = extra.pay(&key, as_of, mapping);
         match d.finish(Some(&mine), pay, as_of, mapping) {
             Ok(e) => {
-                drafts[write] = (key, encode_internal(&e)?);
-                write += 1;
+                let bytes = encode_internal(&e)?;
+                employees.push((key, bytes)).map_err(spill_err)?;
             }
             Err(r) => reject(&mut acc, r),
         }
     }
-    drafts.truncate(write);
-    let employees = drafts;
+    employees.seal().map_err(spill_err)?;
     acc.stats.valid = employees.len() as u64;
+    let spilled = spilled + usize::from(employees.spilled());
     Ok(Fetched {
         employees,
         protected: acc.protected,
         unkeyed: acc.unkeyed,
         stats: acc.stats,
+        spilled,
     })
 }
 
@@ -788,7 +851,18 @@ fn merge_snapshot(
 ) -> Result<u64, StoreError> {
     let mut out = Diff::default();
     let mut active_before = 0u64;
-    let mut current = fetched.employees.iter().peekable();
+    let read_err = |e: std::io::Error| StoreError::Io(format!("reading the fetched records back: {e}"));
+    let mut current = fetched.employees.iter().map_err(read_err)?.peekable();
+    // The next fetched record if its key compares to `key` as `want`; a
+    // read error is returned at once.
+    let mut next_if = |key: &str, want: Ordering| -> Result<Option<Cow<'_, spill::Item<Vec<u8>>>>, StoreError> {
+        match current.peek() {
+            Some(Ok(e)) if e.0.as_str().cmp(key) == want => {}
+            Some(Ok(_)) | None => return Ok(None),
+            Some(Err(_)) => {}
+        }
+        current.next().transpose().map_err(read_err)
+    };
     let mut visit = |key: &EmployeeKey, prev: Option<&Provisioned>, bytes: Option<&Vec<u8>>| {
         if fetched.protected.contains(key) {
             return Ok(());
@@ -813,10 +887,11 @@ fn merge_snapshot(
         if head.status == plan::Status::Active {
             active_before += 1;
         }
-        while let Some((k, bytes)) = current.next_if(|e| e.0.as_str() < key) {
-            visit(k, None, Some(bytes))?;
+        while let Some(e) = next_if(key, Ordering::Less)? {
+            visit(&e.0, None, Some(&e.1))?;
         }
-        let same = current.next_if(|e| e.0.as_str() == key).map(|(_, b)| b);
+        let same = next_if(key, Ordering::Equal)?;
+        let same = same.as_ref().map(|e| &e.1);
         // Most employees are the same as yesterday: when AFAS sent the
         // stored record byte for byte (after the `Some` tag of the stored
         // `Option`; both after the format byte), `step` would do nothing,
@@ -830,8 +905,8 @@ fn merge_snapshot(
         let p: Provisioned = crate::store::dec_named(|| format!("employee {key}"), stored)?;
         visit(&p.key, Some(&p), same)
     })?;
-    for (key, bytes) in current {
-        visit(key, None, Some(bytes))?;
+    while let Some(e) = next_if("", Ordering::Greater)? {
+        visit(&e.0, None, Some(&e.1))?;
     }
     Ok(active_before)
 }
