@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{mutation_event, Job, SinkError};
+use super::{Job, MutationEvent, SinkError};
 use crate::config::FilesConfig;
 use crate::store::{OutboxItem, Store};
 use crate::sync::plan::Status;
@@ -85,7 +85,16 @@ impl FileSink {
             write_atomic_with(&path, |w| {
                 store
                     .scan_run_mutations(run, |index, m| {
-                        writeln!(w, "{}", mutation_event(&m, run, index)).map_err(crate::store::StoreError::from)
+                        serde_json::to_writer(
+                            &mut *w,
+                            &MutationEvent {
+                                mutation: &m,
+                                run,
+                                index,
+                            },
+                        )
+                        .map_err(|e| crate::store::StoreError::Io(e.to_string()))?;
+                        w.write_all(b"\n").map_err(crate::store::StoreError::from)
                     })
                     .map_err(store_io)
             })

@@ -481,6 +481,9 @@ impl Store {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+            // An empty store's (empty) leaver index is complete.
+            meta.insert("leaver_index", [1u8].as_slice())?;
+            txn.open_table(LEAVERS)?;
             txn.open_table(EMPLOYEES)?;
             txn.open_table(HISTORY)?;
             txn.open_table(RUNS)?;
