@@ -374,9 +374,12 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
     if spilled > 0 {
         tracing::info!(runs = spilled, dir = %dir.display(), "fetched records sorted through temporary files");
     }
+    let mut employees = Spooled::new(dir.clone(), limit, encoded_size);
+    if drafts.runs() == 0 {
+        employees.reserve_in_memory(drafts.in_memory());
+    }
     let mut drafts = drafts.finish().map_err(spill_err)?.peekable();
     let mut contracts = contracts.finish().map_err(spill_err)?.peekable();
-    let mut employees = Spooled::new(dir.clone(), limit, encoded_size);
     let mut mine: Vec<Contract> = Vec::new();
     while let Some(first) = drafts.next() {
         let (key, bytes) = first.map_err(spill_err)?;

@@ -75,14 +75,17 @@ impl<T: Serialize + DeserializeOwned> Sorter<T> {
         self.runs.len()
     }
 
+    /// Items held in memory (all of them when nothing was spilled).
+    pub fn in_memory(&self) -> usize {
+        self.buf.len()
+    }
+
     fn spill(&mut self) -> io::Result<()> {
         self.buf.sort_unstable_by(self.cmp);
         let file = tempfile::tempfile_in(&self.dir)?;
         let mut out = BufWriter::with_capacity(64 * 1024, file);
         for item in self.buf.drain(..) {
-            let bytes = codec::encode(&item).map_err(io::Error::other)?;
-            out.write_all(&(bytes.len() as u32).to_le_bytes())?;
-            out.write_all(&bytes)?;
+            write_item(&mut out, &item)?;
         }
         let mut file = out.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
@@ -234,6 +237,14 @@ impl<T: Serialize + DeserializeOwned> Spooled<T> {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Room for `n` more items in memory, when they will fit there: a list
+    /// grown by doubling holds up to twice the slots it needs.
+    pub fn reserve_in_memory(&mut self, n: usize) {
+        if self.file.is_none() {
+            self.memory.reserve_exact(n);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
