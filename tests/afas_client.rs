@@ -363,6 +363,40 @@ async fn garbage_entries_are_reported_without_losing_the_page() {
 }
 
 #[tokio::test]
+async fn a_garbage_entry_still_fills_the_page_so_reading_goes_on() {
+    // Five entries of a five-row page, one of them not a row: the page is
+    // full, so there may be more. Counting only the good rows would end the
+    // read here and lose every later employee without a word.
+    for paging in [PagingMode::Keyset, PagingMode::Skip] {
+        let emu = spawn_emulator(items(12)).await;
+        let body = json!({"skip": 0, "take": 5, "rows": [
+            {"Id": 1, "Group": "g1", "Name": "a"},
+            {"Id": 2, "Group": "g0", "Name": "b"},
+            "garbage",
+            {"Id": 3, "Group": "g1", "Name": "c"},
+            {"Id": 4, "Group": "g0", "Name": "d"}
+        ]});
+        emu.state.add_rule(status_rule(200, &body.to_string(), 1));
+        let mut rx = client(&emu.base_url()).read(spec(&["Id"], paging, 5));
+        let (mut ids, mut bad) = (Vec::new(), 0);
+        while let Some(page) = rx.recv().await {
+            let page = page.expect("page ok");
+            bad += page.bad_rows.len();
+            ids.extend(page.rows.iter().map(|r| r["Id"].as_i64().unwrap_or(-1)));
+        }
+        assert_eq!(bad, 1, "{paging:?}");
+        // Keyset goes on from the last key (4); skip from entry 5, the
+        // sixth row (the injected page stood in for rows 1-5).
+        let want: Vec<i64> = match paging {
+            PagingMode::Keyset => (1..=12).collect(),
+            PagingMode::Skip => (1..=4).chain(6..=12).collect(),
+        };
+        assert_eq!(ids, want, "{paging:?}");
+        emu.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn all_three_token_forms_authenticate_and_malformed_ones_never_reach_afas() {
     use base64::Engine as _;
     let emu = spawn_emulator(items(3)).await;

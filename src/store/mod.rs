@@ -306,34 +306,48 @@ impl RunWriter<'_> {
 
     /// Stores one snapshot change.
     pub fn write(&mut self, write: &Write) -> Result<(), StoreError> {
-        let Write::Upsert(p) = write;
-        let bytes = enc("employee", p)?;
-        let key = p.key.as_str();
-        let was_active = match self.employees.insert(key, bytes.as_slice())? {
+        self.put_write(EncodedWrite::new(write)?)
+    }
+
+    /// Stores the next mutation, its history entry and an outbox entry per
+    /// sink that takes mutations.
+    pub fn mutation(&mut self, m: &Mutation) -> Result<(), StoreError> {
+        self.put_mutation(EncodedMutation::new(m)?)
+    }
+
+    /// Stores a write or mutation encoded elsewhere (see [`Encoded`]).
+    pub fn put(&mut self, item: Encoded) -> Result<(), StoreError> {
+        match item {
+            Encoded::Write(w) => self.put_write(w),
+            Encoded::Mutation(m) => self.put_mutation(m),
+        }
+    }
+
+    fn put_write(&mut self, w: EncodedWrite) -> Result<(), StoreError> {
+        let key = w.key.as_str();
+        let was_active = match self.employees.insert(key, w.bytes.as_slice())? {
             Some(old) => {
                 self.digest = self.digest.wrapping_sub(record_hash(key, old.value()));
                 dec_named::<Provisioned>(|| format!("employee {key}"), old.value())?.status == Status::Active
             }
             None => false,
         };
-        self.digest = self.digest.wrapping_add(record_hash(key, &bytes));
-        self.active = (self.active + u64::from(p.status == Status::Active)).saturating_sub(u64::from(was_active));
-        if let (Status::Left { on }, Some(_)) = (p.status, &p.employee) {
-            self.leavers.insert((day_key(on), key), ())?;
+        self.digest = self.digest.wrapping_add(w.hash);
+        self.active = (self.active + u64::from(w.active)).saturating_sub(u64::from(was_active));
+        if let Some(day) = w.left_on {
+            self.leavers.insert((day, key), ())?;
         }
         Ok(())
     }
 
-    /// Stores the next mutation, its history entry and an outbox entry per
-    /// sink that takes mutations.
-    pub fn mutation(&mut self, m: &Mutation) -> Result<(), StoreError> {
+    fn put_mutation(&mut self, m: EncodedMutation) -> Result<(), StoreError> {
         let index = self.written;
         self.written = self
             .written
             .checked_add(1)
             .ok_or_else(|| StoreError::Conflict("more than 4 billion mutations in one run".into()))?;
         self.counts[m.kind as usize] += 1;
-        self.chunk.push(&mut self.mutations, index, enc("mutation", m)?)?;
+        self.chunk.push(&mut self.mutations, index, m.bytes)?;
         self.history.insert((m.key.as_str(), self.run_id), index)?;
         for t in self.targets.iter().filter(|t| t.mutations) {
             self.seq += 1;
@@ -348,6 +362,57 @@ impl RunWriter<'_> {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A write or mutation in its stored form. Encoding is half of what a
+/// commit costs per employee and needs no transaction, so a sync encodes
+/// on one core while [`RunWriter::put`] inserts on the other.
+pub enum Encoded {
+    Write(EncodedWrite),
+    Mutation(EncodedMutation),
+}
+
+pub struct EncodedWrite {
+    key: EmployeeKey,
+    bytes: Vec<u8>,
+    /// Its share of the snapshot digest.
+    hash: u64,
+    active: bool,
+    /// The leaver index's day, for a leaver whose data is still held.
+    left_on: Option<u32>,
+}
+
+impl EncodedWrite {
+    pub fn new(write: &Write) -> Result<Self, StoreError> {
+        let Write::Upsert(p) = write;
+        let bytes = enc("employee", p)?;
+        Ok(EncodedWrite {
+            hash: record_hash(p.key.as_str(), &bytes),
+            key: p.key.clone(),
+            bytes,
+            active: p.status == Status::Active,
+            left_on: match (p.status, &p.employee) {
+                (Status::Left { on }, Some(_)) => Some(day_key(on)),
+                _ => None,
+            },
+        })
+    }
+}
+
+pub struct EncodedMutation {
+    key: EmployeeKey,
+    kind: MutationKind,
+    bytes: Vec<u8>,
+}
+
+impl EncodedMutation {
+    pub fn new(m: &Mutation) -> Result<Self, StoreError> {
+        Ok(EncodedMutation {
+            key: m.key.clone(),
+            kind: m.kind,
+            bytes: enc("mutation", m)?,
+        })
     }
 }
 
@@ -912,14 +977,21 @@ impl Store {
         id: u64,
         mut f: impl FnMut(u32, Mutation) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        self.scan_run_chunks(id, |stored| chunk_mutations(id, &stored, &mut f))
+    }
+
+    /// A run's mutation chunks as stored, in order, each to be opened with
+    /// [`chunk_mutations`] (which may run on another thread).
+    pub fn scan_run_chunks(
+        &self,
+        id: u64,
+        mut f: impl FnMut(Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(MUTATIONS)?;
         for item in t.range((id, 0)..=(id, u32::MAX))? {
             let (_, v) = item?;
-            let raw = open_chunk(id, v.value())?;
-            for (index, bytes) in chunk_entries(id, &raw)? {
-                f(index, dec("mutation", bytes)?)?;
-            }
+            f(v.value().to_vec())?;
         }
         Ok(())
     }
@@ -1251,6 +1323,19 @@ fn chunk_entries(run: u64, raw: &[u8]) -> Result<Vec<(u32, &[u8])>, StoreError> 
         what: format!("mutations of run {run}"),
         reason,
     })
+}
+
+/// The mutations of one stored chunk of run `run`, in order.
+pub fn chunk_mutations(
+    run: u64,
+    stored: &[u8],
+    mut f: impl FnMut(u32, Mutation) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let raw = open_chunk(run, stored)?;
+    for (index, bytes) in chunk_entries(run, &raw)? {
+        f(index, dec("mutation", bytes)?)?;
+    }
+    Ok(())
 }
 
 fn read_mutation(

@@ -22,7 +22,7 @@ use crate::afas::rows::Decimal;
 use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem, Source};
 use crate::config::Config;
 use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Pay, Rejection};
-use crate::store::{OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
+use crate::store::{Encoded, EncodedMutation, EncodedWrite, OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
 use plan::{Baseline, Diff, MutationKind, Plan, Provisioned, Rules, SourceStats};
 
 /// Rejections kept in a run record; the count is always exact.
@@ -679,16 +679,7 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
         // tripped guard aborts it, and only then is the plan built in
         // memory, to be stored for approval.
         let committed = s.commit_run(record.id, &targets, None, |w| {
-            let mut sink = |d: &mut Diff| -> Result<(), StoreError> {
-                for write in d.writes.drain(..) {
-                    w.write(&write)?;
-                }
-                for m in d.mutations.drain(..) {
-                    w.mutation(&m)?;
-                }
-                Ok(())
-            };
-            let active_before = merge_snapshot(&s, &prepared.fetched, as_of, &prepared.rules, &mut sink)?;
+            let active_before = merge_into(&s, &prepared.fetched, as_of, &prepared.rules, w)?;
             let input = plan::GuardInput {
                 leavers: w.count(MutationKind::Leaver),
                 active_before,
@@ -912,6 +903,72 @@ fn merge_snapshot(
         visit(&e.0, None, Some(&e.1))?;
     }
     Ok(active_before)
+}
+
+/// Writes and mutations handed from the diff's thread to the writer's at
+/// a time, and batches in flight: small enough to keep memory flat, large
+/// enough that the channel costs nothing per employee.
+const BATCH: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// [`merge_snapshot`] into a run's write transaction, on two cores.
+///
+/// Why two threads: after the last page arrives, a first import still has
+/// to diff, encode and insert every employee, and that tail is what keeps
+/// the run's wall time above the network's (BENCHMARKS.md). The diff and
+/// the encoding need nothing from the transaction, so they run on a thread
+/// of their own and hand encoded records over a bounded channel; redb's
+/// inserts stay on this thread, which owns the transaction. Order is kept:
+/// one producer, one FIFO channel, one consumer.
+fn merge_into(
+    store: &Store,
+    fetched: &Fetched,
+    as_of: Date,
+    rules: &Rules,
+    w: &mut crate::store::RunWriter<'_>,
+) -> Result<u64, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Encoded>>(BATCHES_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            // A send fails only when the writer stopped on an error of
+            // its own, which is the one reported.
+            let stopped = || StoreError::Io("the state file writer stopped".into());
+            let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
+            let mut sink = |d: &mut Diff| -> Result<(), StoreError> {
+                for write in d.writes.drain(..) {
+                    batch.push(Encoded::Write(EncodedWrite::new(&write)?));
+                }
+                for m in d.mutations.drain(..) {
+                    batch.push(Encoded::Mutation(EncodedMutation::new(&m)?));
+                }
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    tx.send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            };
+            let active_before = merge_snapshot(store, fetched, as_of, rules, &mut sink)?;
+            if !batch.is_empty() {
+                tx.send(batch).map_err(|_| stopped())?;
+            }
+            Ok(active_before)
+        });
+        let mut written = Ok(());
+        'batches: for batch in rx.iter() {
+            for item in batch {
+                if let Err(e) = w.put(item) {
+                    written = Err(e);
+                    break 'batches;
+                }
+            }
+        }
+        // Dropping the receiver ends a producer still sending.
+        drop(rx);
+        let produced = producer
+            .join()
+            .map_err(|_| StoreError::Io("the diff thread panicked".into()))?;
+        written.and(produced)
+    })
 }
 
 /// Applies a held plan exactly as it was computed, once. Refused when the
