@@ -37,74 +37,50 @@ type PageRows = (Vec<Row>, Vec<String>);
 /// A page's entries as AFAS sent them.
 type RawRows = Vec<Box<serde_json::value::RawValue>>;
 
-/// The deepest nesting serde_json parses: it refuses 128 levels.
-const MAX_DEPTH: usize = 127;
-
-/// A page's raw entries, refusing one nested deeper than serde_json would
-/// parse later: such a body is garbage (and fails the page, as an
-/// unreadable answer), not one bad row.
-fn shallow_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RawRows, D::Error> {
-    let rows = RawRows::deserialize(d)?;
-    for (i, entry) in rows.iter().enumerate() {
-        if nesting_depth(entry.get().as_bytes()) > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format!(
-                "entry {i} is nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
-    }
-    Ok(rows)
-}
-
-/// The deepest nesting of arrays and objects in valid JSON text.
-fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in json {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
+/// Parses a page's entries; those that are not objects become reasons.
+///
+/// An entry the raw pass took but serde_json will not parse (nested past
+/// its limit of 128 levels, which the raw pass does not count) makes the
+/// whole answer unreadable, as it was when pages were parsed in one go:
+/// such a body is garbage, not one bad row.
+fn parse_rows(page: RawPage) -> Result<PageRows, AfasError> {
+    let mut rows = Vec::with_capacity(page.rows.len());
+    let mut bad = Vec::new();
+    for (i, entry) in page.rows.into_iter().enumerate() {
+        // Straight into a map: an object is the usual case. Anything else
+        // is parsed again to say what it is.
+        if let Ok(m) = serde_json::from_str::<Row>(entry.get()) {
+            rows.push(m);
             continue;
         }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-/// Parses a page's entries; those that are not objects become reasons.
-fn parse_rows(raw: RawRows) -> PageRows {
-    let mut rows = Vec::with_capacity(raw.len());
-    let mut bad = Vec::new();
-    for (i, entry) in raw.into_iter().enumerate() {
         match serde_json::from_str::<Value>(entry.get()) {
             Ok(Value::Object(m)) => rows.push(m),
             Ok(other) => bad.push(format!(
                 "entry {i} of the page is not an object but {}",
                 type_name(&other)
             )),
-            // The page parsed, so this is a value serde_json's own limits
-            // refuse (nesting depth); the row is lost, and said so.
-            Err(e) => bad.push(format!("entry {i} of the page cannot be read: {e}")),
+            Err(e) => {
+                return Err(AfasError::Decode {
+                    path: page.path,
+                    reason: format!("entry {i} of the page: {e}"),
+                })
+            }
         }
     }
-    (rows, bad)
+    Ok((rows, bad))
+}
+
+/// A page's entries as AFAS sent them, and the path they came from.
+struct RawPage {
+    path: String,
+    rows: RawRows,
 }
 
 /// A page request in flight; dropping it cancels the request.
-struct PageTask(tokio::task::JoinHandle<Result<RawRows, AfasError>>);
+struct PageTask(tokio::task::JoinHandle<Result<RawPage, AfasError>>);
 
 impl PageTask {
-    async fn rows(&mut self) -> Result<RawRows, AfasError> {
+    async fn rows(&mut self) -> Result<RawPage, AfasError> {
         match (&mut self.0).await {
             Ok(r) => r,
             Err(e) => Err(AfasError::Setup(format!("page task failed: {e}"))),
@@ -548,15 +524,15 @@ impl AfasClient {
     /// One page, its entries checked for JSON syntax only: the next
     /// page's filter needs the last entry parsed, not all of them (see
     /// `read_keyset`).
-    async fn fetch_raw(&self, connector: &str, query: &[(String, String)]) -> Result<RawRows, AfasError> {
+    async fn fetch_raw(&self, connector: &str, query: &[(String, String)]) -> Result<RawPage, AfasError> {
         #[derive(Deserialize)]
         struct PageBody {
-            #[serde(deserialize_with = "shallow_entries")]
             rows: RawRows,
         }
         let url = self.url(&["connectors", connector], query)?;
+        let path = url.path().to_string();
         let page: PageBody = self.get(url, connector).await?;
-        Ok(page.rows)
+        Ok(RawPage { path, rows: page.rows })
     }
 
     /// Requests a page on a task of its own, so it travels while the
@@ -619,7 +595,7 @@ impl AfasClient {
             let raw = task.rows().await?;
             // Counted before parsing: an entry that is not a row still
             // fills the page, and a full page means there may be more.
-            let full = raw.len() >= spec.take as usize;
+            let full = raw.rows.len() >= spec.take as usize;
             // Why ask for the next page before reading this one: with
             // keyset paging each request waits for the previous answer,
             // so whatever happens between an answer and the next request
@@ -629,6 +605,7 @@ impl AfasClient {
             // one stops the read below, with the reason.
             if full && number + 1 < MAX_PAGES {
                 let next = raw
+                    .rows
                     .iter()
                     .rev()
                     .find_map(|entry| match serde_json::from_str::<Value>(entry.get()) {
@@ -642,7 +619,7 @@ impl AfasClient {
                     pending = Some(self.spawn_page(&spec.connector, query));
                 }
             }
-            let (fetched, bad_rows) = parse_rows(raw);
+            let (fetched, bad_rows) = parse_rows(raw)?;
             let mut rows = Vec::with_capacity(fetched.len());
             let mut to_skip = seen_with_last;
             let mut last_row_keyless = false;
@@ -726,8 +703,11 @@ impl AfasClient {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             };
-            let short = raw.len() < spec.take as usize;
-            let (rows, bad_rows) = parse_rows(raw);
+            let short = raw.rows.len() < spec.take as usize;
+            let (rows, bad_rows) = match parse_rows(raw) {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
             let page = Page {
                 connector: spec.connector.clone(),
                 number,
@@ -919,28 +899,5 @@ mod tests {
         assert_eq!(q[0].1, "EmployeeId;EmployeeId,Seq");
         assert_eq!(q[1].1, "1001;1001,3");
         assert_eq!(q[2].1, "4;1,3");
-    }
-
-    #[test]
-    fn nesting_depth_ignores_brackets_inside_strings() {
-        assert_eq!(nesting_depth(br#"{"a": 1}"#), 1);
-        assert_eq!(nesting_depth(br#"{"a": [[{"b": []}]]}"#), 5);
-        assert_eq!(nesting_depth(br#"{"a": "[[[{{{", "b": "\"[["}"#), 1);
-        assert_eq!(nesting_depth(b"42"), 0);
-        // One level past the limit is refused; at the limit it parses.
-        let at = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert_eq!(nesting_depth(at.as_bytes()), MAX_DEPTH);
-        assert!(serde_json::from_str::<Value>(&at).is_ok());
-        let past = format!("[{at}]");
-        assert!(serde_json::from_str::<Value>(&past).is_err());
-        let body = format!(r#"{{"rows": [{{"Id": 1}}, {past}]}}"#);
-        #[derive(Deserialize, Debug)]
-        struct Body {
-            #[allow(dead_code)]
-            #[serde(deserialize_with = "shallow_entries")]
-            rows: RawRows,
-        }
-        let err = serde_json::from_str::<Body>(&body).unwrap_err();
-        assert!(err.to_string().contains("entry 1 is nested deeper"), "{err}");
     }
 }
