@@ -582,15 +582,20 @@ impl AfasClient {
         let mut last: Option<Vec<String>> = None;
         // Rows with key == `last` already handed on.
         let mut seen_with_last = 0usize;
-        let first = {
+        let keyset_query = |last: Option<&[String]>| {
             let mut query = Self::base_query(spec);
             query.push(("skip".into(), "0".into()));
+            if let Some(last) = last {
+                query.extend(keyset_filter(&spec.order, last));
+            }
             query
         };
-        let mut pending = Some(self.spawn_page(&spec.connector, first));
+        let mut pending = Some(self.spawn_page(&spec.connector, keyset_query(None)));
         for number in 0..MAX_PAGES {
+            // Only a full page asks for another, and a full page without a
+            // next request has returned its error below; never end quietly.
             let Some(mut task) = pending.take() else {
-                return Ok(());
+                return Err(paging_err("a full page did not lead to a next page request".into()));
             };
             let raw = task.rows().await?;
             // Counted before parsing: an entry that is not a row still
@@ -613,10 +618,7 @@ impl AfasClient {
                         _ => None,
                     });
                 if let Some(Some(key)) = next {
-                    let mut query = Self::base_query(spec);
-                    query.push(("skip".into(), "0".into()));
-                    query.extend(keyset_filter(&spec.order, &key));
-                    pending = Some(self.spawn_page(&spec.connector, query));
+                    pending = Some(self.spawn_page(&spec.connector, keyset_query(Some(&key))));
                 }
             }
             let (fetched, bad_rows) = parse_rows(raw)?;
