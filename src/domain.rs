@@ -62,14 +62,36 @@ impl EmailAddress {
             return Err("e-mail address longer than 254 characters".into());
         }
         let local_ok = local.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || (!c.is_ascii() && c.is_alphanumeric())
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    '!' | '#'
+                        | '$'
+                        | '%'
+                        | '&'
+                        | '\''
+                        | '*'
+                        | '+'
+                        | '-'
+                        | '/'
+                        | '='
+                        | '?'
+                        | '^'
+                        | '_'
+                        | '`'
+                        | '{'
+                        | '|'
+                        | '}'
+                        | '~'
+                        | '.'
+                )
+                || (!c.is_ascii() && c.is_alphanumeric())
         });
         if !local_ok || local.starts_with('.') || local.ends_with('.') || local.contains("..") {
             return Err(format!("`{}`: invalid characters or dots before @", clip(t)));
         }
-        let labels: Vec<&str> = domain.split('.').collect();
-        let domain_ok = labels.len() >= 2
-            && labels.iter().all(|l| {
+        let domain_ok = domain.contains('.')
+            && domain.split('.').all(|l| {
                 !l.is_empty()
                     && l.len() <= 63
                     && !l.starts_with('-')
@@ -77,13 +99,19 @@ impl EmailAddress {
                     && l.chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()))
             })
-            && labels
-                .last()
+            && domain
+                .rsplit('.')
+                .next()
                 .is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()));
         if !domain_ok {
             return Err(format!("`{}`: invalid domain", clip(t)));
         }
-        Ok(EmailAddress(format!("{local}@{domain}").to_lowercase()))
+        // `t` is exactly `local@domain` here.
+        Ok(EmailAddress(if t.is_ascii() {
+            t.to_ascii_lowercase()
+        } else {
+            t.to_lowercase()
+        }))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -334,7 +362,6 @@ fn seq_rank(s: &str) -> (u64, String) {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Draft {
     pub key: EmployeeKey,
-    row: String,
     email: EmailAddress,
     first_name: String,
     prefix: Option<String>,
@@ -351,14 +378,14 @@ pub struct Draft {
 /// its key when the key itself could be read.
 pub fn decode_employee(row: &Row, mapping: &Mapping) -> Result<Draft, Rejection> {
     let m = &mapping.employees;
-    let row_desc = rows::describe_key(row, std::slice::from_ref(&m.key));
     let key = rows::text(row, &m.key)
         .ok()
         .flatten()
         .and_then(|k| EmployeeKey::parse(&k).ok());
+    // Described only when rejected: most rows are not.
     let reject = |reason: String| Rejection {
         key: key.clone(),
-        row: row_desc.clone(),
+        row: rows::describe_key(row, std::slice::from_ref(&m.key)),
         reason,
     };
     let key = key
@@ -383,7 +410,6 @@ pub fn decode_employee(row: &Row, mapping: &Mapping) -> Result<Draft, Rejection>
     }
     Ok(Draft {
         key,
-        row: row_desc.clone(),
         email,
         first_name,
         prefix: rows::text(row, &m.prefix).map_err(e)?,
@@ -413,7 +439,7 @@ impl Draft {
             None => {
                 let reject = |reason: String| Rejection {
                     key: Some(self.key.clone()),
-                    row: self.row.clone(),
+                    row: format!("{}={}", mapping.employees.key, self.key),
                     reason,
                 };
                 let start = self.row_start.ok_or_else(|| {

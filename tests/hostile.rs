@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use afas_sync::afas::rows::Row;
+use afas_sync::afas::rows::JsonRow;
 use afas_sync::config::Config;
 use afas_sync::emulator::data::{employee_fields, ConnectorData, Dataset};
 use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState};
@@ -17,8 +17,8 @@ use afas_sync::sync::{self, SyncResult};
 use common::*;
 use serde_json::{json, Value};
 
-fn good(key: &str) -> Row {
-    let mut r = Row::new();
+fn good(key: &str) -> JsonRow {
+    let mut r = JsonRow::new();
     for (k, v) in [
         ("EmployeeId", json!(key)),
         ("Mail", json!(format!("e{key}@bedrijf.example"))),
@@ -114,7 +114,7 @@ fn odd_but_fine() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn dataset(rows: Vec<Row>) -> Dataset {
+fn dataset(rows: Vec<JsonRow>) -> Dataset {
     let mut ds = Dataset::default();
     ds.connectors.insert(
         "Profit_Employees_Alleo".into(),
@@ -134,7 +134,7 @@ async fn a_corpus_of_bad_rows_is_rejected_row_by_row_and_creates_no_leaver() {
     assert!(bad.len() >= 40, "{} hostile payloads", bad.len());
     let n = bad.len() + odd.len() + 5;
     let keys: Vec<String> = (0..n).map(|i| format!("{}", 5000 + i)).collect();
-    let day0: Vec<Row> = keys.iter().map(|k| good(k)).collect();
+    let day0: Vec<JsonRow> = keys.iter().map(|k| good(k)).collect();
     let mut day1 = day0.clone();
     for (i, (field, value)) in bad.iter().enumerate() {
         day1[i].insert((*field).into(), value.clone());
@@ -207,7 +207,7 @@ async fn a_corpus_of_bad_rows_is_rejected_row_by_row_and_creates_no_leaver() {
 
 #[tokio::test]
 async fn an_undecodable_page_fails_the_run_without_touching_the_snapshot() {
-    let rows: Vec<Row> = (0..10).map(|i| good(&format!("{}", 7000 + i))).collect();
+    let rows: Vec<JsonRow> = (0..10).map(|i| good(&format!("{}", 7000 + i))).collect();
     let emu = spawn_emulator(dataset(rows)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg_path = write_config(dir.path(), &emu.base_url(), TOKEN_HEX, "");

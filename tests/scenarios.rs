@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use afas_sync::afas::rows::Row;
+use afas_sync::afas::rows::JsonRow;
 use afas_sync::config::Config;
 use afas_sync::emulator::data::{contract_fields, employee_fields, ConnectorData, Dataset};
 use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState};
@@ -62,9 +62,9 @@ impl E {
         self.access = a;
         self
     }
-    fn row(&self) -> Row {
+    fn row(&self) -> JsonRow {
         let date = |d: &str| json!(format!("{d}T00:00:00Z"));
-        let mut r = Row::new();
+        let mut r = JsonRow::new();
         r.insert("EmployeeId".into(), json!(self.key));
         r.insert(
             "Mail".into(),
@@ -87,9 +87,9 @@ impl E {
     }
 }
 
-fn contract(key: &str, seq: u32, start: &str, end: Option<&str>) -> Row {
+fn contract(key: &str, seq: u32, start: &str, end: Option<&str>) -> JsonRow {
     let date = |d: &str| json!(format!("{d}T00:00:00Z"));
-    let mut r = Row::new();
+    let mut r = JsonRow::new();
     r.insert("EmployeeId".into(), json!(key));
     r.insert("SequenceNumber".into(), json!(seq));
     r.insert("DateStart".into(), date(start));
@@ -100,7 +100,7 @@ fn contract(key: &str, seq: u32, start: &str, end: Option<&str>) -> Row {
     r
 }
 
-fn day(emps: &[E], contracts: Vec<Row>) -> Dataset {
+fn day(emps: &[E], contracts: Vec<JsonRow>) -> Dataset {
     let mut ds = Dataset::default();
     let mut fields = employee_fields();
     // AlleoAccess is an int 0/1 in this administration, as AFAS often has it.
@@ -749,7 +749,7 @@ async fn cli_sync_dry_run_status_history_and_exit_codes() {
 fn with_pay(mut ds: Dataset, rows: &[(&str, &str, Value, f64, Value)]) -> Dataset {
     use afas_sync::emulator::data::{leave_fields, salary_fields, wage_fields};
     let date = |d: &str| json!(format!("{d}T00:00:00Z"));
-    let obj = |pairs: Vec<(&str, Value)>| -> Row { pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    let obj = |pairs: Vec<(&str, Value)>| -> JsonRow { pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
     let (mut sal, mut wage, mut leave) = (Vec::new(), Vec::new(), Vec::new());
     for (key, from, salary, accrual, vak) in rows {
         sal.push(obj(vec![

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
+use serde::de::DeserializeSeed;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::error::{classify_500, AfasError};
-use super::rows::Row;
+use super::rows::{Entry, EntrySeed, Fields, Row};
 use super::token::AppToken;
 use crate::config::{AfasAuth, AfasConfig, PagingMode, Secret};
 
@@ -37,34 +38,27 @@ type PageRows = (Vec<Row>, Vec<String>);
 /// A page's entries as AFAS sent them.
 type RawRows = Vec<Box<serde_json::value::RawValue>>;
 
+/// Parses one entry of a page, keeping the wanted fields. An entry the raw
+/// pass took but that is not readable after all (nested past serde_json's
+/// limit of 128 levels, which the raw pass does not count) makes the whole
+/// answer unreadable, as it was when pages were parsed in one go: such a
+/// body is garbage, not one bad row.
+fn parse_entry(entry: &serde_json::value::RawValue, fields: &Fields, i: usize, path: &str) -> Result<Entry, AfasError> {
+    let mut de = serde_json::Deserializer::from_str(entry.get());
+    EntrySeed(fields).deserialize(&mut de).map_err(|e| AfasError::Decode {
+        path: path.to_string(),
+        reason: format!("entry {i} of the page: {e}"),
+    })
+}
+
 /// Parses a page's entries; those that are not objects become reasons.
-///
-/// An entry the raw pass took but serde_json will not parse (nested past
-/// its limit of 128 levels, which the raw pass does not count) makes the
-/// whole answer unreadable, as it was when pages were parsed in one go:
-/// such a body is garbage, not one bad row.
-fn parse_rows(page: RawPage) -> Result<PageRows, AfasError> {
+fn parse_rows(page: RawPage, fields: &Fields) -> Result<PageRows, AfasError> {
     let mut rows = Vec::with_capacity(page.rows.len());
     let mut bad = Vec::new();
-    for (i, entry) in page.rows.into_iter().enumerate() {
-        // Straight into a map: an object is the usual case. Anything else
-        // is parsed again to say what it is.
-        if let Ok(m) = serde_json::from_str::<Row>(entry.get()) {
-            rows.push(m);
-            continue;
-        }
-        match serde_json::from_str::<Value>(entry.get()) {
-            Ok(Value::Object(m)) => rows.push(m),
-            Ok(other) => bad.push(format!(
-                "entry {i} of the page is not an object but {}",
-                type_name(&other)
-            )),
-            Err(e) => {
-                return Err(AfasError::Decode {
-                    path: page.path,
-                    reason: format!("entry {i} of the page: {e}"),
-                })
-            }
+    for (i, entry) in page.rows.iter().enumerate() {
+        match parse_entry(entry, fields, i, &page.path)? {
+            Entry::Row(row) => rows.push(row),
+            Entry::Other(what) => bad.push(format!("entry {i} of the page is not an object but {what}")),
         }
     }
     Ok((rows, bad))
@@ -151,6 +145,8 @@ pub struct ReadSpec {
     pub order: Vec<String>,
     pub paging: PagingMode,
     pub take: u32,
+    /// The fields to keep of each row; the key fields must be among them.
+    pub fields: Fields,
 }
 
 /// One page of rows, in order. Entries that were not JSON objects are kept
@@ -609,19 +605,17 @@ impl AfasClient {
             // last row's key is needed for the next filter; a row without
             // one stops the read below, with the reason.
             if full && number + 1 < MAX_PAGES {
-                let next = raw
-                    .rows
-                    .iter()
-                    .rev()
-                    .find_map(|entry| match serde_json::from_str::<Value>(entry.get()) {
-                        Ok(Value::Object(row)) => Some(key_values(&row, &spec.order).ok()),
+                let next = raw.rows.iter().enumerate().rev().find_map(|(i, entry)| {
+                    match parse_entry(entry, &spec.fields, i, &raw.path) {
+                        Ok(Entry::Row(row)) => Some(key_values(&row, &spec.order).ok()),
                         _ => None,
-                    });
+                    }
+                });
                 if let Some(Some(key)) = next {
                     pending = Some(self.spawn_page(&spec.connector, keyset_query(Some(&key))));
                 }
             }
-            let (fetched, bad_rows) = parse_rows(raw)?;
+            let (fetched, bad_rows) = parse_rows(raw, &spec.fields)?;
             let mut rows = Vec::with_capacity(fetched.len());
             let mut to_skip = seen_with_last;
             let mut last_row_keyless = false;
@@ -706,7 +700,7 @@ impl AfasClient {
                 Err(e) => break Err(e),
             };
             let short = raw.rows.len() < spec.take as usize;
-            let (rows, bad_rows) = match parse_rows(raw) {
+            let (rows, bad_rows) = match parse_rows(raw, &spec.fields) {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             };
@@ -779,17 +773,6 @@ pub fn keyset_filter(order: &[String], last: &[String]) -> Vec<(String, String)>
         ("filtervalues".into(), values.join(";")),
         ("operatortypes".into(), ops.join(";")),
     ]
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8], url: &url::Url) -> Result<T, AfasError> {

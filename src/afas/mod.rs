@@ -117,12 +117,29 @@ pub fn mapped_fields(config: &Config, source: Source) -> Vec<(String, FieldKind,
     out
 }
 
-/// The read specification for a configured connector.
-pub fn read_spec(config: &Config, conn: &ConnectorConfig) -> ReadSpec {
+/// The read specification for a configured connector, keeping the fields
+/// the mapping reads from it and its key fields.
+pub fn read_spec(config: &Config, source: Source, conn: &ConnectorConfig) -> ReadSpec {
+    let mut fields: Vec<String> = Vec::new();
+    let keys = conn.key.iter().map(|k| k.trim_start_matches('-').to_string());
+    for f in mapped_fields(config, source).into_iter().map(|(f, _, _)| f).chain(keys) {
+        if !fields.contains(&f) {
+            fields.push(f);
+        }
+    }
+    ReadSpec {
+        fields: rows::Fields::Only(fields.into()),
+        ..read_spec_all(config, conn)
+    }
+}
+
+/// The read specification keeping every field of every row.
+pub fn read_spec_all(config: &Config, conn: &ConnectorConfig) -> ReadSpec {
     ReadSpec {
         connector: conn.connector.clone(),
         order: conn.key.clone(),
         paging: config.afas.paging,
         take: config.afas.page_size,
+        fields: rows::Fields::All,
     }
 }

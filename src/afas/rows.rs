@@ -9,12 +9,160 @@
 //! rejects that one row, never the page.
 
 use std::fmt;
+use std::sync::Arc;
 
 use jiff::civil::Date;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-/// One GetConnector row as AFAS sent it.
-pub type Row = Map<String, Value>;
+/// One GetConnector row as a JSON object: what AFAS (and the emulator)
+/// serves.
+pub type JsonRow = Map<String, Value>;
+
+/// Which fields of a fetched row are kept.
+#[derive(Debug, Clone)]
+pub enum Fields {
+    /// Every field, as sent (`afas-sync fetch` shows them all).
+    All,
+    /// Only these; the sync reads no others. A connector row carries
+    /// dozens of fields the mapping never looks at, and building a map of
+    /// all of them was a third of a no-op run's CPU.
+    Only(Arc<[String]>),
+}
+
+/// One GetConnector row as read: the kept fields by name. A field the
+/// row did not have is absent, as in the JSON; `null` is kept as `null`.
+#[derive(Debug, Clone)]
+pub struct Row {
+    names: Arc<[String]>,
+    values: Vec<Option<Value>>,
+}
+
+impl Row {
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        let i = self.names.iter().position(|n| n == field)?;
+        self.values.get(i)?.as_ref()
+    }
+
+    /// The row as a JSON object, fields in name order.
+    pub fn into_json(self) -> JsonRow {
+        self.names
+            .iter()
+            .zip(self.values)
+            .filter_map(|(n, v)| Some((n.clone(), v?)))
+            .collect()
+    }
+}
+
+impl From<JsonRow> for Row {
+    fn from(m: JsonRow) -> Self {
+        let (names, values): (Vec<String>, Vec<Option<Value>>) = m.into_iter().map(|(k, v)| (k, Some(v))).unzip();
+        Row {
+            names: names.into(),
+            values,
+        }
+    }
+}
+
+/// One entry of a page's `rows` array: a row, or what it was instead.
+#[derive(Debug)]
+pub enum Entry {
+    Row(Row),
+    Other(&'static str),
+}
+
+/// Parses one page entry, keeping only the wanted fields. Fields not kept
+/// are skipped without being built. Non-objects are parsed in full, so
+/// serde_json's nesting limit still turns a 5000-deep entry into an
+/// unreadable answer instead of a quiet "not an object".
+pub struct EntrySeed<'a>(pub &'a Fields);
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = Entry;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Entry, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = Entry;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row object")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Entry, E> {
+        Ok(Entry::Other("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Entry, E> {
+        Ok(Entry::Other("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Entry, E> {
+        Ok(Entry::Other("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Entry, E> {
+        Ok(Entry::Other("a number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Entry, E> {
+        Ok(Entry::Other("a string"))
+    }
+    fn visit_unit<E>(self) -> Result<Entry, E> {
+        Ok(Entry::Other("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entry, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(Entry::Other("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
+        // A field sent twice keeps its last value, as a JSON map would.
+        match self.0 {
+            Fields::Only(names) => {
+                let mut values: Vec<Option<Value>> = vec![None; names.len()];
+                while let Some(key) = map.next_key_seed(KeySeed)? {
+                    match names.iter().position(|n| n.as_str() == &*key) {
+                        Some(i) => values[i] = Some(map.next_value()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Entry::Row(Row {
+                    names: names.clone(),
+                    values,
+                }))
+            }
+            Fields::All => {
+                let mut all = JsonRow::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    all.insert(k, v);
+                }
+                Ok(Entry::Row(all.into()))
+            }
+        }
+    }
+}
+
+/// A field name, borrowed from the page when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_string()))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {reason}")]
@@ -129,10 +277,10 @@ impl Decimal {
             Some(rest) => (true, rest),
             None => (false, s.strip_prefix('+').unwrap_or(s)),
         };
-        let digits = digits.replace(',', ".");
-        let (int_part, frac_part) = match digits.split_once('.') {
-            Some((i, f)) => (i.to_string(), f.to_string()),
-            None => (digits.clone(), String::new()),
+        // One decimal separator, `.` or the Dutch `,`.
+        let (int_part, frac_part) = match digits.find(['.', ',']) {
+            Some(i) => (&digits[..i], &digits[i + 1..]),
+            None => (digits, ""),
         };
         if int_part.is_empty() && frac_part.is_empty() {
             return None;
@@ -186,7 +334,12 @@ pub fn decimal(row: &Row, field: &str) -> Result<Option<Decimal>, CellError> {
         Value::Null => Ok(None),
         // A JSON number that went through a binary float somewhere
         // (514.5600000000001) is rounded to 4 decimals; text stays strict.
-        Value::Number(n) => Decimal::parse(&n.to_string())
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|i| i.checked_mul(Decimal::SCALE))
+            .filter(|u| u.abs() <= Decimal::MAX_UNITS)
+            .map(Decimal)
+            .or_else(|| Decimal::parse(&n.to_string()))
             .or_else(|| {
                 let x = n.as_f64().filter(|x| x.is_finite() && x.abs() < 1e12)?;
                 Some(Decimal::from_units((x * Decimal::SCALE as f64).round() as i64))
@@ -244,9 +397,30 @@ pub fn parse_afas_date(s: &str) -> Option<Date> {
     if !rest.is_empty() {
         let time = rest.strip_prefix('T')?;
         let time = time.strip_suffix('Z').unwrap_or(time);
-        jiff::civil::Time::strptime("%H:%M:%S", time.split('.').next()?).ok()?;
+        let hms = time.split('.').next()?;
+        // Nearly every AFAS date is midnight; `strptime` costs more than
+        // the rest of the row's decoding, so the usual form is checked by
+        // hand and anything else goes through it.
+        if !is_hh_mm_ss(hms) {
+            jiff::civil::Time::strptime("%H:%M:%S", hms).ok()?;
+        }
     }
     Some(date)
+}
+
+/// `HH:MM:SS` with two digits each and a valid time of day.
+fn is_hh_mm_ss(s: &str) -> bool {
+    let b = s.as_bytes();
+    let two = |i: usize| -> Option<u8> {
+        let (h, l) = (b.get(i)?, b.get(i + 1)?);
+        (h.is_ascii_digit() && l.is_ascii_digit()).then(|| (h - b'0') * 10 + (l - b'0'))
+    };
+    b.len() == 8
+        && b[2] == b':'
+        && b[5] == b':'
+        && two(0).is_some_and(|h| h < 24)
+        && two(3).is_some_and(|m| m < 60)
+        && two(6).is_some_and(|s| s < 60)
 }
 
 /// The key of a row, for reports ("row EmployeeId=1001: field `Mail`: …").
@@ -273,8 +447,8 @@ mod tests {
 
     fn row(v: Value) -> Row {
         match v {
-            Value::Object(m) => m,
-            _ => Row::new(),
+            Value::Object(m) => m.into(),
+            _ => JsonRow::new().into(),
         }
     }
 
@@ -302,6 +476,10 @@ mod tests {
         assert!(date(&r, "G").is_err());
         assert!(date(&r, "H").is_err());
         assert!(parse_afas_date("2024-01-01T25:00:00Z").is_none());
+        assert!(parse_afas_date("2024-01-01T12:60:00Z").is_none());
+        assert!(parse_afas_date("2024-01-01T12:00:61").is_none());
+        assert!(parse_afas_date("2024-01-01T12:00:00.123Z").is_some());
+        assert!(parse_afas_date("2024-01-01T23:59:59").is_some());
         assert!(parse_afas_date("2024-01-01Tgarbage").is_none());
         assert!(parse_afas_date("2024-01-0é").is_none());
     }
@@ -317,12 +495,29 @@ mod tests {
         ] {
             assert_eq!(Decimal::parse(input), Some(Decimal::from_units(units)), "{input}");
         }
-        for bad in ["", "-", ".", "1e5", "NaN", "1.00001", "12a", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-",
+            ".",
+            "1e5",
+            "NaN",
+            "1.00001",
+            "12a",
+            "99999999999999999999",
+            "1.2.3",
+            "1,2,5",
+            "1,2.5",
+        ] {
             assert_eq!(Decimal::parse(bad), None, "{bad}");
         }
         assert_eq!(Decimal::from_units(125_000).to_string(), "12.5");
         assert_eq!(Decimal::from_units(-5_000).to_string(), "-0.5");
-        let r = row(json!({"N": 1.5, "S": "2.25", "B": true, "F": 514.5600000000001, "H": 1e300}));
+        let r = row(
+            json!({"N": 1.5, "S": "2.25", "B": true, "F": 514.5600000000001, "H": 1e300, "I": -12, "J": 1_000_000_000_000_i64, "K": 1_000_000_000_001_i64}),
+        );
+        assert_eq!(decimal(&r, "I"), Ok(Some(Decimal::from_units(-120_000))));
+        assert_eq!(decimal(&r, "J"), Ok(Some(Decimal::from_units(Decimal::MAX_UNITS))));
+        assert!(decimal(&r, "K").is_err());
         assert_eq!(decimal(&r, "F"), Ok(Some(Decimal::from_units(5_145_600))));
         assert!(decimal(&r, "H").is_err());
         assert_eq!(decimal(&r, "N"), Ok(Some(Decimal::from_units(15_000))));

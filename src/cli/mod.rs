@@ -446,7 +446,7 @@ async fn fetch(cfg: &Config, which: Which, limit: Option<usize>) -> i32 {
             }
         },
     };
-    let mut rx = client.read(afas::read_spec(cfg, conn));
+    let mut rx = client.read(afas::read_spec_all(cfg, conn));
     let mut n = 0usize;
     while let Some(page) = rx.recv().await {
         match page {
@@ -458,7 +458,7 @@ async fn fetch(cfg: &Config, which: Which, limit: Option<usize>) -> i32 {
                     if limit.is_some_and(|l| n >= l) {
                         return exit::OK;
                     }
-                    println!("{}", serde_json::Value::Object(row));
+                    println!("{}", serde_json::Value::Object(row.into_json()));
                     n += 1;
                 }
             }

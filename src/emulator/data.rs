@@ -25,7 +25,7 @@ use jiff::ToSpan;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::afas::rows::Row;
+use crate::afas::rows::JsonRow;
 
 pub const EMPLOYEES_CONNECTOR: &str = "Profit_Employees_Alleo";
 pub const CONTRACTS_CONNECTOR: &str = "Profit_Contract";
@@ -52,7 +52,7 @@ pub struct ConnectorData {
     #[serde(default)]
     pub fields: Vec<FieldDef>,
     #[serde(default)]
-    pub rows: Vec<Row>,
+    pub rows: Vec<JsonRow>,
 }
 
 impl ConnectorData {
@@ -407,8 +407,8 @@ pub fn leave_fields() -> Vec<FieldDef> {
 
 /// Salary, holiday allowance and leave rows for one employee, drawn from a
 /// stream of its own so the employee and contract rows stay the same.
-fn generate_pay(rng: &mut Rng, id: &str, start: Date, today: Date) -> [Vec<Row>; 3] {
-    let row = |pairs: &[(&str, Value)]| -> Row { pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
+fn generate_pay(rng: &mut Rng, id: &str, start: Date, today: Date) -> [Vec<JsonRow>; 3] {
+    let row = |pairs: &[(&str, Value)]| -> JsonRow { pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
     let base = 2_500 + rng.below(4_000) as i64;
     let mut salary = vec![row(&[
         ("EmployeeId", json!(id)),
@@ -459,7 +459,7 @@ fn employee_id(n: u64) -> String {
 }
 
 /// Builds one generated employee and its contracts.
-fn generate_employee(rng: &mut Rng, n: u64, today: Date) -> (Row, Vec<Row>) {
+fn generate_employee(rng: &mut Rng, n: u64, today: Date) -> (JsonRow, Vec<JsonRow>) {
     let first = rng.pick(FIRST_NAMES);
     let last = rng.pick(LAST_NAMES);
     let prefix = if rng.chance(300) {
@@ -510,7 +510,7 @@ fn generate_employee(rng: &mut Rng, n: u64, today: Date) -> (Row, Vec<Row>) {
             c_start.checked_add(len.days()).ok()
         };
         let fte = [10_000i64, 8_000, 6_000, 5_000][rng.below(4) as usize];
-        let mut c = Row::new();
+        let mut c = JsonRow::new();
         c.insert("EmployeeId".into(), json!(id));
         c.insert("SequenceNumber".into(), json!(seq));
         c.insert("DateStart".into(), afas_date(c_start));
@@ -541,7 +541,7 @@ fn generate_employee(rng: &mut Rng, n: u64, today: Date) -> (Row, Vec<Row>) {
     } else {
         json!(format!("{local}.{n}@bedrijf.example"))
     };
-    let mut e = Row::new();
+    let mut e = JsonRow::new();
     e.insert("EmployeeId".into(), json!(id));
     e.insert("Mail".into(), mail);
     e.insert("FirstName".into(), json!(first));
@@ -571,9 +571,10 @@ pub fn generate(seed: u64, employees: u64, today: Date) -> Dataset {
     let (mut sal_rows, mut wage_rows, mut leave_rows) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..employees {
         let (e, c) = generate_employee(&mut rng, n, today);
-        let start = crate::afas::rows::date(&e, "EmploymentStart")
-            .ok()
-            .flatten()
+        let start = e
+            .get("EmploymentStart")
+            .and_then(Value::as_str)
+            .and_then(crate::afas::rows::parse_afas_date)
             .unwrap_or(today);
         let [s, w, l] = generate_pay(&mut pay_rng, &employee_id(n), start, today);
         sal_rows.extend(s);

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::afas::rows::Row;
+use crate::afas::rows::JsonRow;
 use crate::afas::token::AppToken;
 pub use data::{ConnectorData, Dataset};
 
@@ -88,7 +88,7 @@ pub struct DataChange {
     pub path_contains: String,
     pub after: u64,
     pub connector: String,
-    pub insert: Vec<Row>,
+    pub insert: Vec<JsonRow>,
     /// Rows whose `field` equals the value are deleted.
     pub delete: Vec<(String, Value)>,
     seen: u64,
@@ -100,7 +100,7 @@ impl DataChange {
         path_contains: &str,
         after: u64,
         connector: &str,
-        insert: Vec<Row>,
+        insert: Vec<JsonRow>,
         delete: Vec<(String, Value)>,
     ) -> Self {
         DataChange {

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::data::ConnectorData;
-use crate::afas::rows::Row;
+use crate::afas::rows::JsonRow;
 
 /// A query the emulator refuses, with the message AFAS would give.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +174,7 @@ fn text_of(v: Option<&Value>) -> String {
     }
 }
 
-fn matches(row: &Row, c: &Condition, data_type: &str) -> bool {
+fn matches(row: &JsonRow, c: &Condition, data_type: &str) -> bool {
     let v = row.get(&c.field);
     let is_empty = matches!(v, None | Some(Value::Null)) || matches!(v, Some(Value::String(s)) if s.is_empty());
     match c.op {
@@ -247,13 +247,13 @@ fn type_of(data: &ConnectorData, field: &str) -> Result<String, QueryError> {
 }
 
 /// Applies the query; unknown fields are refused with AFAS's message.
-pub fn apply<'a>(data: &'a ConnectorData, q: &Query) -> Result<Vec<&'a Row>, QueryError> {
+pub fn apply<'a>(data: &'a ConnectorData, q: &Query) -> Result<Vec<&'a JsonRow>, QueryError> {
     let order = sort_order(data, &q.order)?;
     apply_in_order(data, q, &order)
 }
 
 /// Applies the query to rows already in the query's order.
-pub fn apply_in_order<'a>(data: &'a ConnectorData, q: &Query, order: &[u32]) -> Result<Vec<&'a Row>, QueryError> {
+pub fn apply_in_order<'a>(data: &'a ConnectorData, q: &Query, order: &[u32]) -> Result<Vec<&'a JsonRow>, QueryError> {
     let filter: Vec<Vec<(&Condition, String)>> = q
         .filter
         .iter()
@@ -325,7 +325,7 @@ mod tests {
     fn data() -> ConnectorData {
         let rows = (1..=10)
             .map(|i| {
-                let mut r = Row::new();
+                let mut r = JsonRow::new();
                 r.insert("Id".into(), json!(i));
                 r.insert("Name".into(), json!(format!("N{}", i % 3)));
                 r
@@ -353,7 +353,7 @@ mod tests {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
-    fn ids(rows: &[&Row]) -> Vec<i64> {
+    fn ids(rows: &[&JsonRow]) -> Vec<i64> {
         rows.iter().map(|r| r["Id"].as_i64().unwrap_or(-1)).collect()
     }
 
@@ -408,7 +408,7 @@ mod tests {
         let mut d = data();
         d.rows = (0..400)
             .map(|_| {
-                let mut r = Row::new();
+                let mut r = JsonRow::new();
                 match rng.next_u64() % 10 {
                     0 => r.insert("Id".into(), Value::Null),
                     _ => r.insert("Id".into(), json!(rng.next_u64() % 120)),
@@ -428,13 +428,13 @@ mod tests {
             }
             let q = parse(&params).unwrap();
             let order = sort_order(&d, &q.order).unwrap();
-            let fast: Vec<*const Row> = apply_in_order(&d, &q, &order)
+            let fast: Vec<*const JsonRow> = apply_in_order(&d, &q, &order)
                 .unwrap()
                 .into_iter()
-                .map(|r| r as *const Row)
+                .map(|r| r as *const JsonRow)
                 .collect();
             // The plain way: every row through the filter, then skip/take.
-            let slow: Vec<*const Row> = order
+            let slow: Vec<*const JsonRow> = order
                 .iter()
                 .map(|&i| &d.rows[i as usize])
                 .filter(|r| {
@@ -444,7 +444,7 @@ mod tests {
                             .any(|g| g.iter().all(|c| matches(r, c, d.field_type(&c.field).unwrap())))
                 })
                 .take(q.take as usize)
-                .map(|r| r as *const Row)
+                .map(|r| r as *const JsonRow)
                 .collect();
             assert_eq!(fast, slow, "round {round}");
         }

@@ -276,19 +276,19 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
         .into_iter()
         .filter(|(s, _)| matches!(s, Source::Salary | Source::WageComponents | Source::Leave))
         .map(|(source, conn)| {
-            let rx = client.read(afas::read_spec(config, conn));
+            let rx = client.read(afas::read_spec(config, source, conn));
             let mapping = config.mapping.clone();
             tokio::spawn(read_extra(source, rx, mapping))
         })
         .collect();
 
     let mapping = &config.mapping;
-    let mut emp_rx = client.read(afas::read_spec(config, &config.afas.employees));
+    let mut emp_rx = client.read(afas::read_spec(config, Source::Employees, &config.afas.employees));
     let mut con_rx = config
         .afas
         .contracts
         .as_ref()
-        .map(|c| client.read(afas::read_spec(config, c)));
+        .map(|c| client.read(afas::read_spec(config, Source::Contracts, c)));
     let mut acc = Rejections::default();
     let dir = spill_dir(config);
     let limit = config.sync.sort_memory_mib as usize * 1024 * 1024;

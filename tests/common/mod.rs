@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use afas_sync::afas::client::Credentials;
-use afas_sync::afas::rows::Row;
+use afas_sync::afas::rows::JsonRow;
 use afas_sync::afas::token::AppToken;
 use afas_sync::afas::{AfasClient, ClientOptions};
 use afas_sync::emulator::data::{ConnectorData, Dataset, FieldDef};
@@ -33,7 +33,7 @@ pub fn field(id: &str, t: &str) -> FieldDef {
 pub fn items(n: usize) -> Dataset {
     let rows = (1..=n)
         .map(|i| {
-            let mut r = Row::new();
+            let mut r = JsonRow::new();
             r.insert("Id".into(), json!(i));
             r.insert("Group".into(), json!(format!("g{}", i % 3)));
             r.insert("Name".into(), json!(format!("Item {i}")));
