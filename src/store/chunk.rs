@@ -82,6 +82,66 @@ pub fn open(stored: &[u8]) -> Result<Cow<'_, [u8]>, String> {
     Ok(Cow::Owned(raw))
 }
 
+/// A chunk closed by a [`Packer`]: its first entry's index, how many
+/// entries it holds, and its stored form.
+pub struct Sealed {
+    pub first: u32,
+    pub count: usize,
+    pub bytes: Vec<u8>,
+}
+
+/// Gathers entries into chunks of about one page once sealed. Needs no
+/// table, so a sync packs and compresses on the diff's thread while the
+/// writer's thread only inserts.
+pub struct Packer {
+    entries: Vec<(u32, Vec<u8>)>,
+    len: usize,
+    /// Raw bytes to gather before closing a chunk: the page target times
+    /// the ratio the previous chunk compressed by (a run's mutations are
+    /// alike, so the last ratio predicts the next well), with a margin so
+    /// a chunk seldom spills past one page.
+    raw_target: usize,
+}
+
+impl Default for Packer {
+    fn default() -> Self {
+        Packer {
+            entries: Vec::new(),
+            len: 4,
+            raw_target: TARGET_BYTES * 2,
+        }
+    }
+}
+
+impl Packer {
+    /// Adds an entry; returns the chunk it closed (the entries before it),
+    /// if it closed one.
+    pub fn push(&mut self, index: u32, bytes: Vec<u8>) -> Option<Sealed> {
+        let size = entry_size(bytes.len());
+        let sealed = if !self.entries.is_empty() && self.len + size > self.raw_target {
+            self.finish()
+        } else {
+            None
+        };
+        self.len += size;
+        self.entries.push((index, bytes));
+        sealed
+    }
+
+    /// Seals the entries gathered so far, if any.
+    pub fn finish(&mut self) -> Option<Sealed> {
+        let &(first, _) = self.entries.first()?;
+        let raw = encode(self.entries.iter().map(|(i, b)| (*i, b.as_slice())));
+        let bytes = seal(&raw);
+        let ratio = raw.len() as f64 / bytes.len().max(1) as f64;
+        self.raw_target = ((TARGET_BYTES as f64 * ratio * 0.9) as usize).clamp(TARGET_BYTES, MAX_RAW_BYTES);
+        let count = self.entries.len();
+        self.entries.clear();
+        self.len = 4;
+        Some(Sealed { first, count, bytes })
+    }
+}
+
 /// The bytes a chunk adds for one entry of `len` bytes.
 pub fn entry_size(len: usize) -> usize {
     8 + len

@@ -282,7 +282,7 @@ pub struct RunWriter<'t> {
     history: redb::Table<'t, (&'static str, u64), u32>,
     outbox: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     leavers: redb::Table<'t, (u32, &'static str), ()>,
-    chunk: ChunkWriter,
+    packer: MutationPacker,
     targets: &'t [OutboxTarget],
     base_run: Option<u64>,
     run_id: u64,
@@ -299,7 +299,8 @@ impl RunWriter<'_> {
         self.base_run
     }
 
-    /// Mutations of `kind` written so far.
+    /// Mutations of `kind` in the chunks stored so far (every one, once the
+    /// producer has sealed its last chunk).
     pub fn count(&self, kind: MutationKind) -> u64 {
         self.counts[kind as usize]
     }
@@ -309,17 +310,21 @@ impl RunWriter<'_> {
         self.put_write(EncodedWrite::new(write)?)
     }
 
-    /// Stores the next mutation, its history entry and an outbox entry per
-    /// sink that takes mutations.
+    /// Stores the next mutation: packed into the run's chunks; its history
+    /// entry and an outbox entry per sink that takes mutations follow when
+    /// its chunk is sealed (at the latest when the run is committed).
     pub fn mutation(&mut self, m: &Mutation) -> Result<(), StoreError> {
-        self.put_mutation(EncodedMutation::new(m)?)
+        match self.packer.push(m)? {
+            Some(c) => self.put_mutations(c),
+            None => Ok(()),
+        }
     }
 
-    /// Stores a write or mutation encoded elsewhere (see [`Encoded`]).
+    /// Stores a write or mutation chunk encoded elsewhere (see [`Encoded`]).
     pub fn put(&mut self, item: Encoded) -> Result<(), StoreError> {
         match item {
             Encoded::Write(w) => self.put_write(w),
-            Encoded::Mutation(m) => self.put_mutation(m),
+            Encoded::Mutations(c) => self.put_mutations(c),
         }
     }
 
@@ -340,37 +345,46 @@ impl RunWriter<'_> {
         Ok(())
     }
 
-    fn put_mutation(&mut self, m: EncodedMutation) -> Result<(), StoreError> {
-        let index = self.written;
-        self.written = self
-            .written
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Conflict("more than 4 billion mutations in one run".into()))?;
-        self.counts[m.kind as usize] += 1;
-        self.chunk.push(&mut self.mutations, index, m.bytes)?;
-        self.history.insert((m.key.as_str(), self.run_id), index)?;
-        for t in self.targets.iter().filter(|t| t.mutations) {
-            self.seq += 1;
-            let item = OutboxItem::Mutation {
-                run: self.run_id,
-                index,
-                key: m.key.clone(),
-            };
-            self.outbox.insert(
-                (t.sink.as_str(), self.seq),
-                enc("outbox entry", &OutboxEntry::new(item, self.now))?.as_slice(),
-            )?;
+    fn put_mutations(&mut self, c: SealedMutations) -> Result<(), StoreError> {
+        // Chunks come from one packer, in order; anything else would give
+        // two mutations one index.
+        if c.first != self.written {
+            return Err(StoreError::Conflict(format!(
+                "mutation chunk starting at {} where {} was expected",
+                c.first, self.written
+            )));
+        }
+        self.mutations.insert((self.run_id, c.first), c.bytes.as_slice())?;
+        for (index, (key, kind)) in (c.first..).zip(c.items) {
+            self.counts[kind as usize] += 1;
+            self.history.insert((key.as_str(), self.run_id), index)?;
+            for t in self.targets.iter().filter(|t| t.mutations) {
+                self.seq += 1;
+                let item = OutboxItem::Mutation {
+                    run: self.run_id,
+                    index,
+                    key: key.clone(),
+                };
+                self.outbox.insert(
+                    (t.sink.as_str(), self.seq),
+                    enc("outbox entry", &OutboxEntry::new(item, self.now))?.as_slice(),
+                )?;
+            }
+            self.written = index
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Conflict("more than 4 billion mutations in one run".into()))?;
         }
         Ok(())
     }
 }
 
-/// A write or mutation in its stored form. Encoding is half of what a
-/// commit costs per employee and needs no transaction, so a sync encodes
-/// on one core while [`RunWriter::put`] inserts on the other.
+/// A write or a chunk of mutations in its stored form. Encoding, packing
+/// and compressing are half of what a commit costs per employee and need
+/// no transaction, so a sync does them on one core while
+/// [`RunWriter::put`] inserts on the other.
 pub enum Encoded {
     Write(EncodedWrite),
-    Mutation(EncodedMutation),
+    Mutations(SealedMutations),
 }
 
 pub struct EncodedWrite {
@@ -400,19 +414,48 @@ impl EncodedWrite {
     }
 }
 
-pub struct EncodedMutation {
-    key: EmployeeKey,
-    kind: MutationKind,
+/// A sealed chunk of a run's mutations, with each one's key and kind for
+/// the history and the outbox.
+pub struct SealedMutations {
+    first: u32,
     bytes: Vec<u8>,
+    items: Vec<(EmployeeKey, MutationKind)>,
 }
 
-impl EncodedMutation {
-    pub fn new(m: &Mutation) -> Result<Self, StoreError> {
-        Ok(EncodedMutation {
-            key: m.key.clone(),
-            kind: m.kind,
-            bytes: enc("mutation", m)?,
-        })
+/// Numbers a run's mutations from 0 and packs them into sealed chunks.
+#[derive(Default)]
+pub struct MutationPacker {
+    packer: chunk::Packer,
+    next: u32,
+    /// Key and kind of the entries gathered and not yet sealed.
+    pending: Vec<(EmployeeKey, MutationKind)>,
+}
+
+impl MutationPacker {
+    /// Adds the next mutation; returns the chunk it closed, if any.
+    pub fn push(&mut self, m: &Mutation) -> Result<Option<SealedMutations>, StoreError> {
+        let index = self.next;
+        self.next = index
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Conflict("more than 4 billion mutations in one run".into()))?;
+        let sealed = self.packer.push(index, enc("mutation", m)?).map(|c| self.sealed(c));
+        self.pending.push((m.key.clone(), m.kind));
+        Ok(sealed)
+    }
+
+    /// Seals the mutations gathered so far, if any.
+    pub fn finish(&mut self) -> Option<SealedMutations> {
+        let c = self.packer.finish()?;
+        Some(self.sealed(c))
+    }
+
+    fn sealed(&mut self, c: chunk::Sealed) -> SealedMutations {
+        let rest = self.pending.split_off(c.count.min(self.pending.len()));
+        SealedMutations {
+            first: c.first,
+            bytes: c.bytes,
+            items: std::mem::replace(&mut self.pending, rest),
+        }
     }
 }
 
@@ -696,6 +739,7 @@ impl Store {
         approved_held: Option<u64>,
         feed: impl FnOnce(&mut RunWriter<'_>) -> Result<Option<RunOutcome>, StoreError>,
     ) -> Result<Option<RunRecord>, StoreError> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         let run = {
             let mut meta = txn.open_table(META)?;
@@ -714,7 +758,7 @@ impl Store {
                 history: txn.open_table(HISTORY)?,
                 outbox: txn.open_table(OUTBOX)?,
                 leavers: txn.open_table(LEAVERS)?,
-                chunk: ChunkWriter::new(run_id),
+                packer: MutationPacker::default(),
                 targets,
                 base_run,
                 run_id,
@@ -741,7 +785,9 @@ impl Store {
                     run.id
                 )));
             }
-            w.chunk.flush(&mut w.mutations)?;
+            if let Some(c) = w.packer.finish() {
+                w.put_mutations(c)?;
+            }
             enqueue_run_entries(&mut w.outbox, &mut w.seq, targets, run_id, w.written > 0)?;
             run.snapshot_digest = w.digest;
             let mut runs = txn.open_table(RUNS)?;
@@ -758,7 +804,14 @@ impl Store {
             }
             run
         };
+        let written = started.elapsed();
         txn.commit()?;
+        tracing::debug!(
+            run = run_id,
+            written_ms = written.as_millis() as u64,
+            commit_ms = (started.elapsed() - written).as_millis() as u64,
+            "run written to the state file"
+        );
         Ok(Some(run))
     }
 
@@ -1388,50 +1441,32 @@ fn rewrite_mutation(
     Ok(())
 }
 
-/// Packs one run's mutations, in index order, into compressed chunks of
-/// about one page each.
+/// Packs mutations read back (by a migration) into chunks and inserts
+/// them, run by run.
 struct ChunkWriter {
     run: u64,
-    entries: Vec<(u32, Vec<u8>)>,
-    len: usize,
-    /// Raw bytes to gather before closing a chunk: the page target times
-    /// the ratio the previous chunk compressed by (a run's mutations are
-    /// alike, so the last ratio predicts the next well), with a margin so
-    /// a chunk seldom spills past one page.
-    raw_target: usize,
+    packer: chunk::Packer,
 }
 
 impl ChunkWriter {
     fn new(run: u64) -> Self {
         ChunkWriter {
             run,
-            entries: Vec::new(),
-            len: 4,
-            raw_target: chunk::TARGET_BYTES * 2,
+            packer: chunk::Packer::default(),
         }
     }
 
     fn push(&mut self, t: &mut redb::Table<(u64, u32), &[u8]>, index: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let size = chunk::entry_size(bytes.len());
-        if !self.entries.is_empty() && self.len + size > self.raw_target {
-            self.flush(t)?;
+        if let Some(c) = self.packer.push(index, bytes) {
+            t.insert((self.run, c.first), c.bytes.as_slice())?;
         }
-        self.len += size;
-        self.entries.push((index, bytes));
         Ok(())
     }
 
     fn flush(&mut self, t: &mut redb::Table<(u64, u32), &[u8]>) -> Result<(), StoreError> {
-        if let Some(&(first, _)) = self.entries.first() {
-            let raw = chunk::encode(self.entries.iter().map(|(i, b)| (*i, b.as_slice())));
-            let sealed = chunk::seal(&raw);
-            t.insert((self.run, first), sealed.as_slice())?;
-            let ratio = raw.len() as f64 / sealed.len().max(1) as f64;
-            self.raw_target =
-                ((chunk::TARGET_BYTES as f64 * ratio * 0.9) as usize).clamp(chunk::TARGET_BYTES, chunk::MAX_RAW_BYTES);
+        if let Some(c) = self.packer.finish() {
+            t.insert((self.run, c.first), c.bytes.as_slice())?;
         }
-        self.entries.clear();
-        self.len = 4;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use crate::afas::rows::Decimal;
 use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem, Source};
 use crate::config::Config;
 use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Pay, Rejection};
-use crate::store::{Encoded, EncodedMutation, EncodedWrite, OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
+use crate::store::{Encoded, EncodedWrite, MutationPacker, OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
 use plan::{Baseline, Diff, MutationKind, Plan, Provisioned, Rules, SourceStats};
 
 /// Rejections kept in a run record; the count is always exact.
@@ -374,6 +374,7 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
     if spilled > 0 {
         tracing::info!(runs = spilled, dir = %dir.display(), "fetched records sorted through temporary files");
     }
+    let finishing = std::time::Instant::now();
     let mut employees = Spooled::new(dir.clone(), limit, encoded_size);
     if drafts.runs() == 0 {
         employees.reserve_in_memory(drafts.in_memory());
@@ -425,6 +426,11 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
         }
     }
     employees.seal().map_err(spill_err)?;
+    tracing::debug!(
+        employees = employees.len(),
+        elapsed_ms = finishing.elapsed().as_millis() as u64,
+        "fetched records finished"
+    );
     acc.stats.valid = employees.len() as u64;
     let spilled = spilled + usize::from(employees.spilled());
     Ok(Fetched {
@@ -915,9 +921,10 @@ const BATCHES_IN_FLIGHT: usize = 8;
 ///
 /// Why two threads: after the last page arrives, a first import still has
 /// to diff, encode and insert every employee, and that tail is what keeps
-/// the run's wall time above the network's (BENCHMARKS.md). The diff and
-/// the encoding need nothing from the transaction, so they run on a thread
-/// of their own and hand encoded records over a bounded channel; redb's
+/// the run's wall time above the network's (BENCHMARKS.md). The diff, the
+/// encoding and the packing of mutations into compressed chunks need
+/// nothing from the transaction, so they run on a thread of their own and
+/// hand encoded records and sealed chunks over a bounded channel; redb's
 /// inserts stay on this thread, which owns the transaction. Order is kept:
 /// one producer, one FIFO channel, one consumer.
 fn merge_into(
@@ -934,12 +941,15 @@ fn merge_into(
             // its own, which is the one reported.
             let stopped = || StoreError::Io("the state file writer stopped".into());
             let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
+            let mut packer = MutationPacker::default();
             let mut sink = |d: &mut Diff| -> Result<(), StoreError> {
                 for write in d.writes.drain(..) {
                     batch.push(Encoded::Write(EncodedWrite::new(&write)?));
                 }
                 for m in d.mutations.drain(..) {
-                    batch.push(Encoded::Mutation(EncodedMutation::new(&m)?));
+                    if let Some(c) = packer.push(&m)? {
+                        batch.push(Encoded::Mutations(c));
+                    }
                 }
                 if batch.len() >= BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -948,6 +958,11 @@ fn merge_into(
                 Ok(())
             };
             let active_before = merge_snapshot(store, fetched, as_of, rules, &mut sink)?;
+            // The last chunk, so that every mutation is counted when the
+            // guards look.
+            if let Some(c) = packer.finish() {
+                batch.push(Encoded::Mutations(c));
+            }
             if !batch.is_empty() {
                 tx.send(batch).map_err(|_| stopped())?;
             }
