@@ -129,7 +129,9 @@ fn clip(s: &str) -> String {
 /// A stretch of continuous employment: `end` is the last working day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmploymentPeriod {
+    #[serde(with = "day")]
     pub start: Date,
+    #[serde(with = "day::opt")]
     pub end: Option<Date>,
 }
 
@@ -153,7 +155,9 @@ impl EmploymentPeriod {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contract {
     pub sequence: String,
+    #[serde(with = "day")]
     pub start: Date,
+    #[serde(with = "day::opt")]
     pub end: Option<Date>,
     pub fte: Option<Decimal>,
     pub hours_per_week: Option<Decimal>,
@@ -188,6 +192,7 @@ pub struct Employee {
     pub prefix: Option<String>,
     pub last_name: String,
     pub department: Option<String>,
+    #[serde(with = "day::opt")]
     pub date_of_birth: Option<Date>,
     pub employment: EmploymentPeriod,
     /// The "Alleo access" flag; `None` when no access field is mapped.
@@ -367,8 +372,11 @@ pub struct Draft {
     prefix: Option<String>,
     last_name: String,
     department: Option<String>,
+    #[serde(with = "day::opt")]
     date_of_birth: Option<Date>,
+    #[serde(with = "day::opt")]
     row_start: Option<Date>,
+    #[serde(with = "day::opt")]
     row_end: Option<Date>,
     access: Option<bool>,
     budgets: BTreeMap<String, Decimal>,
@@ -517,6 +525,108 @@ pub fn decode_leave(row: &Row, mapping: &Mapping) -> Result<(EmployeeKey, String
     Ok((key, kind, required_decimal(row, &m.balance)?))
 }
 
+/// Dates in records as jiff writes them (`2024-01-31`), without going
+/// through jiff's general printer and parser: every stored employee holds
+/// several dates, and formatting them was 4 % of a first import's
+/// instructions. The bytes are jiff's own (a string, the same text), so
+/// stored records and JSON output are unchanged; dates outside the years
+/// 0–9999 and any other text go through jiff as before.
+pub mod day {
+    use jiff::civil::Date;
+    use serde::de::{Error, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// `YYYY-MM-DD` for the years jiff writes with four digits.
+    fn text(d: Date) -> Option<[u8; 10]> {
+        let y = u16::try_from(d.year()).ok().filter(|y| *y <= 9999)?;
+        let (m, day) = (d.month() as u8, d.day() as u8);
+        let digit = |n: u16| b'0' + (n % 10) as u8;
+        Some([
+            digit(y / 1000),
+            digit(y / 100),
+            digit(y / 10),
+            digit(y),
+            b'-',
+            digit(u16::from(m / 10)),
+            digit(u16::from(m)),
+            b'-',
+            digit(u16::from(day / 10)),
+            digit(u16::from(day)),
+        ])
+    }
+
+    /// The usual `YYYY-MM-DD`; `None` sends anything else to jiff.
+    fn parse(s: &str) -> Option<Date> {
+        let b = s.as_bytes();
+        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<i16> {
+            b[r].iter()
+                .try_fold(0i16, |n, c| c.is_ascii_digit().then(|| n * 10 + i16::from(c - b'0')))
+        };
+        Date::new(num(0..4)?, num(5..7)? as i8, num(8..10)? as i8).ok()
+    }
+
+    pub fn serialize<S: Serializer>(d: &Date, s: S) -> Result<S::Ok, S::Error> {
+        match text(*d) {
+            // ASCII digits and dashes: always UTF-8.
+            Some(b) => s.serialize_str(std::str::from_utf8(&b).map_err(serde::ser::Error::custom)?),
+            None => d.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Date, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Date;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a date like 2024-01-31")
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<Date, E> {
+                match parse(s) {
+                    Some(d) => Ok(d),
+                    None => s.parse().map_err(|e| E::custom(format!("date `{s}`: {e}"))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+
+    /// A date that serializes as [`serialize`] writes it.
+    pub struct Day(pub Date);
+
+    impl Serialize for Day {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize(&self.0, s)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Day {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            deserialize(d).map(Day)
+        }
+    }
+
+    /// The same for `Option<Date>`.
+    pub mod opt {
+        use super::Day;
+        use jiff::civil::Date;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Date>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&Day(*d)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Date>, D::Error> {
+            Ok(Option::<Day>::deserialize(d)?.map(|d| d.0))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +642,63 @@ mod tests {
             end: end.map(d),
             fte: Some(Decimal::from_units(fte)),
             hours_per_week: None,
+        }
+    }
+
+    #[test]
+    fn dates_are_stored_exactly_as_jiff_writes_them() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Fast {
+            #[serde(with = "day")]
+            d: Date,
+            #[serde(with = "day::opt")]
+            o: Option<Date>,
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Jiff {
+            d: Date,
+            o: Option<Date>,
+        }
+        let mut days: Vec<Date> = [
+            "0000-01-01",
+            "0001-02-03",
+            "0999-12-31",
+            "1753-01-01",
+            "2024-02-29",
+            "9999-12-31",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        days.extend([Date::new(-1, 6, 15).unwrap(), Date::new(-9999, 1, 1).unwrap()]);
+        let mut d: Date = "1999-12-25".parse().unwrap();
+        for _ in 0..400 {
+            days.push(d);
+            d = d.checked_add(1.day()).unwrap();
+        }
+        for (i, d) in days.iter().enumerate() {
+            let o = (i % 2 == 0).then_some(*d);
+            let fast = Fast { d: *d, o };
+            let jiff = Jiff { d: *d, o };
+            let (fb, jb) = (
+                crate::store::codec::encode(&fast).unwrap(),
+                crate::store::codec::encode(&jiff).unwrap(),
+            );
+            assert_eq!(fb, jb, "{d}");
+            assert_eq!(crate::store::codec::decode::<Fast>(&jb).unwrap(), fast);
+            assert_eq!(
+                serde_json::to_string(&fast).unwrap(),
+                serde_json::to_string(&jiff).unwrap()
+            );
+            let back: Fast = serde_json::from_str(&serde_json::to_string(&jiff).unwrap()).unwrap();
+            assert_eq!(back, fast);
+        }
+        for bad in ["\"2024-02-30\"", "\"2024-1-01\"", "\"20x4-01-01\"", "\"\"", "7"] {
+            assert!(serde_json::from_str::<Jiff>(&format!("{{\"d\": {bad}, \"o\": null}}")).is_err());
+            assert!(
+                serde_json::from_str::<Fast>(&format!("{{\"d\": {bad}, \"o\": null}}")).is_err(),
+                "{bad}"
+            );
         }
     }
 

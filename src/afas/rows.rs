@@ -322,8 +322,13 @@ impl fmt::Display for Decimal {
         if frac == 0 {
             write!(f, "{sign}{int}")
         } else {
-            let frac = format!("{frac:04}");
-            write!(f, "{sign}{int}.{}", frac.trim_end_matches('0'))
+            // Four decimals without their trailing zeros: 0.0500 → 0.05.
+            let (mut digits, mut width) = (frac, 4);
+            while digits % 10 == 0 {
+                digits /= 10;
+                width -= 1;
+            }
+            write!(f, "{sign}{int}.{digits:0width$}")
         }
     }
 }
@@ -512,6 +517,15 @@ mod tests {
         }
         assert_eq!(Decimal::from_units(125_000).to_string(), "12.5");
         assert_eq!(Decimal::from_units(-5_000).to_string(), "-0.5");
+        for (units, text) in [
+            (1, "0.0001"),
+            (500, "0.05"),
+            (123_450, "12.345"),
+            (-10_001, "-1.0001"),
+            (70_000, "7"),
+        ] {
+            assert_eq!(Decimal::from_units(units).to_string(), text);
+        }
         let r = row(
             json!({"N": 1.5, "S": "2.25", "B": true, "F": 514.5600000000001, "H": 1e300, "I": -12, "J": 1_000_000_000_000_i64, "K": 1_000_000_000_001_i64}),
         );

@@ -117,7 +117,16 @@ struct DecimalMap<'a>(&'a BTreeMap<String, crate::afas::rows::Decimal>);
 
 impl serde::Serialize for DecimalMap<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v.to_string())))
+        s.collect_map(self.0.iter().map(|(k, v)| (k, DecimalText(*v))))
+    }
+}
+
+/// A decimal as its text, written straight into the output.
+struct DecimalText(crate::afas::rows::Decimal);
+
+impl serde::Serialize for DecimalText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
@@ -125,8 +134,9 @@ impl serde::Serialize for EmployeeJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let e = self.0;
-        let text = |d: Option<jiff::civil::Date>| d.map(|d| d.to_string());
-        let dec = |d: Option<crate::afas::rows::Decimal>| d.map(|d| d.to_string());
+        use crate::domain::day::Day;
+        let text = |d: Option<jiff::civil::Date>| d.map(Day);
+        let dec = |d: Option<crate::afas::rows::Decimal>| d.map(DecimalText);
         let mut m = s.serialize_map(Some(17))?;
         m.serialize_entry("access", &e.access)?;
         m.serialize_entry("budgets", &DecimalMap(&e.budgets))?;
@@ -135,7 +145,7 @@ impl serde::Serialize for EmployeeJson<'_> {
         m.serialize_entry("display_name", &e.display_name())?;
         m.serialize_entry("email", e.email.as_str())?;
         m.serialize_entry("employment_end", &text(e.employment.end))?;
-        m.serialize_entry("employment_start", &e.employment.start.to_string())?;
+        m.serialize_entry("employment_start", &Day(e.employment.start))?;
         m.serialize_entry("first_name", &e.first_name)?;
         m.serialize_entry("fte", &dec(e.contract.as_ref().and_then(|c| c.fte)))?;
         m.serialize_entry("holiday_allowance_accrual", &dec(e.pay.holiday_allowance_accrual))?;

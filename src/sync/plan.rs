@@ -24,7 +24,10 @@ use crate::domain::{Employee, EmployeeKey, EmploymentPeriod, Rejection};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     Active,
-    Left { on: Date },
+    Left {
+        #[serde(with = "crate::domain::day")]
+        on: Date,
+    },
 }
 
 /// What the store remembers per provisioned employee.
