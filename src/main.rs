@@ -28,7 +28,24 @@ fn tune_allocator() {
     }
 }
 
-#[cfg(not(target_env = "musl"))]
+/// glibc gives each thread that allocates its own arena, up to eight per
+/// core, and keeps what each one freed. A sync runs a dozen threads
+/// (runtime workers, the diff, the state-file writer, the file sink's
+/// workers) that hand buffers to each other, so freed memory piled up in
+/// arenas the next allocation did not use: at 100k employees 66 MiB peak
+/// against 60 MiB with the arenas capped at two (measured, both a first
+/// import and a no-op; CPU within the noise). An operator's
+/// `MALLOC_ARENA_MAX` still wins.
+#[cfg(target_env = "gnu")]
+fn tune_allocator() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc parameter; called first thing
+        // in main, before any other thread exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
+}
+
+#[cfg(not(any(target_env = "musl", target_env = "gnu")))]
 fn tune_allocator() {}
 
 fn main() {
