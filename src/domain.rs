@@ -555,19 +555,6 @@ pub mod day {
         ])
     }
 
-    /// The usual `YYYY-MM-DD`; `None` sends anything else to jiff.
-    fn parse(s: &str) -> Option<Date> {
-        let b = s.as_bytes();
-        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-            return None;
-        }
-        let num = |r: std::ops::Range<usize>| -> Option<i16> {
-            b[r].iter()
-                .try_fold(0i16, |n, c| c.is_ascii_digit().then(|| n * 10 + i16::from(c - b'0')))
-        };
-        Date::new(num(0..4)?, num(5..7)? as i8, num(8..10)? as i8).ok()
-    }
-
     pub fn serialize<S: Serializer>(d: &Date, s: S) -> Result<S::Ok, S::Error> {
         match text(*d) {
             // ASCII digits and dashes: always UTF-8.
@@ -584,7 +571,8 @@ pub mod day {
                 f.write_str("a date like 2024-01-31")
             }
             fn visit_str<E: Error>(self, s: &str) -> Result<Date, E> {
-                match parse(s) {
+                // The usual form by hand; anything else goes to jiff.
+                match crate::afas::rows::parse_ymd(s) {
                     Some(d) => Ok(d),
                     None => s.parse().map_err(|e| E::custom(format!("date `{s}`: {e}"))),
                 }

@@ -388,17 +388,11 @@ pub fn date(row: &Row, field: &str) -> Result<Option<Date>, CellError> {
 pub fn parse_afas_date(s: &str) -> Option<Date> {
     let s = s.trim();
     let (date_part, rest) = if s.len() > 10 { s.split_at_checked(10)? } else { (s, "") };
-    if date_part.len() != 10 || date_part.as_bytes()[4] != b'-' || date_part.as_bytes()[7] != b'-' {
-        return None;
-    }
-    let year: i16 = date_part[0..4].parse().ok()?;
-    let month: i8 = date_part[5..7].parse().ok()?;
-    let day: i8 = date_part[8..10].parse().ok()?;
+    let date = parse_ymd(date_part)?;
     // AFAS's own range; year 0000 and beyond-9999 placeholders are not dates.
-    if !(1753..=9999).contains(&year) {
+    if !(1753..=9999).contains(&date.year()) {
         return None;
     }
-    let date = Date::new(year, month, day).ok()?;
     if !rest.is_empty() {
         let time = rest.strip_prefix('T')?;
         let time = time.strip_suffix('Z').unwrap_or(time);
@@ -411,6 +405,19 @@ pub fn parse_afas_date(s: &str) -> Option<Date> {
         }
     }
     Some(date)
+}
+
+/// Exactly `YYYY-MM-DD`, digits only, a real calendar day.
+pub fn parse_ymd(s: &str) -> Option<Date> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i16> {
+        b[r].iter()
+            .try_fold(0i16, |n, c| c.is_ascii_digit().then(|| n * 10 + i16::from(c - b'0')))
+    };
+    Date::new(num(0..4)?, num(5..7)? as i8, num(8..10)? as i8).ok()
 }
 
 /// `HH:MM:SS` with two digits each and a valid time of day.
@@ -487,6 +494,8 @@ mod tests {
         assert!(parse_afas_date("2024-01-01T23:59:59").is_some());
         assert!(parse_afas_date("2024-01-01Tgarbage").is_none());
         assert!(parse_afas_date("2024-01-0é").is_none());
+        // Digits only: a sign is not part of a month.
+        assert!(parse_afas_date("2024-+1-01T00:00:00Z").is_none());
     }
 
     #[test]
