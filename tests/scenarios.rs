@@ -992,6 +992,84 @@ async fn sorting_through_temporary_files_syncs_exactly_as_sorting_in_memory() {
         );
         assert_eq!(runs[0].snapshot_digest, runs[1].snapshot_digest);
     }
+
+    // Past the limit the records are finished on a thread of their own
+    // while the diff reads them, and a key rejected while finishing must
+    // reach the diff before the diff passes it. Three provisioned
+    // employees: one with its row twice (a duplicate key), one with a
+    // contract twice, one gone. Only the last one may count as absent.
+    let active: Vec<String> = large_store
+        .snapshot()
+        .expect("snapshot")
+        .values()
+        .filter(|p| p.status == afas_sync::sync::plan::Status::Active)
+        .map(|p| p.key.to_string())
+        .collect();
+    let pick = |n: usize| active[active.len() * n / 4].clone();
+    let (twin, double, gone) = (pick(1), pick(2), pick(3));
+    let key_of =
+        |row: &afas_sync::afas::rows::JsonRow| row.get("EmployeeId").and_then(|v| v.as_str()).map(str::to_string);
+    let emps = ds.connectors.get_mut("Profit_Employees_Alleo").expect("employees");
+    let row = emps
+        .rows
+        .iter()
+        .find(|r| key_of(r).as_deref() == Some(&twin))
+        .expect("twin row")
+        .clone();
+    emps.rows.push(row);
+    emps.rows.retain(|r| key_of(r).as_deref() != Some(&gone));
+    let cons = ds.connectors.get_mut("Profit_Contract").expect("contracts");
+    let row = cons
+        .rows
+        .iter()
+        .find(|r| key_of(r).as_deref() == Some(&double))
+        .expect("contract")
+        .clone();
+    cons.rows.push(row);
+    emu.state.set_data(ds.clone());
+    date = date.checked_add(1.day()).expect("date");
+    let mut runs = Vec::new();
+    for (config, store) in [(&small, &small_store), (&large, &large_store)] {
+        match sync::run(config, store.clone(), date, false).await.expect("sync") {
+            SyncResult::Committed(r) => runs.push(r),
+            other => panic!("protections: expected a committed run, got {other:?}"),
+        }
+        let absent = |key: &str| store.employee(key).expect("employee").0.expect("stored").absent_runs;
+        assert_eq!(absent(&twin), 0, "a duplicate row protects {twin}");
+        assert_eq!(absent(&double), 0, "a repeated contract protects {double}");
+        assert_eq!(absent(&gone), 1, "{gone} is gone");
+    }
+    assert_eq!(runs[0].source.rejected, runs[1].source.rejected);
+    assert_eq!(
+        small_store.snapshot().expect("snapshot"),
+        large_store.snapshot().expect("snapshot")
+    );
+
+    // A guard that trips after a diff fed by the finishing thread holds
+    // the plan computed again from the finished records: the same plan as
+    // in memory. A third of the employees vanish (the source shrinks).
+    let emps = ds.connectors.get_mut("Profit_Employees_Alleo").expect("employees");
+    let keep = emps.rows.len() * 2 / 3;
+    emps.rows.truncate(keep);
+    emu.state.set_data(ds.clone());
+    date = date.checked_add(1.day()).expect("date");
+    let mut plans = Vec::new();
+    for (config, store) in [(&small, &small_store), (&large, &large_store)] {
+        let mut config = config.clone();
+        config.guards.max_source_shrink_percent = 10.0;
+        match sync::run(&config, store.clone(), date, false).await.expect("sync") {
+            SyncResult::Held(r, reasons) => {
+                assert!(reasons.iter().any(|x| x.contains("fewer")), "{reasons:?}");
+                plans.push(store.held_plan(r.id).expect("held plan"));
+            }
+            other => panic!("shrunken source: expected a held run, got {other:?}"),
+        }
+    }
+    assert!(plans[0].writes.len() > 2000, "{} writes", plans[0].writes.len());
+    assert_eq!(plans[0].mutations, plans[1].mutations);
+    assert_eq!(plans[0].writes, plans[1].writes);
+    assert_eq!(plans[0].active_before, plans[1].active_before);
+
     // The temporary files were unlinked: only the state file (and config)
     // remain beside it.
     let mut names: Vec<String> = std::fs::read_dir(small_dir.path())
