@@ -1007,25 +1007,18 @@ async fn sorting_through_temporary_files_syncs_exactly_as_sorting_in_memory() {
         .collect();
     let pick = |n: usize| active[active.len() * n / 4].clone();
     let (twin, double, gone) = (pick(1), pick(2), pick(3));
-    let key_of =
-        |row: &afas_sync::afas::rows::JsonRow| row.get("EmployeeId").and_then(|v| v.as_str()).map(str::to_string);
+    let is =
+        |row: &afas_sync::afas::rows::JsonRow, key: &str| row.get("EmployeeId").and_then(|v| v.as_str()) == Some(key);
+    // Repeats the first row of `key` in a connector.
+    let mut twice = |connector: &str, key: &str| {
+        let rows = &mut ds.connectors.get_mut(connector).expect("connector").rows;
+        let row = rows.iter().find(|r| is(r, key)).expect("row").clone();
+        rows.push(row);
+    };
+    twice("Profit_Employees_Alleo", &twin);
+    twice("Profit_Contract", &double);
     let emps = ds.connectors.get_mut("Profit_Employees_Alleo").expect("employees");
-    let row = emps
-        .rows
-        .iter()
-        .find(|r| key_of(r).as_deref() == Some(&twin))
-        .expect("twin row")
-        .clone();
-    emps.rows.push(row);
-    emps.rows.retain(|r| key_of(r).as_deref() != Some(&gone));
-    let cons = ds.connectors.get_mut("Profit_Contract").expect("contracts");
-    let row = cons
-        .rows
-        .iter()
-        .find(|r| key_of(r).as_deref() == Some(&double))
-        .expect("contract")
-        .clone();
-    cons.rows.push(row);
+    emps.rows.retain(|r| !is(r, &gone));
     emu.state.set_data(ds.clone());
     date = date.checked_add(1.day()).expect("date");
     let mut runs = Vec::new();

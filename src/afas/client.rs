@@ -613,6 +613,12 @@ impl AfasClient {
                 });
                 if let Some(Some(key)) = next {
                     pending = Some(self.spawn_page(&spec.connector, keyset_query(Some(&key))));
+                    // A spawned task waits in this worker's queue until
+                    // this one yields, and parsing the page below does not:
+                    // the request left ~1.3 ms after it was asked for (1M
+                    // employees on 2 cores: 1.7 s over 1,285 pages of the
+                    // contracts connector). Yielding sends it first (0.02 ms).
+                    tokio::task::yield_now().await;
                 }
             }
             let (fetched, bad_rows) = parse_rows(raw, &spec.fields)?;
