@@ -497,18 +497,16 @@ impl Unfinished {
                 each(Step::Protected(&key))?;
                 continue;
             }
-            let d: Draft = crate::store::codec::decode(&bytes).map_err(|e| StoreError::Codec {
+            let codec_err = |e: crate::store::codec::CodecError| StoreError::Codec {
                 what: format!("fetched employee {key}"),
                 reason: e.to_string(),
-            })?;
+            };
+            let d: Draft = crate::store::codec::decode(&bytes).map_err(codec_err)?;
             drop(bytes);
             let pay = extra.pay(&key, as_of, &mapping);
             match d.finish(Some(&mine), pay, as_of, &mapping) {
                 Ok(e) => {
-                    let bytes = crate::store::codec::encode(&e).map_err(|e| StoreError::Codec {
-                        what: format!("fetched employee {key}"),
-                        reason: e.to_string(),
-                    })?;
+                    let bytes = crate::store::codec::encode(&e).map_err(codec_err)?;
                     each(Step::Employee(&key, &bytes))?;
                     employees.push((key, bytes)).map_err(spill_err)?;
                 }
