@@ -14,6 +14,8 @@ pub mod domain;
 pub mod emulator;
 pub mod exit;
 pub mod http;
+#[cfg(target_arch = "x86_64")]
+pub mod mem;
 pub mod metrics;
 pub mod oauth;
 pub mod store;

@@ -48,6 +48,40 @@ fn tune_allocator() {
 #[cfg(not(any(target_env = "musl", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// The static binary's `memcpy`, `memmove`, `memcmp` and `bcmp`: musl's are
+/// slow for the short copies a sync makes by the million (why and the
+/// measurements: src/mem.rs). Defining them here keeps musl's out of the
+/// link; glibc builds keep glibc's.
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+mod libc_mem {
+    use afas_sync::mem;
+
+    // SAFETY (all four): the C contracts are the callers' to keep; each
+    // hands its arguments on unchanged to the routine documented in
+    // src/mem.rs, which reads and writes only the n bytes given.
+    #[no_mangle]
+    unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        mem::copy(dst, src, n);
+        dst
+    }
+
+    #[no_mangle]
+    unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        mem::copy_overlapping(dst, src, n);
+        dst
+    }
+
+    #[no_mangle]
+    unsafe extern "C" fn memcmp(l: *const u8, r: *const u8, n: usize) -> i32 {
+        mem::compare(l, r, n)
+    }
+
+    #[no_mangle]
+    unsafe extern "C" fn bcmp(l: *const u8, r: *const u8, n: usize) -> i32 {
+        mem::compare(l, r, n)
+    }
+}
+
 fn main() {
     tune_allocator();
     let cli = afas_sync::cli::Cli::parse();
