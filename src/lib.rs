@@ -13,6 +13,8 @@ pub mod delivery;
 pub mod domain;
 pub mod emulator;
 pub mod exit;
+#[doc(hidden)]
+pub mod fault;
 pub mod http;
 #[cfg(target_arch = "x86_64")]
 pub mod mem;

@@ -42,10 +42,16 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
+    let written = (|| {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         fill(&mut f)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })();
+    if let Err(e) = written {
+        // Half a file helps no one, and on a full disk it holds the room
+        // the next attempt needs; that attempt writes the file whole.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
@@ -83,6 +89,7 @@ fn write_events(store: &Store, run: u64, w: &mut dyn Write) -> std::io::Result<(
             from_workers.push(lines_rx);
             workers.push(scope.spawn(move || {
                 for stored in chunk_rx {
+                    crate::fault::hit(crate::fault::Point::FileWorker);
                     let mut lines = Vec::with_capacity(stored.len() * 4);
                     let done = chunk_mutations(run, &stored, |index, m| {
                         let event = MutationEvent {
@@ -105,6 +112,7 @@ fn write_events(store: &Store, run: u64, w: &mut dyn Write) -> std::io::Result<(
             let mut next = 0usize;
             let stopped = || StoreError::Io("the file writer stopped".into());
             store.scan_run_chunks(run, |stored| {
+                crate::fault::hit(crate::fault::Point::FileReader);
                 let worker = &to_workers[next % WORKERS];
                 next += 1;
                 worker.send(stored).map_err(|_| stopped())

@@ -501,6 +501,7 @@ impl Unfinished {
                 what: format!("fetched employee {key}"),
                 reason: e.to_string(),
             };
+            crate::fault::hit(crate::fault::Point::Finishing);
             let d: Draft = crate::store::codec::decode(&bytes).map_err(codec_err)?;
             drop(bytes);
             let pay = extra.pay(&key, as_of, &mapping);
@@ -950,7 +951,12 @@ async fn prepare(config: &Config, as_of: Date) -> Result<Prepared, SyncError> {
     // another thread glibc's malloc kept the rows' freed memory apart from
     // the finished set's, +11 MiB at the peak of a 100k first import.
     let input = if input.spilled == 0 {
-        Input::Finished(input.finish(|_| Ok(()))?)
+        // This runs on the caller's task: a bug that panics here fails the
+        // run, as one in the diff's or the writer's thread does, instead
+        // of taking the daemon's loop down with it.
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.finish(|_| Ok(()))))
+            .map_err(|_| SyncError::Internal("the thread finishing the fetched records panicked".into()))??;
+        Input::Finished(finished)
     } else {
         Input::Spilled(Box::new(input))
     };
@@ -1223,6 +1229,7 @@ fn diff_into<'a>(
             let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
             let mut packer = MutationPacker::default();
             let mut sink = |d: &mut Diff| -> Result<(), StoreError> {
+                crate::fault::hit(crate::fault::Point::Diff);
                 for write in d.writes.drain(..) {
                     batch.push(Encoded::Write(EncodedWrite::new(&write)?));
                 }
@@ -1251,6 +1258,7 @@ fn diff_into<'a>(
         let mut written = Ok(());
         'batches: for batch in rx.iter() {
             for item in batch {
+                crate::fault::hit(crate::fault::Point::Writer);
                 if let Err(e) = w.put(item) {
                     written = Err(e);
                     break 'batches;
