@@ -10,11 +10,12 @@
 //! (serde_json's writer, string clones, bincode), and redb shifts a leaf's
 //! entries up with a memmove on every insert. Measured on a first import of
 //! 100k employees: `memcpy` and `memmove` were 22 % of the static binary's
-//! CPU samples (21.7 million and 1.1 million calls); the glibc build, whose
-//! routines are picked per CPU at start, spent a third less CPU on the same
-//! sync. These are the usual shapes instead: up to 64 bytes with a few
-//! overlapping unaligned loads and stores and no loop, longer ones 32 bytes
-//! a step. SSE2 is part of x86_64 itself, so no CPU check is needed.
+//! CPU samples (21.7 million and 1.1 million calls), and the sync's CPU fell
+//! from 1.75–1.88 s to 1.23–1.36 s with these (BENCHMARKS.md, session 9).
+//! glibc picks vector routines per CPU; these are the usual shapes instead:
+//! up to 64 bytes a few overlapping unaligned loads and stores and no loop,
+//! longer ones 32 bytes a step. SSE2 is part of x86_64 itself, so no CPU
+//! check is needed.
 //!
 //! Loops are in `asm!` on purpose: a plain Rust copy loop may be turned
 //! back into a call to `memcpy` by the optimizer, which here would call
