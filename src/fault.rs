@@ -14,7 +14,8 @@ pub enum Point {
     /// thread, or beside the diff when the rows went through temporary
     /// files).
     Finishing,
-    /// The diff's thread, once per employee.
+    /// The diff's thread, once per employee it hands on to the writer
+    /// (unchanged employees take the fast path and do not pass here).
     Diff,
     /// The thread that holds the write transaction, once per insert.
     Writer,
@@ -66,6 +67,9 @@ mod armed {
             }
         };
         if fire {
+            // The one deliberate panic: fires only when a test armed this
+            // point, in a build with the `fault-injection` feature. No AFAS
+            // data, target answer, config or disk state reaches it.
             panic!("injected fault at {point:?}");
         }
     }
