@@ -121,7 +121,7 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
         items.push(item(&name, result));
     }
     if let Some(scim) = &config.sinks.scim {
-        match crate::delivery::scim::ScimSink::new(scim) {
+        match crate::delivery::scim::ScimSink::new(scim, None) {
             Ok(sink) => {
                 for (name, result) in sink.check().await {
                     items.push(item(&name, result));

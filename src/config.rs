@@ -567,6 +567,23 @@ struct RawScim {
     deprovision: Deprovision,
     #[serde(default = "default_sink_timeout")]
     timeout_secs: u64,
+    /// Employee field → attribute path(s) of the target; see the README.
+    #[serde(default)]
+    attributes: BTreeMap<String, AttrTargets>,
+    #[serde(default = "default_released_user_name")]
+    released_user_name: String,
+}
+
+/// One attribute path, several, or none (`[]` or `""`: not sent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum AttrTargets {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn default_released_user_name() -> String {
+    "released-{key}@afas-sync.invalid".into()
 }
 
 fn default_sink_timeout() -> u64 {
@@ -592,6 +609,12 @@ pub struct ScimConfig {
     pub user_name: UserNameSource,
     pub deprovision: Deprovision,
     pub timeout: std::time::Duration,
+    /// Employee field name → attribute paths (empty: not sent), over the
+    /// defaults the sink derives from what the target declares.
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// The `userName` a user gets when its value must be freed for another
+    /// employee (`{key}` = the AFAS employee key).
+    pub released_user_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -974,6 +997,34 @@ fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) ->
             if r.timeout_secs == 0 || r.timeout_secs > 600 {
                 return Err(invalid("sink.scim.timeout_secs", "must be 1 to 600 seconds"));
             }
+            let mut attributes = BTreeMap::new();
+            for (name, targets) in &r.attributes {
+                if crate::fields::Field::parse(name).is_none() {
+                    return Err(invalid(
+                        &format!("sink.scim.attributes.{name}"),
+                        format!(
+                            "not an employee field; one of {}, budget.<name>, leave.<type>",
+                            crate::fields::Field::names().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                let paths = match targets {
+                    AttrTargets::One(p) if p.trim().is_empty() => Vec::new(),
+                    AttrTargets::One(p) => vec![p.trim().to_string()],
+                    AttrTargets::Many(v) => v
+                        .iter()
+                        .map(|p| p.trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect(),
+                };
+                attributes.insert(name.clone(), paths);
+            }
+            if !r.released_user_name.contains("{key}") {
+                return Err(invalid(
+                    "sink.scim.released_user_name",
+                    "must contain {key}, so every released user gets a value of its own",
+                ));
+            }
             Some(ScimConfig {
                 url,
                 auth,
@@ -983,6 +1034,8 @@ fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) ->
                 user_name: r.user_name,
                 deprovision: r.deprovision,
                 timeout: std::time::Duration::from_secs(r.timeout_secs),
+                attributes,
+                released_user_name: r.released_user_name,
             })
         }
     };

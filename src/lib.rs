@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod exit;
 #[doc(hidden)]
 pub mod fault;
+pub mod fields;
 pub mod http;
 #[cfg(target_arch = "x86_64")]
 pub mod mem;

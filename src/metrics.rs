@@ -76,6 +76,9 @@ pub struct Metrics {
     pub afas_latency: Family<ConnectorLabels, Histogram>,
     pub outbox_pending: Family<SinkLabels, Gauge>,
     pub outbox_dead: Family<SinkLabels, Gauge>,
+    /// 1 while a sink is stopped (credentials refused, or the target
+    /// refuses every change), else 0.
+    pub sink_stopped: Family<SinkLabels, Gauge>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub held_plans: Gauge,
     pub guard_held: Counter,
@@ -108,6 +111,7 @@ impl Metrics {
             afas_latency: Family::new_with_constructor(latency_histogram),
             outbox_pending: Family::default(),
             outbox_dead: Family::default(),
+            sink_stopped: Family::default(),
             deliveries: Family::default(),
             held_plans: Gauge::default(),
             guard_held: Counter::default(),
@@ -172,6 +176,11 @@ impl Metrics {
             "afas_sync_outbox_dead_letters",
             "Dead-lettered outbox entries, per sink",
             m.outbox_dead.clone(),
+        );
+        r.register(
+            "afas_sync_sink_stopped",
+            "1 while delivery to a sink is stopped: credentials refused, or the target refuses every change",
+            m.sink_stopped.clone(),
         );
         r.register(
             "afas_sync_deliveries",

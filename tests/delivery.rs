@@ -76,7 +76,7 @@ fn scim_sink(url: &str) -> String {
 
 /// The expected SCIM user for an employee, written out field by field from
 /// the employee record (not by afas-sync's own serializer).
-fn assert_user_matches(user: &Value, e: &Employee, active: bool) {
+fn assert_user_matches(user: &Value, e: &Employee, active: bool, own_extension: bool) {
     let key = e.key.as_str();
     assert_eq!(user["externalId"], json!(key));
     assert_eq!(user["userName"], json!(e.email.as_str()), "{key}");
@@ -94,6 +94,13 @@ fn assert_user_matches(user: &Value, e: &Employee, active: bool) {
         e.department.as_deref(),
         "{key} department"
     );
+    if !own_extension {
+        // A target without afas-sync's extension gets nothing beyond the
+        // core and enterprise attributes.
+        assert!(user.get(EXT).is_none(), "{key}: {user}");
+        assert_eq!(user["displayName"], json!(e.display_name()), "{key}");
+        return;
+    }
     assert_eq!(
         user[EXT]["employmentStart"],
         json!(e.employment.start.to_string()),
@@ -136,13 +143,23 @@ async fn assert_server_matches(scim: &ScimPeer, snapshot: &BTreeMap<String, Prov
     for (key, p) in snapshot {
         let user = &by_ext.get(key).unwrap_or_else(|| panic!("{key} missing at the server"))[0];
         let e = p.employee.as_ref().expect("personal data");
-        assert_user_matches(user, e, p.status == Status::Active);
+        assert_user_matches(user, e, p.status == Status::Active, scim.own_extension);
     }
 }
 
 #[tokio::test]
 async fn scim_first_import_then_movers_leavers_and_a_rehire() {
-    let scim = ScimPeer::start().await;
+    first_import_then_movers_leavers_and_a_rehire(ScimPeer::start().await).await;
+}
+
+/// Interop row: a target that serves afas-sync's own extension gets every
+/// field there, as before.
+#[tokio::test]
+async fn with_afas_syncs_own_extension_served_every_field_goes_there() {
+    first_import_then_movers_leavers_and_a_rehire(ScimPeer::start_own_extension().await).await;
+}
+
+async fn first_import_then_movers_leavers_and_a_rehire(scim: ScimPeer) {
     let env = Env::new(300, &scim_sink(&scim.url())).await;
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 0, "{out}");
@@ -191,12 +208,23 @@ async fn scim_first_import_then_movers_leavers_and_a_rehire() {
     }
     assert_server_matches(&scim, &snap).await;
 
+    let store = Store::open(&env.store_path).expect("store");
+    let counts = store.outbox_counts().expect("counts");
+    assert_eq!(counts.get("scim").map(|c| c.dead).unwrap_or(0), 0, "no dead letters");
+    drop(store);
+
     let (code, out, _) = run_bin(&["--config", &env.cfg, "check"]).await;
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS SCIM reachable"), "{out}");
     assert!(
-        out.contains("PASS SCIM reachable") && out.contains("PASS SCIM extension schema"),
+        out.contains("department → urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"),
         "{out}"
     );
+    if scim.own_extension {
+        assert!(out.contains(&format!("salary → {EXT}:salary")), "{out}");
+    } else {
+        assert!(out.contains("salary (not mapped"), "{out}");
+    }
 }
 
 #[tokio::test]
@@ -243,7 +271,10 @@ async fn throttling_and_outages_are_retried_and_a_conflict_is_dead_lettered() {
             .filter(|(_, e)| e.dead)
             .collect();
         let err = dead[0].1.last_error.clone().unwrap_or_default();
-        assert!(err.contains("409") && err.contains("uniqueness"), "{err}");
+        assert!(
+            err.contains("did not provision") && err.contains("not-from-afas"),
+            "{err}"
+        );
     }
 
     // The admin resolves the conflict at the target and retries.
@@ -293,7 +324,12 @@ async fn throttling_and_outages_are_retried_and_a_conflict_is_dead_lettered() {
         let found: Vec<_> = users.iter().filter(|u| u["externalId"] == json!(key)).collect();
         assert_eq!(found.len(), 1, "{key} re-created exactly once");
         let p = &snap[key];
-        assert_user_matches(found[0], p.employee.as_ref().expect("data"), p.status == Status::Active);
+        assert_user_matches(
+            found[0],
+            p.employee.as_ref().expect("data"),
+            p.status == Status::Active,
+            scim.own_extension,
+        );
     }
 }
 

@@ -343,7 +343,7 @@ pub fn status(store: &Store, json_out: bool, o: &mut Out) -> i32 {
             "last_success": last_success.as_ref().map(|r| json!({"id": r.id, "finished_at": r.finished_at})),
             "held_plans": held,
             "outbox": store.outbox_counts()?.into_iter().map(|(sink, c)| (sink, json!({
-                "pending": c.pending, "dead": c.dead,
+                "pending": c.pending, "dead": c.dead, "stopped": c.stopped,
                 "oldest_pending_at": c.oldest_pending_at.and_then(|t| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()),
             }))).collect::<serde_json::Map<_, _>>(),
         }))
@@ -402,6 +402,9 @@ pub fn status(store: &Store, json_out: bool, o: &mut Out) -> i32 {
                                     ""
                                 }
                             );
+                            if let Some(why) = c["stopped"].as_str() {
+                                say!(o, "  STOPPED: {why}");
+                            }
                         }
                     }
                     _ => say!(o, "outbox:       empty"),

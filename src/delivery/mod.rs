@@ -79,7 +79,10 @@ impl Sink {
 pub fn sinks(config: &Config, store: Arc<Store>) -> Result<Vec<Arc<Sink>>, String> {
     let mut out = Vec::new();
     if let Some(c) = &config.sinks.scim {
-        out.push(Arc::new(Sink::Scim(Box::new(scim::ScimSink::new(c)?))));
+        out.push(Arc::new(Sink::Scim(Box::new(scim::ScimSink::new(
+            c,
+            Some(store.clone()),
+        )?))));
     }
     if let Some(c) = &config.sinks.webhook {
         out.push(Arc::new(Sink::Webhook(webhook::WebhookSink::new(c)?)));
@@ -257,6 +260,49 @@ fn backoff(attempts: u32, jitter: u64) -> i64 {
     half + (jitter % (half as u64 + 1)) as i64
 }
 
+/// Different employees refused in a row with the same answer before the
+/// sink counts as refusing everything (a schema or mapping the target does
+/// not take), rather than as that many bad entries.
+pub const SAME_REFUSALS_TO_STOP: u32 = 3;
+
+/// The refusals of one pass, in the order they came.
+#[derive(Default)]
+struct Refusals {
+    last: Option<String>,
+    in_a_row: u32,
+    /// The refusal that stopped the sink.
+    stopped_on: Option<String>,
+}
+
+impl Refusals {
+    /// Counts one refusal; true when it stops the sink.
+    fn refused(&mut self, reason: &str) -> bool {
+        if self.last.as_deref() == Some(reason) {
+            self.in_a_row += 1;
+        } else {
+            self.last = Some(reason.to_string());
+            self.in_a_row = 1;
+        }
+        if self.in_a_row >= SAME_REFUSALS_TO_STOP && self.stopped_on.is_none() {
+            self.stopped_on = Some(reason.to_string());
+        }
+        self.stopped_on.as_deref() == Some(reason)
+    }
+
+    fn delivered(&mut self) {
+        self.last = None;
+        self.in_a_row = 0;
+    }
+}
+
+/// What one task did with one entry.
+enum Handled {
+    Result(u64, EntryResult),
+    /// Refused as it is (4xx): dead-lettered, unless the same refusal
+    /// stopped the sink.
+    Refused(u64, OutboxEntry, String),
+}
+
 fn jitter_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -297,8 +343,9 @@ pub async fn deliver_pass(
         let permits = Arc::new(tokio::sync::Semaphore::new(config.delivery.parallelism as usize));
         let max_age = (config.delivery.max_age_hours * 3600) as i64;
         let mut tasks = tokio::task::JoinSet::new();
-        let mut done_early: Vec<(u64, EntryResult)> = Vec::new();
+        let mut done_early: Vec<Handled> = Vec::new();
         let down = Arc::new(std::sync::Mutex::new(None::<String>));
+        let refusals = Arc::new(std::sync::Mutex::new(Refusals::default()));
         // Run events ("sync.completed" …) go after the employee events of
         // the same pass, so a receiver sees the run's changes first.
         let run_chain = chains.remove("");
@@ -313,15 +360,14 @@ pub async fn deliver_pass(
             let is_run_chain = i + 1 == last && chain.first().is_some_and(|j| j.entry.item.order_key().is_empty());
             if is_run_chain {
                 // Wait for the employee chains already started.
-                let mut partial = Vec::new();
                 while let Some(r) = tasks.join_next().await {
-                    partial.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
+                    done_early.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
                 }
-                done_early.extend(partial);
             }
             let sink = sink.clone();
             let permits = permits.clone();
             let down = down.clone();
+            let refusals = refusals.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let mut results = Vec::new();
@@ -335,7 +381,10 @@ pub async fn deliver_pass(
                                 (OutboxItem::Mutation { key, .. }, Some(id)) => Some((key.clone(), id)),
                                 _ => None,
                             };
-                            results.push((job.seq, EntryResult::Done { target_id }));
+                            if let Ok(mut r) = refusals.lock() {
+                                r.delivered();
+                            }
+                            results.push(Handled::Result(job.seq, EntryResult::Done { target_id }));
                         }
                         Err(SinkError::Down { reason }) => {
                             if let Ok(mut d) = down.lock() {
@@ -344,11 +393,14 @@ pub async fn deliver_pass(
                             break;
                         }
                         Err(SinkError::Permanent { reason }) => {
-                            let mut e = job.entry.clone();
-                            e.attempts += 1;
-                            e.dead = true;
-                            e.last_error = Some(reason);
-                            results.push((job.seq, EntryResult::Update(e)));
+                            let stops = refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
+                            results.push(Handled::Refused(job.seq, job.entry.clone(), reason.clone()));
+                            if stops {
+                                if let Ok(mut d) = down.lock() {
+                                    d.get_or_insert(format!("the {name} target refuses every change: {reason}"));
+                                }
+                                break;
+                            }
                         }
                         Err(SinkError::Retry { reason, after }) => {
                             let mut e = job.entry.clone();
@@ -361,7 +413,7 @@ pub async fn deliver_pass(
                             if now - e.created_at >= max_age {
                                 e.dead = true;
                             }
-                            results.push((job.seq, EntryResult::Update(e)));
+                            results.push(Handled::Result(job.seq, EntryResult::Update(e)));
                             // Later entries of this employee wait for this one.
                             break;
                         }
@@ -370,10 +422,30 @@ pub async fn deliver_pass(
                 results
             });
         }
-        let mut results = done_early;
+        let mut handled = done_early;
         while let Some(r) = tasks.join_next().await {
-            results.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
+            handled.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
         }
+        let stopped_on = refusals.lock().ok().and_then(|r| r.stopped_on.clone());
+        let stop_message = down.lock().ok().and_then(|d| d.clone());
+        let results: Vec<(u64, EntryResult)> = handled
+            .into_iter()
+            .map(|h| match h {
+                Handled::Result(seq, r) => (seq, r),
+                // The target refuses everything, not this entry: it stays
+                // pending with no attempt spent, and says why.
+                Handled::Refused(seq, mut e, reason) if stopped_on.as_deref() == Some(reason.as_str()) => {
+                    e.last_error = stop_message.clone().or(Some(reason));
+                    (seq, EntryResult::Update(e))
+                }
+                Handled::Refused(seq, mut e, reason) => {
+                    e.attempts += 1;
+                    e.dead = true;
+                    e.last_error = Some(reason);
+                    (seq, EntryResult::Update(e))
+                }
+            })
+            .collect();
         let m = crate::metrics::metrics();
         for (_, r) in &results {
             let outcome = match r {
@@ -397,9 +469,19 @@ pub async fn deliver_pass(
                 })
                 .inc();
         }
-        if let Some(reason) = down.lock().ok().and_then(|d| d.clone()) {
+        if let Some(reason) = &stop_message {
             tracing::error!(sink = name, "delivery stopped: {reason}");
-            report.down.push((name.to_string(), reason));
+            report.down.push((name.to_string(), reason.clone()));
+        }
+        m.sink_stopped
+            .get_or_create(&crate::metrics::SinkLabels { sink: name.into() })
+            .set(i64::from(stop_message.is_some()));
+        {
+            let s = store.clone();
+            let stopped = stop_message.clone();
+            tokio::task::spawn_blocking(move || s.set_sink_stopped(name, stopped.as_deref()))
+                .await
+                .map_err(|e| StoreError::Redb(e.to_string()))??;
         }
         if !results.is_empty() {
             let s = store.clone();

@@ -207,11 +207,13 @@ pub enum EntryResult {
 }
 
 /// Pending and dead-lettered entries of one sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
     pub pending: u64,
     pub dead: u64,
     pub oldest_pending_at: Option<i64>,
+    /// Why the last delivery pass stopped this sink, while it is stopped.
+    pub stopped: Option<String>,
 }
 
 fn unix_now() -> i64 {
@@ -899,11 +901,47 @@ impl Store {
         Ok(())
     }
 
-    /// Pending and dead entries per sink.
+    /// Records why a delivery pass stopped a sink, or clears it.
+    pub fn set_sink_stopped(&self, sink: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        let key = format!("sink_stopped:{sink}");
+        let current = {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(META)?;
+            let v = t.get(key.as_str())?.map(|g| g.value().to_vec());
+            v
+        };
+        if current.as_deref() == reason.map(str::as_bytes) {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match reason {
+                Some(r) => {
+                    meta.insert(key.as_str(), r.as_bytes())?;
+                }
+                None => {
+                    meta.remove(key.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Pending and dead entries per sink, and why a sink is stopped.
     pub fn outbox_counts(&self) -> Result<BTreeMap<String, OutboxCounts>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(OUTBOX)?;
         let mut out: BTreeMap<String, OutboxCounts> = BTreeMap::new();
+        let meta = txn.open_table(META)?;
+        for item in meta.range("sink_stopped:".."sink_stopped;")? {
+            let (k, v) = item?;
+            if let Some(sink) = k.value().strip_prefix("sink_stopped:") {
+                out.entry(sink.to_string()).or_default().stopped =
+                    Some(String::from_utf8_lossy(v.value()).into_owned());
+            }
+        }
         for item in t.iter()? {
             let (k, v) = item?;
             let e: OutboxEntry = dec("outbox entry", v.value())?;
@@ -1050,6 +1088,14 @@ impl Store {
     }
 
     /// The stored record of one employee and its history (run id, mutation).
+    /// One employee's stored record, without its history.
+    pub fn provisioned(&self, key: &str) -> Result<Option<Provisioned>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let e = txn.open_table(EMPLOYEES)?;
+        let v = e.get(key)?;
+        v.map(|g| dec("employee", g.value())).transpose()
+    }
+
     pub fn employee(&self, key: &str) -> Result<EmployeeRecord, StoreError> {
         let txn = self.db.begin_read()?;
         let e = txn.open_table(EMPLOYEES)?;

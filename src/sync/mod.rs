@@ -702,7 +702,7 @@ pub fn refresh_outbox_metrics(store: &Store) -> Result<(), StoreError> {
     let m = crate::metrics::metrics();
     let counts = store.outbox_counts()?;
     for sink in ["scim", "webhook", "files"] {
-        let c = counts.get(sink).copied().unwrap_or_default();
+        let c = counts.get(sink).cloned().unwrap_or_default();
         m.outbox_pending
             .get_or_create(&crate::metrics::SinkLabels { sink: sink.into() })
             .set(c.pending as i64);

@@ -27,10 +27,14 @@ fn manifest(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// scim2-server, in memory, with afas-sync's extension schema loaded.
+/// scim2-server, in memory, as a SaaS target runs: RFC 7643's schemas only
+/// (core User, Group, the enterprise extension), unless a test says
+/// otherwise.
 pub struct ScimPeer {
     child: Option<tokio::process::Child>,
     pub port: u16,
+    /// afas-sync's own extension schema is loaded.
+    pub own_extension: bool,
 }
 
 impl ScimPeer {
@@ -42,7 +46,24 @@ impl ScimPeer {
         Self::start_with(port, &[]).await
     }
 
-    /// With extra scim2-server arguments (e.g. `--service-provider-config`).
+    /// With afas-sync's extension loaded (`packaging/scim/`): a target
+    /// that chose to serve it.
+    pub async fn start_own_extension() -> ScimPeer {
+        let schemas = manifest("packaging/scim/schemas.json");
+        let types = manifest("packaging/scim/resource-types.json");
+        let args = [
+            "--schema",
+            schemas.to_str().expect("path"),
+            "--resource-type",
+            types.to_str().expect("path"),
+        ];
+        let mut peer = Self::start_with(free_port(), &args).await;
+        peer.own_extension = true;
+        peer
+    }
+
+    /// With extra scim2-server arguments (e.g. `--service-provider-config`,
+    /// `--schema`).
     pub async fn start_with(port: u16, extra: &[&str]) -> ScimPeer {
         let child = tokio::process::Command::new("scim2-server")
             .args(extra)
@@ -54,10 +75,6 @@ impl ScimPeer {
                 "--bearer-token",
                 SCIM_TOKEN,
             ])
-            .arg("--schema")
-            .arg(manifest("packaging/scim/schemas.json"))
-            .arg("--resource-type")
-            .arg(manifest("packaging/scim/resource-types.json"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -66,6 +83,7 @@ impl ScimPeer {
         let peer = ScimPeer {
             child: Some(child),
             port,
+            own_extension: false,
         };
         let client = http();
         for _ in 0..150 {

@@ -1,0 +1,725 @@
+//! The SCIM 2.0 sink (RFC 7643/7644): Users with `externalId` = the AFAS
+//! employee key, the enterprise extension, and afas-sync's own extension
+//! for everything else (see [`EXTENSION_URN`] and the README).
+//!
+//! Every operation is idempotent so the outbox may repeat it: a joiner is
+//! looked up by `externalId` first and replaced when it exists (a retried
+//! create never makes a duplicate); an update that meets a 404 (the server
+//! lost the user) looks up again and re-creates.
+
+pub mod mapping;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use self::mapping::Mapping;
+pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
+use super::webhook::{classify, transport_error};
+use super::{Job, SinkError};
+use crate::config::{Deprovision, ScimAuth, ScimConfig, UserNameSource};
+use crate::domain::Employee;
+use crate::store::Store;
+use crate::sync::plan::{Mutation, MutationKind, Status};
+
+const PATCH_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+enum Auth {
+    Bearer(HeaderValue),
+    OAuth(crate::oauth::TokenSource),
+}
+
+/// The target as discovered, with the mapping checked against it.
+pub struct Ready {
+    pub target: Target,
+    pub mapping: Mapping,
+}
+
+pub struct ScimSink {
+    http: reqwest::Client,
+    base: url::Url,
+    auth: Auth,
+    user_name: UserNameSource,
+    deprovision: Deprovision,
+    attributes: BTreeMap<String, Vec<String>>,
+    released_user_name: String,
+    /// Who holds a value: the snapshot and this sink's target ids.
+    store: Option<Arc<Store>>,
+    /// Discovered on first use; dropped after a refusal that points at the
+    /// schema, so the next delivery reads the target again.
+    ready: tokio::sync::Mutex<Option<Arc<Ready>>>,
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+/// A user found at the target: its id and, with ETags, its version.
+struct Found {
+    id: String,
+    version: Option<String>,
+}
+
+/// What one write did.
+enum Wrote {
+    Done,
+    /// 404: the target lost the user.
+    Gone,
+    /// 409: a unique value (`userName`) is held by another user.
+    Conflict,
+}
+
+/// What one attempt at a mutation did.
+enum Applied {
+    Done(Option<String>),
+    Conflict,
+}
+
+impl ScimSink {
+    pub fn new(c: &ScimConfig, store: Option<Arc<Store>>) -> Result<Self, String> {
+        crate::afas::client::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .timeout(c.timeout)
+            .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &c.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("sink.scim.ca_file {}: {e}", ca.display()))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| format!("sink.scim.ca_file {}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
+        let auth = match &c.auth {
+            ScimAuth::Bearer(t) => {
+                let mut h = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
+                    "sink.scim.token_file: the token contains characters not allowed in a header".to_string()
+                })?;
+                h.set_sensitive(true);
+                Auth::Bearer(h)
+            }
+            ScimAuth::OAuth {
+                token_url,
+                client_id,
+                client_secret,
+            } => Auth::OAuth(crate::oauth::TokenSource::new(
+                token_url.clone(),
+                client_id.clone(),
+                client_secret.clone(),
+            )),
+        };
+        Ok(ScimSink {
+            http,
+            base: c.url.clone(),
+            auth,
+            user_name: c.user_name,
+            deprovision: c.deprovision,
+            attributes: c.attributes.clone(),
+            released_user_name: c.released_user_name.clone(),
+            store,
+            ready: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> url::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop_if_empty();
+            p.extend(segments);
+        }
+        url
+    }
+
+    async fn authorization(&self, force: bool) -> Result<HeaderValue, SinkError> {
+        match &self.auth {
+            Auth::Bearer(h) => Ok(h.clone()),
+            Auth::OAuth(source) => {
+                let bearer = source.bearer(&self.http, force).await.map_err(|f| {
+                    let reason = format!(
+                        "SCIM OAuth token request failed: {}{}",
+                        f.error,
+                        f.description.map(|d| format!(" ({d})")).unwrap_or_default()
+                    );
+                    if f.transient {
+                        SinkError::Retry { reason, after: None }
+                    } else {
+                        SinkError::Down { reason }
+                    }
+                })?;
+                let mut h = HeaderValue::from_str(&bearer).map_err(|_| SinkError::Down {
+                    reason: "the SCIM OAuth token is not a valid header value".into(),
+                })?;
+                h.set_sensitive(true);
+                Ok(h)
+            }
+        }
+    }
+
+    /// One request; a 401 under OAuth fetches a new token once.
+    async fn send(
+        &self,
+        method: Method,
+        url: url::Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, SinkError> {
+        let mut refreshed = false;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, self.authorization(refreshed).await?)
+                .header("accept", "application/scim+json");
+            if let Some(b) = body {
+                req = req.header(CONTENT_TYPE, "application/scim+json").body(b.to_string());
+            }
+            if let Some(v) = if_match {
+                req = req.header("if-match", v);
+            }
+            let resp = req.send().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
+            let status = resp.status().as_u16();
+            if status == 401 && !refreshed && matches!(self.auth, Auth::OAuth(_)) {
+                refreshed = true;
+                continue;
+            }
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let bytes = resp.bytes().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Ok(Answer {
+                status,
+                body,
+                retry_after,
+            });
+        }
+    }
+
+    fn failure(&self, a: &Answer, what: &str) -> SinkError {
+        let detail = [a.body.get("scimType"), a.body.get("detail")]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(": ");
+        let detail: String = detail.chars().take(300).collect();
+        classify(
+            a.status,
+            a.retry_after.as_deref(),
+            &format!("the SCIM server ({what})"),
+            &detail,
+        )
+    }
+
+    /// A discovery GET: the body on 200, `None` when the target does not
+    /// serve it, an error when it refuses us.
+    async fn discover(&self, what: &str) -> Result<Option<Value>, SinkError> {
+        let a = self.send(Method::GET, self.url(&[what]), None, None).await?;
+        match a.status {
+            200 => Ok(Some(a.body)),
+            401 | 403 => Err(self.failure(&a, what)),
+            408 | 429 | 500..=599 => Err(self.failure(&a, what)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads the target (RFC 7644 §4) and checks the mapping against it.
+    pub async fn discover_target(&self) -> Result<Target, SinkError> {
+        let caps = match self.discover("ServiceProviderConfig").await? {
+            Some(b) => Capabilities {
+                patch: b.pointer("/patch/supported").and_then(Value::as_bool).unwrap_or(false),
+                etag: b.pointer("/etag/supported").and_then(Value::as_bool).unwrap_or(false),
+            },
+            // The common case for a server that does not say.
+            None => Capabilities {
+                patch: true,
+                etag: false,
+            },
+        };
+        let resource_types = self.discover("ResourceTypes").await?;
+        let schemas = self.discover("Schemas").await?;
+        Ok(Target::from_answers(caps, resource_types.as_ref(), schemas.as_ref()))
+    }
+
+    /// The discovered target and checked mapping, read once and kept until
+    /// a refusal points at the schema. A mapping the target cannot take
+    /// stops the sink (nothing is spent or dead-lettered) until it is fixed.
+    pub async fn ready(&self) -> Result<Arc<Ready>, SinkError> {
+        let mut guard = self.ready.lock().await;
+        if let Some(r) = guard.as_ref() {
+            return Ok(r.clone());
+        }
+        let target = self.discover_target().await?;
+        let mapping = Mapping::new(&self.attributes, &target).map_err(|reason| SinkError::Down { reason })?;
+        let r = Arc::new(Ready { target, mapping });
+        *guard = Some(r.clone());
+        Ok(r)
+    }
+
+    /// A 400 that says the request does not fit the target's schema: read
+    /// the target again before the next delivery.
+    async fn after_refusal(&self, a: &Answer) {
+        let scim_type = a.body.get("scimType").and_then(Value::as_str).unwrap_or("");
+        let detail = a.body.get("detail").and_then(Value::as_str).unwrap_or("");
+        if a.status == 400
+            && (matches!(scim_type, "invalidSyntax" | "invalidValue" | "invalidPath" | "noTarget")
+                || detail.to_ascii_lowercase().contains("schema"))
+        {
+            *self.ready.lock().await = None;
+        }
+    }
+
+    async fn refused(&self, a: &Answer, what: &str) -> SinkError {
+        self.after_refusal(a).await;
+        self.failure(a, what)
+    }
+
+    fn user_name_of(&self, e: &Employee) -> String {
+        match self.user_name {
+            UserNameSource::Email => e.email.as_str().to_string(),
+            UserNameSource::Key => e.key.as_str().to_string(),
+        }
+    }
+
+    /// The `userName` a user gets when its value must be freed for another
+    /// employee: deterministic, so a repeat changes nothing.
+    pub fn released_user_name(&self, key: &str) -> String {
+        self.released_user_name.replace("{key}", key)
+    }
+
+    async fn lookup(&self, attr: &str, value: &str) -> Result<Vec<Value>, SinkError> {
+        let mut url = self.url(&["Users"]);
+        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+        url.query_pairs_mut()
+            .append_pair("filter", &format!("{attr} eq \"{escaped}\""))
+            .append_pair("attributes", "id,externalId,userName,active,meta.version");
+        let a = self.send(Method::GET, url, None, None).await?;
+        if a.status != 200 {
+            return Err(self.failure(&a, &format!("lookup by {attr}")));
+        }
+        Ok(a.body
+            .get("Resources")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn find(&self, key: &str) -> Result<Option<Found>, SinkError> {
+        let resources = self.lookup("externalId", key).await?;
+        if resources.len() > 1 {
+            return Err(SinkError::Permanent {
+                reason: format!(
+                    "the SCIM server holds {} users with externalId {key}; remove the duplicates there",
+                    resources.len()
+                ),
+            });
+        }
+        Ok(resources.first().and_then(|r| {
+            Some(Found {
+                id: r.get("id")?.as_str()?.to_string(),
+                version: r.pointer("/meta/version").and_then(Value::as_str).map(str::to_string),
+            })
+        }))
+    }
+
+    /// The current version of a user for `If-Match`; `None` when gone.
+    async fn version(&self, id: &str) -> Result<Option<Option<String>>, SinkError> {
+        let a = self.send(Method::GET, self.url(&["Users", id]), None, None).await?;
+        match a.status {
+            200 => Ok(Some(
+                a.body
+                    .pointer("/meta/version")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            )),
+            404 => Ok(None),
+            _ => Err(self.failure(&a, "read")),
+        }
+    }
+
+    async fn create(&self, user: &Value) -> Result<(Wrote, Option<String>), SinkError> {
+        let a = self.send(Method::POST, self.url(&["Users"]), Some(user), None).await?;
+        match a.status {
+            200 | 201 => match a.body.get("id").and_then(Value::as_str) {
+                Some(id) => Ok((Wrote::Done, Some(id.to_string()))),
+                None => Err(SinkError::Retry {
+                    reason: "the SCIM server created the user but sent no id".into(),
+                    after: None,
+                }),
+            },
+            409 => Ok((Wrote::Conflict, None)),
+            _ => Err(self.refused(&a, "create").await),
+        }
+    }
+
+    /// Creates the user, or replaces it when one with this externalId exists.
+    async fn upsert(&self, ready: &Ready, key: &str, user: &Value) -> Result<Applied, SinkError> {
+        let (wrote, id) = match self.find(key).await? {
+            None => self.create(user).await?,
+            Some(found) => {
+                let wrote = self.replace(ready, &found.id, found.version.as_deref(), user).await?;
+                (wrote, Some(found.id))
+            }
+        };
+        match wrote {
+            Wrote::Conflict => Ok(Applied::Conflict),
+            // Deleted between the lookup and the write: the next attempt
+            // creates it.
+            Wrote::Gone => Err(SinkError::Retry {
+                reason: format!("the user with externalId {key} vanished at the SCIM server while it was written"),
+                after: None,
+            }),
+            Wrote::Done => Ok(Applied::Done(id)),
+        }
+    }
+
+    /// PUT with `If-Match` when the server has ETags; a stale version (412)
+    /// is read again, a bounded number of times.
+    async fn replace(&self, ready: &Ready, id: &str, version: Option<&str>, user: &Value) -> Result<Wrote, SinkError> {
+        let etag = ready.target.caps.etag;
+        let mut version = version.map(str::to_string);
+        for _ in 0..3 {
+            if etag && version.is_none() {
+                match self.version(id).await? {
+                    Some(v) => version = v,
+                    None => return Ok(Wrote::Gone),
+                }
+            }
+            let a = self
+                .send(
+                    Method::PUT,
+                    self.url(&["Users", id]),
+                    Some(user),
+                    if etag { version.as_deref() } else { None },
+                )
+                .await?;
+            match a.status {
+                200 | 204 => return Ok(Wrote::Done),
+                404 => return Ok(Wrote::Gone),
+                409 => return Ok(Wrote::Conflict),
+                412 => version = None,
+                _ => return Err(self.refused(&a, "replace").await),
+            }
+        }
+        Err(SinkError::Retry {
+            reason: "the user kept changing at the SCIM server (412 three times)".into(),
+            after: None,
+        })
+    }
+
+    async fn patch(&self, ready: &Ready, id: &str, ops: Vec<Value>) -> Result<Wrote, SinkError> {
+        let etag = ready.target.caps.etag;
+        let body = json!({"schemas": [PATCH_URN], "Operations": ops});
+        for _ in 0..3 {
+            let version = if etag {
+                match self.version(id).await? {
+                    Some(v) => v,
+                    None => return Ok(Wrote::Gone),
+                }
+            } else {
+                None
+            };
+            let a = self
+                .send(Method::PATCH, self.url(&["Users", id]), Some(&body), version.as_deref())
+                .await?;
+            match a.status {
+                200 | 204 => return Ok(Wrote::Done),
+                404 => return Ok(Wrote::Gone),
+                409 => return Ok(Wrote::Conflict),
+                412 => continue,
+                _ => return Err(self.refused(&a, "patch").await),
+            }
+        }
+        Err(SinkError::Retry {
+            reason: "the user kept changing at the SCIM server (412 three times)".into(),
+            after: None,
+        })
+    }
+
+    /// Sets one user's `userName`: PATCH where the target has it, else the
+    /// user read and put back whole.
+    async fn set_user_name(&self, ready: &Ready, id: &str, user_name: &str) -> Result<Wrote, SinkError> {
+        if ready.target.caps.patch {
+            let op = json!({"op": "replace", "path": "userName", "value": user_name});
+            return self.patch(ready, id, vec![op]).await;
+        }
+        let a = self.send(Method::GET, self.url(&["Users", id]), None, None).await?;
+        match a.status {
+            200 => {}
+            404 => return Ok(Wrote::Gone),
+            _ => return Err(self.failure(&a, "read")),
+        }
+        let version = a
+            .body
+            .pointer("/meta/version")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut user = a.body;
+        if let Some(m) = user.as_object_mut() {
+            m.remove("meta");
+            m.insert("userName".into(), Value::from(user_name));
+        }
+        self.replace(ready, id, version.as_deref(), &user).await
+    }
+
+    /// The target refused `value` as a `userName` because another user holds
+    /// it. When that user is one this sink provisioned and the snapshot no
+    /// longer gives it this value (it left, or its own change moves it on),
+    /// it gets its released `userName` so the value is free; its own change,
+    /// delivered in turn, gives it its new value. Anything else is a refusal
+    /// that names the holder.
+    async fn free_user_name(&self, ready: &Ready, own_key: &str, value: &str) -> Result<(), SinkError> {
+        let holders = self.lookup("userName", value).await?;
+        let Some(holder) = holders.first() else {
+            return Ok(()); // freed meanwhile
+        };
+        let id = holder.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
+        let external = holder.get("externalId").and_then(Value::as_str).unwrap_or("");
+        let not_ours = || SinkError::Permanent {
+            reason: format!(
+                "the SCIM server gives userName {value} to user {id}{}, which afas-sync did not provision; \
+                 free the value there (or remove that user), then run `afas-sync outbox retry`",
+                if external.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (externalId {external})")
+                }
+            ),
+        };
+        if external.is_empty() || external == own_key {
+            return Err(not_ours());
+        }
+        let Some(store) = &self.store else {
+            return Err(not_ours());
+        };
+        let (store_a, key_a) = (store.clone(), external.to_string());
+        let ours = tokio::task::spawn_blocking(move || {
+            let known = store_a.target_id("scim", &key_a)?;
+            let record = store_a.provisioned(&key_a)?;
+            Ok::<_, crate::store::StoreError>((known, record))
+        })
+        .await
+        .map_err(|e| SinkError::Retry {
+            reason: format!("reading the state file: {e}"),
+            after: None,
+        })?
+        .map_err(|e| SinkError::Retry {
+            reason: format!("reading the state file: {e}"),
+            after: None,
+        })?;
+        let (known, record) = ours;
+        let Some(record) = record.filter(|_| known.as_deref() == Some(id.as_str())) else {
+            return Err(not_ours());
+        };
+        let still_wanted = record.status == Status::Active
+            && record
+                .employee
+                .as_ref()
+                .is_some_and(|e| self.user_name_of(e).eq_ignore_ascii_case(value));
+        if still_wanted {
+            return Err(SinkError::Permanent {
+                reason: format!(
+                    "userName {value} belongs to employee {external} (user {id}) as well; \
+                     two employees in AFAS share this address: correct one of them in AFAS"
+                ),
+            });
+        }
+        let released = self.released_user_name(external);
+        match self.set_user_name(ready, &id, &released).await? {
+            Wrote::Done | Wrote::Gone => {
+                tracing::info!(
+                    holder = external,
+                    "freed userName at the SCIM target for employee {own_key}"
+                );
+                Ok(())
+            }
+            Wrote::Conflict => Err(SinkError::Permanent {
+                reason: format!(
+                    "the released userName {released} for employee {external} is itself taken at the SCIM server; \
+                     set sink.scim.released_user_name to a pattern nobody uses"
+                ),
+            }),
+        }
+    }
+
+    /// The id to update: the remembered one, else a lookup.
+    async fn target(&self, job: &Job, key: &str) -> Result<Option<String>, SinkError> {
+        match &job.target_id {
+            Some(id) => Ok(Some(id.clone())),
+            None => Ok(self.find(key).await?.map(|f| f.id)),
+        }
+    }
+
+    pub async fn deliver(&self, job: &Job) -> Result<Option<String>, SinkError> {
+        let Some(m) = &job.mutation else {
+            return Ok(None);
+        };
+        let ready = self.ready().await?;
+        // A leaver whose address now belongs to someone else steps aside;
+        // anyone else frees the value from the user that keeps it.
+        let mut released = false;
+        for _ in 0..4 {
+            match self.apply(&ready, job, m, released).await? {
+                Applied::Done(id) => return Ok(id),
+                Applied::Conflict => {
+                    let Some(e) = &m.employee else { break };
+                    if m.kind == MutationKind::Leaver {
+                        released = true;
+                    } else {
+                        self.free_user_name(&ready, m.key.as_str(), &self.user_name_of(e))
+                            .await?;
+                    }
+                }
+            }
+        }
+        Err(SinkError::Retry {
+            reason: format!("the userName of employee {} is still taken at the SCIM server", m.key),
+            after: None,
+        })
+    }
+
+    async fn apply(&self, ready: &Ready, job: &Job, m: &Mutation, released: bool) -> Result<Applied, SinkError> {
+        let key = m.key.as_str();
+        let caps = ready.target.caps;
+        let Some(e) = &m.employee else {
+            // Personal data already removed by retention: nothing to send
+            // but a deactivation, which needs no data.
+            if m.kind == MutationKind::Leaver {
+                if let Some(id) = self.target(job, key).await? {
+                    let op = json!({"op": "replace", "path": "active", "value": false});
+                    self.patch(ready, &id, vec![op]).await?;
+                    return Ok(Applied::Done(Some(id)));
+                }
+            }
+            return Ok(Applied::Done(None));
+        };
+        let user_name = if released {
+            self.released_user_name(key)
+        } else {
+            self.user_name_of(e)
+        };
+        let changed: Vec<&str> = m.changes.iter().map(|c| c.field.as_str()).collect();
+        let user_name_changed = self.user_name == UserNameSource::Email && changed.contains(&"email");
+        let wrote = |w: Wrote, id: String| match w {
+            Wrote::Done => Some(Applied::Done(Some(id))),
+            Wrote::Conflict => Some(Applied::Conflict),
+            Wrote::Gone => None,
+        };
+        match m.kind {
+            MutationKind::Joiner | MutationKind::Rehire => {
+                self.upsert(ready, key, &ready.mapping.user(e, true, &user_name)).await
+            }
+            MutationKind::Mover => {
+                let user = ready.mapping.user(e, true, &user_name);
+                let mut ops = ready.mapping.patch_ops(&user, &changed);
+                if user_name_changed {
+                    ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
+                }
+                let Some(id) = self.target(job, key).await? else {
+                    return self.upsert(ready, key, &user).await;
+                };
+                if ops.is_empty() {
+                    // Nothing the target receives changed.
+                    return Ok(Applied::Done(Some(id)));
+                }
+                let w = if caps.patch {
+                    self.patch(ready, &id, ops).await?
+                } else {
+                    self.replace(ready, &id, None, &user).await?
+                };
+                match wrote(w, id) {
+                    Some(a) => Ok(a),
+                    // Gone at the server (restarted, deleted): look up again,
+                    // then create with the full current state.
+                    None => self.upsert(ready, key, &user).await,
+                }
+            }
+            MutationKind::Leaver => {
+                let id = self.target(job, key).await?;
+                if self.deprovision == Deprovision::Delete {
+                    if let Some(id) = id {
+                        let a = self.send(Method::DELETE, self.url(&["Users", &id]), None, None).await?;
+                        if !matches!(a.status, 200 | 204 | 404) {
+                            return Err(self.failure(&a, "delete"));
+                        }
+                    }
+                    return Ok(Applied::Done(None));
+                }
+                let user = ready.mapping.user(e, false, &user_name);
+                let w = match &id {
+                    Some(id) if caps.patch => {
+                        // The termination date (or access flag) that made the
+                        // leaver travels with the deactivation.
+                        let mut ops = vec![json!({"op": "replace", "path": "active", "value": false})];
+                        ops.extend(ready.mapping.patch_ops(&user, &changed));
+                        if user_name_changed || released {
+                            ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
+                        }
+                        Some(self.patch(ready, id, ops).await?)
+                    }
+                    Some(id) => Some(self.replace(ready, id, None, &user).await?),
+                    None => None,
+                };
+                match (w, id) {
+                    (Some(w), Some(id)) => match wrote(w, id) {
+                        Some(a) => Ok(a),
+                        None => self.upsert(ready, key, &user).await,
+                    },
+                    // Keep the target's picture complete: the leaver exists,
+                    // inactive.
+                    _ => self.upsert(ready, key, &user).await,
+                }
+            }
+        }
+    }
+
+    /// For `afas-sync check`: reachable, what the target declares, and
+    /// which fields the mapping delivers there.
+    pub async fn check(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        let target = match self.discover_target().await {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(("SCIM reachable".to_string(), Err(e.to_string())));
+                return out;
+            }
+        };
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        out.push((
+            "SCIM reachable".to_string(),
+            Ok(format!(
+                "{} (PATCH {}, ETags {})",
+                self.base,
+                yes(target.caps.patch),
+                yes(target.caps.etag)
+            )),
+        ));
+        let names: Vec<&str> = target.schemas.keys().map(String::as_str).collect();
+        let schemas = match target.source {
+            schema::Source::Served => format!("the target serves {}", names.join(", ")),
+            schema::Source::Assumed => format!(
+                "the target serves no /Schemas: treated as RFC 7643's {}",
+                names.join(" and ")
+            ),
+        };
+        out.push(("SCIM schemas".to_string(), Ok(schemas)));
+        match Mapping::new(&self.attributes, &target) {
+            Ok(m) => {
+                out.push(("SCIM attributes delivered".to_string(), Ok(m.delivered().join(", "))));
+                let not: Vec<String> = m.not_delivered.iter().map(|(f, why)| format!("{f} ({why})")).collect();
+                out.push((
+                    "SCIM fields not delivered".to_string(),
+                    Ok(if not.is_empty() { "none".into() } else { not.join("; ") }),
+                ));
+            }
+            Err(e) => out.push(("SCIM attribute mapping".to_string(), Err(e))),
+        }
+        out
+    }
+}
