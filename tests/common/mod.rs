@@ -120,3 +120,4 @@ pub async fn run_bin_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, S
     )
 }
 pub mod peers;
+pub mod sync_env;

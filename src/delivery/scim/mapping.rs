@@ -243,16 +243,24 @@ impl Mapping {
             })?;
             chosen.insert(f, (paths.clone(), true));
         }
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         let mut not_delivered = Vec::new();
-        for (field, (paths, explicit)) in chosen {
+        // The config's own entries first: a default never takes an
+        // attribute the admin gave to another field.
+        let (explicit, implied): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|(_, (_, e))| *e);
+        for (field, (paths, explicit)) in explicit.into_iter().chain(implied) {
             if paths.is_empty() {
                 not_delivered.push((field.to_string(), "switched off in sink.scim.attributes".into()));
                 continue;
             }
             let mut missing = Vec::new();
             for text in paths {
-                let checked = AttrPath::parse(&text).and_then(|p| resolve(target, &field, &p).map(|r| (p, r)));
+                let checked = AttrPath::parse(&text).and_then(|p| {
+                    if let Some(other) = entries.iter().find(|e| e.path == p) {
+                        return Err(format!("`{p}` already receives {}", other.field));
+                    }
+                    resolve(target, &field, &p).map(|r| (p, r))
+                });
                 match checked {
                     Ok((path, (kind, primary))) => entries.push(Entry {
                         field: field.clone(),
@@ -276,7 +284,7 @@ impl Mapping {
         for f in Field::all_fixed() {
             let name = f.to_string();
             if !entries.iter().any(|e| e.field == f) && !not_delivered.iter().any(|(n, _)| *n == name) {
-                not_delivered.push((name, "not mapped (see sink.scim.attributes)".into()));
+                not_delivered.push((name, "not mapped; see sink.scim.attributes".into()));
             }
         }
         Ok(Mapping { entries, not_delivered })
