@@ -79,7 +79,7 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
                     if listed {
                         Ok("listed in the App Connector".into())
                     } else {
-                        Err(format!("GetConnector `{}` is not in this App Connector: add it under the App Connector's GetConnectors tab (seed step 6)", conn.connector))
+                        Err(format!("GetConnector `{}` is not in this App Connector: add it under the App Connector's GetConnectors tab (setup step 6)", conn.connector))
                     },
                 ));
             }

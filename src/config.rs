@@ -155,9 +155,9 @@ struct RawAfas {
     max_retries: u32,
     #[serde(default = "default_max_retry_wait")]
     max_retry_wait_secs: u64,
-    #[serde(default = "default_employees_connector")]
+    #[serde(default = "default_employees_connector", deserialize_with = "employees_section")]
     employees: ConnectorConfig,
-    #[serde(default = "default_contracts_connector")]
+    #[serde(default = "default_contracts_connector", deserialize_with = "contracts_section")]
     contracts: Option<ConnectorConfig>,
     salary: Option<ConnectorConfig>,
     wage_components: Option<ConnectorConfig>,
@@ -189,6 +189,35 @@ fn default_employees_connector() -> ConnectorConfig {
         enabled: true,
     }
 }
+/// A connector section as written: every key may be left out and takes
+/// the documented default of its section.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialConnector {
+    connector: Option<String>,
+    key: Option<Vec<String>>,
+    enabled: Option<bool>,
+}
+
+impl PartialConnector {
+    fn over(self, d: ConnectorConfig) -> ConnectorConfig {
+        ConnectorConfig {
+            connector: self.connector.unwrap_or(d.connector),
+            key: self.key.unwrap_or(d.key),
+            enabled: self.enabled.unwrap_or(d.enabled),
+        }
+    }
+}
+
+fn employees_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ConnectorConfig, D::Error> {
+    Ok(PartialConnector::deserialize(d)?.over(default_employees_connector()))
+}
+
+fn contracts_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ConnectorConfig>, D::Error> {
+    let partial = PartialConnector::deserialize(d)?;
+    Ok(default_contracts_connector().map(|c| partial.over(c)))
+}
+
 fn default_contracts_connector() -> Option<ConnectorConfig> {
     Some(ConnectorConfig {
         connector: "Profit_Contract".into(),
@@ -235,7 +264,7 @@ pub struct AfasConfig {
 }
 
 /// AFAS field ids of the employees connector. Defaults are the names in
-/// Alleo's GetConnector templates (the seed's "required fields").
+/// Alleo's GetConnector templates (the "required fields" of Alleo's AFAS setup guide).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmployeeMapping {
@@ -795,7 +824,7 @@ fn validate_afas(raw: RawAfas, base_dir: &Path, warnings: &mut Vec<String>) -> R
         (None, None) => {
             return Err(invalid(
                 "afas.profit_id",
-                "missing: set your Profit ID (seed step 7), or afas.base_url",
+                "missing: set your Profit ID (setup step 7), or afas.base_url",
             ))
         }
     };

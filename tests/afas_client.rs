@@ -201,7 +201,7 @@ async fn permanent_errors_are_mapped_and_not_retried() {
                 message: "GetConnector not supported for this app or the user is not authorized".into(),
             },
             |e| matches!(e, AfasError::Functional { temporary: false, .. }),
-            "seed step 6",
+            "setup step 6",
         ),
         (
             FaultAction::Functional {

@@ -134,6 +134,50 @@ async fn config_errors_name_the_key_and_exit_2() {
 }
 
 #[tokio::test]
+async fn a_section_takes_its_documented_defaults_for_the_keys_left_out_and_scim_attributes_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("afas-token"), TOKEN_HEX).expect("token");
+    std::fs::write(dir.path().join("scim-token"), "t0ken").expect("token");
+    let base = "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\n";
+    let path = dir.path().join("config.toml");
+    let check = |text: String| {
+        std::fs::write(&path, text).expect("write");
+        let p = path.to_str().expect("path").to_string();
+        async move { run_bin(&["--config", &p, "--json", "config", "check"]).await }
+    };
+    // [afas.contracts] without `connector`: the README's default.
+    let (code, out, err) = check(format!(
+        "{base}[afas.contracts]\nkey = [\"EmployeeId\", \"DateStart\"]\n"
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Profit_Contract"), "{out}");
+    let (code, out, err) = check(format!("{base}[afas.employees]\nkey = [\"-EmployeeId\"]\n")).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Profit_Employees_Alleo"), "{out}");
+    let scim = "[sink.scim]\nurl = \"https://scim.example/v2\"\ntoken_file = \"scim-token\"\n";
+    let (code, _, err) = check(format!(
+        "{base}{scim}[sink.scim.attributes]\nsalary = \"urn:x:User:pay\"\ndepartment = []\n"
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    for (extra, key) in [
+        (
+            "[sink.scim.attributes]\nsalaris = \"urn:x:User:pay\"\n",
+            "sink.scim.attributes.salaris",
+        ),
+        (
+            "released_user_name = \"gone@example.invalid\"\n",
+            "sink.scim.released_user_name",
+        ),
+    ] {
+        let (code, _, err) = check(format!("{base}{scim}{extra}")).await;
+        assert_eq!(code, 2, "{extra}: {err}");
+        assert!(err.contains(key), "expected `{key}` in: {err}");
+    }
+}
+
+#[tokio::test]
 async fn the_example_config_validates() {
     let (code, example, _) = run_bin(&["config", "example"]).await;
     assert_eq!(code, 0);

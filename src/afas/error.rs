@@ -9,7 +9,7 @@ use super::token::TokenError;
 pub enum AfasError {
     #[error("{0}")]
     Token(#[from] TokenError),
-    #[error("AFAS rejected the credentials (HTTP 401) on {path}. The App Connector token is wrong, was regenerated, or expired: copy a fresh token from General > Management > App connector (seed step 6-7) into the token file")]
+    #[error("AFAS rejected the credentials (HTTP 401) on {path}. The App Connector token is wrong, was regenerated, or expired: copy a fresh token from General > Management > App connector (setup steps 6-7) into the token file")]
     Unauthorized { path: String },
     #[error("AFAS refused access (HTTP 403) on {path}: the App Connector's IP restriction does not allow this machine's address. Add it in the App Connector settings, or remove the restriction")]
     Forbidden { path: String },
@@ -91,7 +91,7 @@ pub fn classify_500(message: &str) -> (&'static str, bool) {
     if m.contains("connector field") && m.contains("not found") {
         ("The GetConnector lacks a field the mapping uses: add the field to the GetConnector in AFAS, or change the [mapping] key", false)
     } else if m.contains("not supported for this app") || m.contains("not authorized") {
-        ("Add the GetConnector to the App Connector (seed step 6) and check the user group's authorization (seed steps 1-3)", false)
+        ("Add the GetConnector to the App Connector (setup step 6) and check the user group's authorization (setup steps 1-3)", false)
     } else if m.contains("blocked") {
         ("The GetConnector definition is blocked in AFAS: unblock it under General > Output > Management > GetConnector", false)
     } else if m.contains("maximum duration") || m.contains("timeout") {

@@ -308,7 +308,8 @@ pub async fn run(cli: Cli) -> i32 {
                 if cli.json {
                     println!(
                         "{}",
-                        json!({"valid": true, "base_url": cfg.afas.base_url.as_str(), "employees_connector": cfg.afas.employees.connector})
+                        json!({"valid": true, "base_url": cfg.afas.base_url.as_str(), "employees_connector": cfg.afas.employees.connector,
+                            "contracts_connector": cfg.afas.contracts.as_ref().map(|c| c.connector.as_str())})
                     );
                 } else {
                     println!("config {} is valid", cli.config.display());
@@ -603,7 +604,7 @@ pub fn today() -> jiff::civil::Date {
 }
 
 /// The optional salary, holiday allowance and leave connectors of the
-/// generated company (seed step 5, "additional GetConnectors").
+/// generated company (setup step 5, "additional GetConnectors").
 pub const EXTRA_CONNECTORS: &str = r#"[afas.salary]
 connector = "Profit_Salary_Alleo"
 key = ["EmployeeId", "DateStart"]
@@ -637,16 +638,12 @@ struct DemoScim {
     url: String,
 }
 
-async fn start_demo_scim(dir: &Path, token: &str) -> Option<DemoScim> {
+async fn start_demo_scim(token: &str) -> Option<DemoScim> {
     let exe = std::env::var_os("PATH")?
         .to_str()?
         .split(':')
         .map(|d| Path::new(d).join("scim2-server"))
         .find(|p| p.exists())?;
-    let schemas = dir.join("scim-schemas.json");
-    let types = dir.join("scim-resource-types.json");
-    std::fs::write(&schemas, include_str!("../../packaging/scim/schemas.json")).ok()?;
-    std::fs::write(&types, include_str!("../../packaging/scim/resource-types.json")).ok()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
@@ -661,10 +658,6 @@ async fn start_demo_scim(dir: &Path, token: &str) -> Option<DemoScim> {
             "--bearer-token",
             token,
         ])
-        .arg("--schema")
-        .arg(&schemas)
-        .arg("--resource-type")
-        .arg(&types)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -709,7 +702,7 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
     let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
     let scim_token = format!("demo-{}", &random_token()?.data()[..24]);
-    let scim = start_demo_scim(dir.path(), &scim_token).await;
+    let scim = start_demo_scim(&scim_token).await;
     let mut sinks = format!("[sink.files]\ndir = \"{}\"\n", dir.path().join("out").display());
     if let Some(s) = &scim {
         write_secret_file(&dir.path().join("scim-token"), &scim_token).map_err(|e| e.to_string())?;
@@ -738,7 +731,10 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
     );
     println!("state directory: {}", dir.path().display());
     match &scim {
-        Some(s) => println!("SCIM target: scim2-server at {}", s.url),
+        Some(s) => println!(
+            "SCIM target: scim2-server at {} (RFC 7643's schemas only, as a SaaS target serves)",
+            s.url
+        ),
         None => println!("SCIM target: none (install scim2-server from PyPI to include it)"),
     }
     println!();
@@ -814,16 +810,34 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
         dir.path().join("out").display()
     );
     if let Some(s) = &scim {
-        let users: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/Users?count=1", s.url))
-            .bearer_auth(&scim_token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        println!("SCIM target: {} users", users["totalResults"]);
+        let count = |filter: &'static str| {
+            let url = format!("{}/Users?count=0{filter}", s.url);
+            let token = scim_token.clone();
+            async move {
+                let v: serde_json::Value = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(v["totalResults"].as_u64().unwrap_or(0))
+            }
+        };
+        let all = count("").await?;
+        let active = count("&filter=active%20eq%20true").await?;
+        let status = match crate::daemon::control::call(&cfg, &Request::Status, true).await? {
+            Some(reply) => serde_json::from_str::<serde_json::Value>(&reply.out.stdout).map_err(|e| e.to_string())?,
+            None => return Err("the daemon does not answer on its control socket".into()),
+        };
+        let employed = status["employees"]["active"].as_u64().unwrap_or(0);
+        let known = employed + status["employees"]["left"].as_u64().unwrap_or(0);
+        println!("SCIM target: {all} users, {active} active; the snapshot: {known} employees, {employed} active");
+        if all != known || active != employed {
+            return Err("the SCIM target does not hold every employee of the snapshot".into());
+        }
     }
     let metrics_url = format!("http://{}/metrics", cfg.http.bind);
     let metrics = reqwest::Client::new()

@@ -144,3 +144,12 @@ pub async fn assert_server_matches(scim: &ScimPeer, snapshot: &BTreeMap<String, 
         assert_user_matches(user, e, p.status == Status::Active, scim.own_extension);
     }
 }
+
+/// The line of `afas-sync check` that lists the fields a target does not get.
+pub fn not_delivered(check: &str) -> String {
+    check
+        .lines()
+        .find(|l| l.contains("SCIM fields not delivered"))
+        .unwrap_or("")
+        .to_string()
+}

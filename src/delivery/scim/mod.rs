@@ -449,23 +449,45 @@ impl ScimSink {
             let op = json!({"op": "replace", "path": "userName", "value": user_name});
             return self.patch(ready, id, vec![op]).await;
         }
-        let a = self.send(Method::GET, self.url(&["Users", id]), None, None).await?;
-        match a.status {
-            200 => {}
-            404 => return Ok(Wrote::Gone),
-            _ => return Err(self.failure(&a, "read")),
+        // Read whole and put back; a 412 means the user changed since the
+        // read, so it is read again (never the stale body put back).
+        for _ in 0..3 {
+            let a = self.send(Method::GET, self.url(&["Users", id]), None, None).await?;
+            match a.status {
+                200 => {}
+                404 => return Ok(Wrote::Gone),
+                _ => return Err(self.failure(&a, "read")),
+            }
+            let version = a
+                .body
+                .pointer("/meta/version")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let mut user = a.body;
+            if let Some(m) = user.as_object_mut() {
+                m.remove("meta");
+                m.insert("userName".into(), Value::from(user_name));
+            }
+            let if_match = if ready.target.caps.etag {
+                version.as_deref()
+            } else {
+                None
+            };
+            let a = self
+                .send(Method::PUT, self.url(&["Users", id]), Some(&user), if_match)
+                .await?;
+            match a.status {
+                200 | 204 => return Ok(Wrote::Done),
+                404 => return Ok(Wrote::Gone),
+                409 => return Ok(Wrote::Conflict),
+                412 => continue,
+                _ => return Err(self.refused(&a, "replace").await),
+            }
         }
-        let version = a
-            .body
-            .pointer("/meta/version")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let mut user = a.body;
-        if let Some(m) = user.as_object_mut() {
-            m.remove("meta");
-            m.insert("userName".into(), Value::from(user_name));
-        }
-        self.replace(ready, id, version.as_deref(), &user).await
+        Err(SinkError::Retry {
+            reason: "the user kept changing at the SCIM server (412 three times)".into(),
+            after: None,
+        })
     }
 
     /// The target refused `value` as a `userName` because another user holds
@@ -473,11 +495,18 @@ impl ScimSink {
     /// longer gives it this value (it left, or its own change moves it on),
     /// it gets its released `userName` so the value is free; its own change,
     /// delivered in turn, gives it its new value. Anything else is a refusal
-    /// that names the holder.
-    async fn free_user_name(&self, ready: &Ready, own_key: &str, value: &str) -> Result<(), SinkError> {
+    /// that names the holder. Returns the holder to give its own value back
+    /// once the write went through, when the snapshot has it active: its own
+    /// change may have been delivered between the lookup and the release.
+    async fn free_user_name(
+        &self,
+        ready: &Ready,
+        own_key: &str,
+        value: &str,
+    ) -> Result<Option<(String, String)>, SinkError> {
         let holders = self.lookup("userName", value).await?;
         let Some(holder) = holders.first() else {
-            return Ok(()); // freed meanwhile
+            return Ok(None); // freed meanwhile
         };
         let id = holder.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
         let external = holder.get("externalId").and_then(Value::as_str).unwrap_or("");
@@ -492,7 +521,11 @@ impl ScimSink {
                 }
             ),
         };
-        if external.is_empty() || external == own_key {
+        if external == own_key {
+            // Already ours: given back by another employee's delivery.
+            return Ok(None);
+        }
+        if external.is_empty() {
             return Err(not_ours());
         }
         let Some(store) = &self.store else {
@@ -531,13 +564,17 @@ impl ScimSink {
             });
         }
         let released = self.released_user_name(external);
+        let restore = match (&record.status, &record.employee) {
+            (Status::Active, Some(e)) => Some((id.clone(), self.user_name_of(e))),
+            _ => None,
+        };
         match self.set_user_name(ready, &id, &released).await? {
             Wrote::Done | Wrote::Gone => {
                 tracing::info!(
                     holder = external,
                     "freed userName at the SCIM target for employee {own_key}"
                 );
-                Ok(())
+                Ok(restore)
             }
             Wrote::Conflict => Err(SinkError::Permanent {
                 reason: format!(
@@ -564,16 +601,25 @@ impl ScimSink {
         // A leaver whose address now belongs to someone else steps aside;
         // anyone else frees the value from the user that keeps it.
         let mut released = false;
+        let mut restore: Vec<(String, String)> = Vec::new();
         for _ in 0..4 {
             match self.apply(&ready, job, m, released).await? {
-                Applied::Done(id) => return Ok(id),
+                Applied::Done(id) => {
+                    // A conflict here resolves in the holder's own delivery.
+                    for (holder, user_name) in restore {
+                        self.set_user_name(&ready, &holder, &user_name).await?;
+                    }
+                    return Ok(id);
+                }
                 Applied::Conflict => {
                     let Some(e) = &m.employee else { break };
                     if m.kind == MutationKind::Leaver {
                         released = true;
-                    } else {
-                        self.free_user_name(&ready, m.key.as_str(), &self.user_name_of(e))
-                            .await?;
+                    } else if let Some(r) = self
+                        .free_user_name(&ready, m.key.as_str(), &self.user_name_of(e))
+                        .await?
+                    {
+                        restore.push(r);
                     }
                 }
             }
@@ -712,7 +758,18 @@ impl ScimSink {
         match Mapping::new(&self.attributes, &target) {
             Ok(m) => {
                 out.push(("SCIM attributes delivered".to_string(), Ok(m.delivered().join(", "))));
-                let not: Vec<String> = m.not_delivered.iter().map(|(f, why)| format!("{f} ({why})")).collect();
+                // Grouped by why: "not mapped; see …: prefix, salary".
+                let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+                for (f, why) in &m.not_delivered {
+                    match by_reason.iter_mut().find(|(w, _)| w == why) {
+                        Some((_, fields)) => fields.push(f),
+                        None => by_reason.push((why, vec![f])),
+                    }
+                }
+                let not: Vec<String> = by_reason
+                    .iter()
+                    .map(|(why, fields)| format!("{} ({why})", fields.join(", ")))
+                    .collect();
                 out.push((
                     "SCIM fields not delivered".to_string(),
                     Ok(if not.is_empty() { "none".into() } else { not.join("; ") }),
