@@ -453,3 +453,123 @@ fn value(e: &Employee, field: &Field, kind: AttrType) -> Option<Value> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::scim::schema::Capabilities;
+
+    const CAPS: Capabilities = Capabilities {
+        patch: true,
+        etag: true,
+    };
+
+    fn rfc_target(enterprise: bool) -> Target {
+        let ext: Vec<Value> = if enterprise {
+            vec![json!({"schema": ENTERPRISE_URN})]
+        } else {
+            vec![]
+        };
+        let rt = json!([{"id": "User", "schema": CORE_URN, "schemaExtensions": ext}]);
+        Target::from_answers(CAPS, Some(&rt), None)
+    }
+
+    fn employee() -> Employee {
+        let date = |s: &str| s.parse::<jiff::civil::Date>().expect("date");
+        Employee {
+            key: crate::domain::EmployeeKey::parse("1042").expect("key"),
+            email: crate::domain::EmailAddress::parse("j.berg@bedrijf.example").expect("email"),
+            first_name: "Jan".into(),
+            prefix: Some("van der".into()),
+            last_name: "Berg".into(),
+            department: Some("Sales".into()),
+            date_of_birth: Some(date("1990-02-03")),
+            employment: crate::domain::EmploymentPeriod::new(date("2020-01-01"), None).expect("period"),
+            access: Some(true),
+            budgets: BTreeMap::new(),
+            contract: None,
+            pay: crate::domain::Pay::default(),
+        }
+    }
+
+    #[test]
+    fn paths_parse_as_rfc_7644_writes_them() {
+        let p = AttrPath::parse("emails[type eq \"work\"].value").expect("path");
+        assert_eq!(
+            (p.attr.as_str(), p.filter_type.as_deref(), p.sub.as_deref()),
+            ("emails", Some("work"), Some("value"))
+        );
+        assert!(p.is_core());
+        let p = AttrPath::parse(&format!("{ENTERPRISE_URN}:manager.value")).expect("path");
+        assert_eq!((p.urn.as_str(), p.attr.as_str()), (ENTERPRISE_URN, "manager"));
+        assert_eq!(p.to_string(), format!("{ENTERPRISE_URN}:manager.value"));
+        for bad in ["", "emails[value eq \"x\"].value", "emails[type eq \"w\"]", "a b"] {
+            assert!(AttrPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_plain_target_gets_the_core_user_and_schemas_names_exactly_what_is_used() {
+        let e = employee();
+        let m = Mapping::new(&BTreeMap::new(), &rfc_target(false)).expect("mapping");
+        let u = m.user(&e, true, "j.berg@bedrijf.example");
+        assert_eq!(u["schemas"], json!([CORE_URN]));
+        assert_eq!(u["name"]["familyName"], "van der Berg");
+        assert_eq!(
+            u["emails"],
+            json!([{"type": "work", "primary": true, "value": "j.berg@bedrijf.example"}])
+        );
+        assert!(u.get(ENTERPRISE_URN).is_none());
+        assert!(m.not_delivered.iter().any(|(f, _)| f == "department"));
+
+        let m = Mapping::new(&BTreeMap::new(), &rfc_target(true)).expect("mapping");
+        let u = m.user(&e, true, "x");
+        assert_eq!(u["schemas"], json!([CORE_URN, ENTERPRISE_URN]));
+        assert_eq!(u[ENTERPRISE_URN]["department"], "Sales");
+        // Only what changed and is mapped: a salary change sends nothing.
+        assert!(m.patch_ops(&u, &["salary"]).is_empty());
+        let ops = m.patch_ops(&u, &["prefix"]);
+        let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
+        assert_eq!(paths, ["name", "displayName"]);
+        let mut gone = e.clone();
+        gone.department = None;
+        let ops = m.patch_ops(&m.user(&gone, true, "x"), &["department"]);
+        let path = format!("{ENTERPRISE_URN}:department");
+        assert_eq!(ops, vec![json!({"op": "remove", "path": path})]);
+    }
+
+    #[test]
+    fn dates_take_the_declared_type_and_a_switched_off_field_is_not_sent() {
+        let rt = json!([{"id": "User", "schema": CORE_URN, "schemaExtensions": [{"schema": "urn:b:User"}]}]);
+        let schemas = json!([
+            {"id": CORE_URN, "attributes": [{"name": "userName", "type": "string"},
+                {"name": "displayName", "type": "string"}]},
+            {"id": "urn:b:User", "attributes": [{"name": "hired", "type": "dateTime"},
+                {"name": "born", "type": "string"}, {"name": "staff", "type": "integer"}]},
+        ]);
+        let t = Target::from_answers(CAPS, Some(&rt), Some(&schemas));
+        let cfg: BTreeMap<String, Vec<String>> = [
+            ("employment_start", vec!["urn:b:User:hired"]),
+            ("date_of_birth", vec!["urn:b:User:born"]),
+            ("display_name", vec![]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        let m = Mapping::new(&cfg, &t).expect("mapping");
+        let u = m.user(&employee(), true, "x");
+        assert_eq!(
+            u["urn:b:User"],
+            json!({"hired": "2020-01-01T00:00:00Z", "born": "1990-02-03"})
+        );
+        assert!(u.get("displayName").is_none());
+        let cfg: BTreeMap<String, Vec<String>> = [("fte".to_string(), vec!["urn:b:User:staff".to_string()])]
+            .into_iter()
+            .collect();
+        let err = Mapping::new(&cfg, &t).expect_err("integer cannot hold a decimal");
+        assert!(
+            err.starts_with("sink.scim.attributes.fte") && err.contains("urn:b:User:hired"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Conflicts a sync causes itself: a `userName` another user still holds
+//! because its employee left, or because its own change in the same run
+//! moves it on (swaps, chains of moved addresses). Such a holder is given a
+//! released `userName` first; one that is still employed gets its own value
+//! back once the write went through.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{Ready, ScimSink, Wrote};
+use crate::delivery::SinkError;
+use crate::sync::plan::Status;
+
+impl ScimSink {
+    /// Sets one user's `userName`: PATCH where the target has it, else the
+    /// user read and put back whole.
+    pub(super) async fn set_user_name(&self, ready: &Ready, id: &str, user_name: &str) -> Result<Wrote, SinkError> {
+        if ready.target.caps.patch {
+            let op = json!({"op": "replace", "path": "userName", "value": user_name});
+            return self.patch(ready, id, vec![op]).await;
+        }
+        // Read whole and put back; a 412 means the user changed since the
+        // read, so it is read again (never the stale body put back).
+        for _ in 0..3 {
+            let a = self.send(Method::GET, self.url(&["Users", id]), None, None).await?;
+            match a.status {
+                200 => {}
+                404 => return Ok(Wrote::Gone),
+                _ => return Err(self.failure(&a, "read")),
+            }
+            let version = a
+                .body
+                .pointer("/meta/version")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let mut user = a.body;
+            if let Some(m) = user.as_object_mut() {
+                m.remove("meta");
+                m.insert("userName".into(), Value::from(user_name));
+            }
+            let if_match = if ready.target.caps.etag {
+                version.as_deref()
+            } else {
+                None
+            };
+            let a = self
+                .send(Method::PUT, self.url(&["Users", id]), Some(&user), if_match)
+                .await?;
+            match a.status {
+                200 | 204 => return Ok(Wrote::Done),
+                404 => return Ok(Wrote::Gone),
+                409 => return Ok(Wrote::Conflict),
+                412 => continue,
+                _ => return Err(self.refused(&a, "replace").await),
+            }
+        }
+        Err(SinkError::Retry {
+            reason: "the user kept changing at the SCIM server (412 three times)".into(),
+            after: None,
+        })
+    }
+
+    /// The target refused `value` as a `userName` because another user holds
+    /// it. When that user is one this sink provisioned and the snapshot no
+    /// longer gives it this value (it left, or its own change moves it on),
+    /// it gets its released `userName` so the value is free; its own change,
+    /// delivered in turn, gives it its new value. Anything else is a refusal
+    /// that names the holder. Returns the holder to give its own value back
+    /// once the write went through, when the snapshot has it active: its own
+    /// change may have been delivered between the lookup and the release.
+    pub(super) async fn free_user_name(
+        &self,
+        ready: &Ready,
+        own_key: &str,
+        value: &str,
+    ) -> Result<Option<(String, String)>, SinkError> {
+        let holders = self.lookup("userName", value).await?;
+        let Some(holder) = holders.first() else {
+            return Ok(None); // freed meanwhile
+        };
+        let id = holder.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
+        let external = holder.get("externalId").and_then(Value::as_str).unwrap_or("");
+        let not_ours = || SinkError::Permanent {
+            reason: format!(
+                "the SCIM server gives userName {value} to user {id}{}, which afas-sync did not provision; \
+                 free the value there (or remove that user), then run `afas-sync outbox retry`",
+                if external.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (externalId {external})")
+                }
+            ),
+        };
+        if external == own_key {
+            // Already ours: given back by another employee's delivery.
+            return Ok(None);
+        }
+        if external.is_empty() {
+            return Err(not_ours());
+        }
+        let Some(store) = &self.store else {
+            return Err(not_ours());
+        };
+        let (store_a, key_a) = (store.clone(), external.to_string());
+        let ours = tokio::task::spawn_blocking(move || {
+            let known = store_a.target_id("scim", &key_a)?;
+            let record = store_a.provisioned(&key_a)?;
+            Ok::<_, crate::store::StoreError>((known, record))
+        })
+        .await
+        .map_err(|e| SinkError::Retry {
+            reason: format!("reading the state file: {e}"),
+            after: None,
+        })?
+        .map_err(|e| SinkError::Retry {
+            reason: format!("reading the state file: {e}"),
+            after: None,
+        })?;
+        let (known, record) = ours;
+        let Some(record) = record.filter(|_| known.as_deref() == Some(id.as_str())) else {
+            return Err(not_ours());
+        };
+        let still_wanted = record.status == Status::Active
+            && record
+                .employee
+                .as_ref()
+                .is_some_and(|e| self.user_name_of(e).eq_ignore_ascii_case(value));
+        if still_wanted {
+            return Err(SinkError::Permanent {
+                reason: format!(
+                    "userName {value} belongs to employee {external} (user {id}) as well; \
+                     two employees in AFAS share this address: correct one of them in AFAS"
+                ),
+            });
+        }
+        let released = self.released_user_name(external);
+        let restore = match (&record.status, &record.employee) {
+            (Status::Active, Some(e)) => Some((id.clone(), self.user_name_of(e))),
+            _ => None,
+        };
+        match self.set_user_name(ready, &id, &released).await? {
+            Wrote::Done | Wrote::Gone => {
+                tracing::info!(
+                    holder = external,
+                    "freed userName at the SCIM target for employee {own_key}"
+                );
+                Ok(restore)
+            }
+            Wrote::Conflict => Err(SinkError::Permanent {
+                reason: format!(
+                    "the released userName {released} for employee {external} is itself taken at the SCIM server; \
+                     set sink.scim.released_user_name to a pattern nobody uses"
+                ),
+            }),
+        }
+    }
+}
