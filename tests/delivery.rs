@@ -505,19 +505,7 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_nothing() {
 #[tokio::test]
 async fn without_patch_support_updates_are_whole_replacements() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spc = dir.path().join("spc.json");
-    std::fs::write(
-        &spc,
-        json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-            "patch": {"supported": false}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-            "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
-            "sort": {"supported": false}, "etag": {"supported": true},
-            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
-        })
-        .to_string(),
-    )
-    .expect("spc");
+    let spc = service_provider_config(dir.path(), false, true);
     let scim = ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await;
     let proxy = FaultProxy::start(scim.url(), vec![Inject::new("PATCH", "/Users", 1, 1000, 501, None)]).await;
     let env = Env::new(40, &scim_sink(&proxy.url())).await;

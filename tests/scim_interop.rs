@@ -303,19 +303,7 @@ async fn a_target_without_schemas_is_treated_as_the_rfc_user() {
 #[tokio::test]
 async fn without_etags_movers_and_leavers_are_plain_patches() {
     let dir = tempfile::tempdir().expect("dir");
-    let spc = dir.path().join("spc.json");
-    std::fs::write(
-        &spc,
-        json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-            "patch": {"supported": true}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-            "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
-            "sort": {"supported": false}, "etag": {"supported": false},
-            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
-        })
-        .to_string(),
-    )
-    .expect("spc");
+    let spc = service_provider_config(dir.path(), true, false);
     let scim = ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await;
     // No version is read before a write: a GET of one user would be one.
     let proxy = FaultProxy::start(scim.url(), vec![Inject::new("GET", "/Users/", 1, 1000, 500, None)]).await;
@@ -365,23 +353,6 @@ async fn a_mover_whose_changes_are_all_unmapped_sends_nothing_and_is_delivered()
     assert_eq!(dead_and_pending(&env), (0, 0));
 }
 
-fn no_patch_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let spc = dir.join("spc.json");
-    std::fs::write(
-        &spc,
-        json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-            "patch": {"supported": false}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-            "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
-            "sort": {"supported": false}, "etag": {"supported": true},
-            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
-        })
-        .to_string(),
-    )
-    .expect("spc");
-    spc
-}
-
 #[tokio::test]
 async fn addresses_that_move_between_employees_end_at_their_new_holders() {
     moved_addresses(ScimPeer::start().await).await;
@@ -391,7 +362,7 @@ async fn addresses_that_move_between_employees_end_at_their_new_holders() {
 #[tokio::test]
 async fn addresses_that_move_between_employees_end_at_their_new_holders_without_patch() {
     let dir = tempfile::tempdir().expect("dir");
-    let spc = no_patch_config(dir.path());
+    let spc = service_provider_config(dir.path(), false, true);
     moved_addresses(ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await)
         .await;
 }

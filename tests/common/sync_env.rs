@@ -153,3 +153,22 @@ pub fn not_delivered(check: &str) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// A ServiceProviderConfig file for scim2-server with PATCH and ETags as
+/// given (a row that switches a feature off says so by calling this).
+pub fn service_provider_config(dir: &std::path::Path, patch: bool, etag: bool) -> PathBuf {
+    let spc = dir.join("spc.json");
+    std::fs::write(
+        &spc,
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+            "patch": {"supported": patch}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+            "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
+            "sort": {"supported": false}, "etag": {"supported": etag},
+            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
+        })
+        .to_string(),
+    )
+    .expect("spc");
+    spc
+}
