@@ -712,6 +712,46 @@ struct RawConfig {
     delivery: DeliveryConfig,
     #[serde(default)]
     sink: RawSinks,
+    /// Opt-in to `http://` URLs to hosts other than this machine: tokens,
+    /// secrets and personal data then cross the network unencrypted.
+    #[serde(default)]
+    send_secrets_over_plain_http: bool,
+}
+
+/// Whether a URL's host is this machine (the emulator, a local proxy).
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Refuses `http://` to another host unless the config opts in by name:
+/// the AFAS token, OAuth secrets, the SCIM bearer and every employee's data
+/// would travel in the clear after one typo.
+fn refuse_plain_http(urls: &[(&str, &url::Url)], allowed: bool, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+    for (key, url) in urls {
+        if url.scheme() != "http" || is_loopback(url) {
+            continue;
+        }
+        if !allowed {
+            return Err(invalid(
+                key,
+                format!(
+                    "`http://{}` would send secrets and personal data unencrypted to another host: use https://, \
+                     or set send_secrets_over_plain_http = true at the top of the file if you accept that risk",
+                    url.host_str().unwrap_or("")
+                ),
+            ));
+        }
+        warnings.push(format!(
+            "{key} uses plain http:// to {}: secrets and personal data travel unencrypted (send_secrets_over_plain_http = true)",
+            url.host_str().unwrap_or("")
+        ));
+    }
+    Ok(())
 }
 
 /// The validated configuration.
@@ -771,6 +811,17 @@ impl Config {
             return Err(invalid("delivery.max_age_hours", "must be at least 1 hour"));
         }
         let sinks = validate_sinks(raw.sink.clone(), base_dir, &mut warnings)?;
+        let mut urls: Vec<(&str, &url::Url)> = vec![("afas.base_url", &afas.base_url)];
+        if let Some(scim) = &sinks.scim {
+            urls.push(("sink.scim.url", &scim.url));
+            if let ScimAuth::OAuth { token_url, .. } = &scim.auth {
+                urls.push(("sink.scim.oauth_token_url", token_url));
+            }
+        }
+        if let Some(w) = &sinks.webhook {
+            urls.push(("sink.webhook.url", &w.url));
+        }
+        refuse_plain_http(&urls, raw.send_secrets_over_plain_http, &mut warnings)?;
         let w = &raw.mapping.wage_components;
         if afas.wage_components.is_some()
             && w.holiday_allowance_accrual_id.is_none()

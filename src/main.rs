@@ -101,5 +101,9 @@ fn main() {
         }
     };
     let code = runtime.block_on(afas_sync::cli::run(cli));
+    // A state file commit still running on a blocking thread (the daemon
+    // stopped by SIGTERM) completes before the process exits; a hung
+    // request on a worker does not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(4));
     std::process::exit(code);
 }

@@ -178,6 +178,54 @@ async fn a_section_takes_its_documented_defaults_for_the_keys_left_out_and_scim_
 }
 
 #[tokio::test]
+async fn plain_http_to_another_host_is_refused_per_key_unless_the_risk_is_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (f, text) in [
+        ("afas-token", TOKEN_HEX),
+        ("t", "secret"),
+        ("w", "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"),
+    ] {
+        std::fs::write(dir.path().join(f), text).expect("secret");
+    }
+    let afas = |url: &str| format!("[afas]\nbase_url = \"{url}\"\ntoken_file = \"afas-token\"\n");
+    let https = afas("https://12345.rest.afas.online/ProfitRestServices");
+    let cases = [
+        ("afas.base_url", afas("http://afas.example/ProfitRestServices")),
+        ("sink.scim.url", format!("{https}[sink.scim]\nurl = \"http://scim.example/v2\"\ntoken_file = \"t\"\n")),
+        (
+            "sink.scim.oauth_token_url",
+            format!("{https}[sink.scim]\nurl = \"https://scim.example/v2\"\noauth_token_url = \"http://login.example/token\"\noauth_client_id = \"c\"\noauth_client_secret_file = \"t\"\n"),
+        ),
+        ("sink.webhook.url", format!("{https}[sink.webhook]\nurl = \"http://hooks.example/in\"\nsecret_file = \"w\"\n")),
+    ];
+    let path = dir.path().join("config.toml");
+    let p = path.to_str().expect("path").to_string();
+    for (key, text) in cases {
+        std::fs::write(&path, &text).expect("write");
+        let (code, _, err) = run_bin(&["--config", &p, "config", "check"]).await;
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(err.contains(key) && err.contains("unencrypted"), "{key}: {err}");
+        // The opt-in, which names the risk, lets it through with a warning.
+        std::fs::write(&path, format!("send_secrets_over_plain_http = true\n{text}")).expect("write");
+        let (code, _, err) = run_bin(&["--config", &p, "config", "check"]).await;
+        assert_eq!(code, 0, "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains("unencrypted"),
+            "a warning names {key}: {err}"
+        );
+        // Loopback stays allowed (the emulator, a local proxy).
+        let local = text
+            .replace("afas.example", "127.0.0.1:8095")
+            .replace("scim.example", "localhost:9000")
+            .replace("login.example", "[::1]:9001")
+            .replace("hooks.example", "127.0.0.2:9002");
+        std::fs::write(&path, &local).expect("write");
+        let (code, _, err) = run_bin(&["--config", &p, "config", "check"]).await;
+        assert_eq!(code, 0, "{key} on loopback: {err}");
+    }
+}
+
+#[tokio::test]
 async fn the_example_config_validates() {
     let (code, example, _) = run_bin(&["config", "example"]).await;
     assert_eq!(code, 0);

@@ -479,3 +479,30 @@ async fn packed_mutations_read_back_one_by_one_and_forget_touches_only_its_own()
     }
     store.verify().expect("digest");
 }
+
+#[test]
+fn the_installation_id_is_made_once_per_state_file_and_survives_a_restart() {
+    use afas_sync::daemon::schedule::{installation_seed, Schedule};
+    let a = tempfile::tempdir().expect("dir");
+    let b = tempfile::tempdir().expect("dir");
+    let id = |dir: &std::path::Path| {
+        let s = Store::open(&dir.join("state.redb")).expect("store");
+        s.installation_id().expect("id")
+    };
+    let first = id(a.path());
+    assert_eq!(id(a.path()), first, "the same after reopening (a restart)");
+    let other = id(b.path());
+    assert_ne!(first, other, "another installation has its own");
+    // Their schedules wait different seconds after the same slot.
+    let url = "https://12345.rest.afas.online/ProfitRestServices";
+    // Over a few days' slots (one equal offset by chance is 1 in 3601).
+    let offsets = |id: u64| {
+        let s =
+            Schedule::new(&["04:00".into()], "Europe/Amsterdam", 3600, installation_seed(id, url)).expect("schedule");
+        (0..4)
+            .map(|d| s.jitter(jiff::Timestamp::from_second(1_780_000_000 + d * 86_400).expect("t")))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(offsets(id(a.path())), offsets(first));
+    assert_ne!(offsets(first), offsets(other));
+}

@@ -88,7 +88,7 @@ pub enum Request {
 /// Runs a request against an open store; returns the exit code.
 pub async fn execute(config: &Config, store: &Arc<Store>, req: &Request, json_out: bool, o: &mut Out) -> i32 {
     match req {
-        Request::Sync { as_of, dry_run } => sync_cmd(config, store, *as_of, *dry_run, json_out, o).await,
+        Request::Sync { as_of, dry_run } => sync_cmd(config, store, *as_of, *dry_run, json_out, true, o).await,
         Request::Status => status(store, json_out, o),
         Request::History { limit } => history(store, *limit, json_out, o),
         Request::RunShow { run } => run_show(store, *run, json_out, o),
@@ -253,12 +253,16 @@ pub fn outbox_retry(store: &Store, sink: Option<&str>, o: &mut Out) -> i32 {
     }
 }
 
+/// One sync; with `deliver`, the outbox is then delivered for up to
+/// `delivery.sync_wait_secs` (the `sync` command). The daemon's scheduled
+/// runs leave delivery to its worker and never wait for a target.
 pub async fn sync_cmd(
     config: &Config,
     store: &Arc<Store>,
     as_of: Option<jiff::civil::Date>,
     dry_run: bool,
     json_out: bool,
+    deliver: bool,
     o: &mut Out,
 ) -> i32 {
     let as_of = as_of.unwrap_or_else(|| today(config));
@@ -310,7 +314,11 @@ pub async fn sync_cmd(
                     say!(o, "rejected rows are listed by `afas-sync run show {}`", run.id);
                 }
             }
-            let delivery = deliver_outbox(config, store, o).await;
+            let delivery = if deliver {
+                deliver_outbox(config, store, o).await
+            } else {
+                None
+            };
             match (exit_for(run.outcome), delivery) {
                 (code, _) if code == exit::HELD || code == exit::FAILURE => code,
                 (_, Some(false)) => exit::DELIVERY_INCOMPLETE,

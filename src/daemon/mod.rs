@@ -62,11 +62,7 @@ async fn run_sync(shared: &Shared) -> bool {
     let _guard = shared.run_lock.lock().await;
     let config = shared.config.read().await.clone();
     let mut out = Out::default();
-    let req = Request::Sync {
-        as_of: None,
-        dry_run: false,
-    };
-    let code = state::execute(&config, &shared.store, &req, false, &mut out).await;
+    let code = state::sync_cmd(&config, &shared.store, None, false, false, false, &mut out).await;
     for line in out.stdout.lines().chain(out.stderr.lines()) {
         tracing::info!("{line}");
     }
@@ -179,6 +175,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
+    let mut stopping = false;
     // The probes and /metrics get a thread and a runtime of their own: a
     // sync decodes AFAS pages on this runtime's workers, and a scrape that
     // queued behind a page decode was the p99 of /metrics under load.
@@ -218,6 +215,13 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     let mut last_slot_run = last_run_started(&shared.store);
+    let installation_id = {
+        let s = shared.store.clone();
+        tokio::task::spawn_blocking(move || s.installation_id())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read the installation id from the state file: {e}"))?
+    };
     let mut retry: Option<(Timestamp, u32)> = None;
     let mut last_delivery = Timestamp::UNIX_EPOCH;
     let mut running: Option<tokio::task::JoinHandle<bool>> = None;
@@ -229,6 +233,8 @@ pub async fn run(
         if let Some(task) = running.as_mut().filter(|t| t.is_finished()) {
             let ok = task.await.unwrap_or(false);
             running = None;
+            // The run's changes go out now, not at the next 30 s mark.
+            last_delivery = Timestamp::UNIX_EPOCH;
             let config = shared.config.read().await.clone();
             retry = match (ok, retry) {
                 (true, _) => None,
@@ -250,6 +256,7 @@ pub async fn run(
                 &config.schedule.times,
                 &config.schedule.time_zone,
                 config.schedule.jitter_secs,
+                schedule::installation_seed(installation_id, config.afas.base_url.as_str()),
             ) {
                 Ok(sched) => {
                     let due_retry = retry.is_some_and(|(t, _)| now >= t);
@@ -269,21 +276,40 @@ pub async fn run(
                 }
                 Err(e) => tracing::error!("schedule: {e}"),
             }
-            // Deliver what is due between runs (retries, after an outage).
+            // Deliver what is due between runs (retries, after an outage,
+            // and right after a run). SIGTERM stops a pass at once; what it
+            // delivered is recorded.
             if running.is_none() && now.as_second() - last_delivery.as_second() >= 30 {
                 last_delivery = now;
                 if let Ok(_guard) = shared.run_lock.try_lock() {
                     if let Ok(sinks) = crate::delivery::sinks(&config, shared.store.clone()) {
                         if !sinks.is_empty() {
-                            if let Err(e) =
-                                crate::delivery::deliver_pass(&config, &shared.store, &sinks, now.as_second(), false)
-                                    .await
-                            {
+                            let pass = crate::delivery::deliver_pass_until(
+                                &config,
+                                &shared.store,
+                                &sinks,
+                                now.as_second(),
+                                false,
+                                stop_rx.clone(),
+                            );
+                            tokio::pin!(pass);
+                            let report = tokio::select! {
+                                r = &mut pass => r,
+                                _ = &mut shutdown => {
+                                    stopping = true;
+                                    let _ = stop_tx.send(true);
+                                    pass.await
+                                }
+                            };
+                            if let Err(e) = report {
                                 tracing::error!("delivery: {e}");
                             }
                         }
                     }
                 }
+            }
+            if stopping {
+                break;
             }
         }
         if let Some((t, _)) = retry {
@@ -307,12 +333,15 @@ pub async fn run(
 
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping");
-    // A run in progress finishes (its transaction commits or never
-    // happened); it is bounded by the AFAS timeouts and sync_wait_secs.
-    if let Some(task) = running {
-        let _ = tokio::time::timeout(Duration::from_secs(80), task).await;
-    }
     let _ = stop_tx.send(true);
+    // A run still fetching is abandoned: nothing of it was written. A commit
+    // already under way runs on its own thread and completes before the
+    // process exits (the runtime waits for it), so the state file holds the
+    // whole run or none of it; delivery is the worker's, which stopped above.
+    if let Some(task) = running {
+        task.abort();
+        let _ = task.await;
+    }
     control_task.abort();
     let _ = tokio::task::spawn_blocking(move || http_task.join()).await;
     let _ = std::fs::remove_file(&socket);

@@ -23,6 +23,28 @@ pub struct Schedule {
     times: Vec<Time>,
     tz: TimeZone,
     jitter_secs: i64,
+    /// This installation's own seed, so installations in one time zone do
+    /// not all wait the same seconds (see [`installation_seed`]).
+    seed: u64,
+}
+
+/// A stable seed for one installation: its random id (kept in the state
+/// file, so the same across restarts) mixed with what it reads (the AFAS
+/// URL, which names the Profit ID).
+pub fn installation_seed(installation_id: u64, afas_url: &str) -> u64 {
+    // FNV-1a over the URL, then one round of SplitMix64's finalizer.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in afas_url.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h ^ installation_id)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// What the daemon should do at a given moment.
@@ -35,7 +57,7 @@ pub enum Decision {
 }
 
 impl Schedule {
-    pub fn new(times: &[String], tz: &str, jitter_secs: i64) -> Result<Schedule, String> {
+    pub fn new(times: &[String], tz: &str, jitter_secs: i64, seed: u64) -> Result<Schedule, String> {
         let tz = TimeZone::get(tz).map_err(|e| format!("schedule.time_zone: {e}"))?;
         let mut parsed = times
             .iter()
@@ -50,6 +72,7 @@ impl Schedule {
             times: parsed,
             tz,
             jitter_secs: jitter_secs.max(0),
+            seed,
         })
     }
 
@@ -87,12 +110,13 @@ impl Schedule {
         self.slots_around(t).into_iter().rev().find(|s| *s <= t)
     }
 
-    /// A deterministic per-slot jitter (spreads many installations).
-    fn jitter(&self, slot: Timestamp) -> i64 {
+    /// The delay after a slot: stable for one installation and slot,
+    /// different between installations (spreads their AFAS load).
+    pub fn jitter(&self, slot: Timestamp) -> i64 {
         if self.jitter_secs == 0 {
             return 0;
         }
-        (slot.as_second().unsigned_abs() % (self.jitter_secs as u64 + 1)) as i64
+        (mix(self.seed ^ slot.as_second() as u64) % (self.jitter_secs as u64 + 1)) as i64
     }
 
     /// Decides, given the last run that was attempted for a slot (its slot
@@ -130,6 +154,7 @@ mod tests {
         Schedule::new(
             &times.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             "Europe/Amsterdam",
+            0,
             0,
         )
         .expect("schedule")
@@ -206,7 +231,7 @@ mod tests {
 
     #[test]
     fn jitter_delays_within_its_bound() {
-        let s = Schedule::new(&["04:00".into()], "Europe/Amsterdam", 600).expect("schedule");
+        let s = Schedule::new(&["04:00".into()], "Europe/Amsterdam", 600, 42).expect("schedule");
         match s.decide(ams("2026-06-10T03:00"), Some(ams("2026-06-09T04:00"))) {
             Decision::WaitUntil(t) => {
                 let d = t.as_second() - ams("2026-06-10T04:00").as_second();
@@ -214,5 +239,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn installations_get_offsets_of_their_own_and_keep_them() {
+        let slot = ams("2026-06-10T04:00");
+        let at = |id: u64, url: &str| {
+            Schedule::new(&["04:00".into()], "Europe/Amsterdam", 900, installation_seed(id, url))
+                .expect("schedule")
+                .jitter(slot)
+        };
+        let url = "https://12345.rest.afas.online/ProfitRestServices";
+        // Same installation (id from its state file), same offset.
+        assert_eq!(at(7, url), at(7, url));
+        // Many installations spread over the window, not one offset.
+        let offsets: std::collections::BTreeSet<i64> = (0..50u64).map(|id| at(id, url)).collect();
+        assert!(offsets.len() > 40, "{offsets:?}");
+        assert!(offsets.iter().all(|o| (0..=900).contains(o)));
+        // Two customers with the same random id still differ.
+        assert_ne!(at(7, url), at(7, "https://54321.rest.afas.online/ProfitRestServices"));
     }
 }

@@ -320,8 +320,27 @@ pub async fn deliver_pass(
     now: i64,
     force: bool,
 ) -> Result<PassReport, StoreError> {
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    deliver_pass_until(config, store, sinks, now, force, never).await
+}
+
+/// [`deliver_pass`] that stops as soon as `stop` turns true (SIGTERM): no
+/// new entry is started, requests in flight are dropped (their entries stay
+/// pending and are sent again, idempotently, by the next process), and what
+/// was delivered is recorded before it returns.
+pub async fn deliver_pass_until(
+    config: &Config,
+    store: &Arc<Store>,
+    sinks: &[Arc<Sink>],
+    now: i64,
+    force: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<PassReport, StoreError> {
     let mut report = PassReport::default();
     for sink in sinks {
+        if *stop.borrow() {
+            break;
+        }
         let name = sink.name();
         let jobs = {
             let s = store.clone();
@@ -368,14 +387,19 @@ pub async fn deliver_pass(
             let permits = permits.clone();
             let down = down.clone();
             let refusals = refusals.clone();
+            let mut stop = stop.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let mut results = Vec::new();
                 for job in chain {
-                    if down.lock().map(|d| d.is_some()).unwrap_or(true) {
+                    if down.lock().map(|d| d.is_some()).unwrap_or(true) || *stop.borrow() {
                         break;
                     }
-                    match sink.deliver(&job).await {
+                    let delivered = tokio::select! {
+                        r = sink.deliver(&job) => r,
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    match delivered {
                         Ok(id) => {
                             let target_id = match (&job.entry.item, id) {
                                 (OutboxItem::Mutation { key, .. }, Some(id)) => Some((key.clone(), id)),

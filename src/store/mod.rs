@@ -901,6 +901,30 @@ impl Store {
         Ok(())
     }
 
+    /// This installation's random id, made on first use and kept in the
+    /// state file (the schedule's jitter is derived from it).
+    pub fn installation_id(&self) -> Result<u64, StoreError> {
+        {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(META)?;
+            if let Some(id) = t.get("installation_id")?.as_ref().and_then(|g| read_u64(g.value())) {
+                return Ok(id);
+            }
+        }
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(jiff::Timestamp::now().as_nanosecond() as u128);
+        h.write_u32(std::process::id());
+        let id = h.finish();
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("installation_id", id.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(id)
+    }
+
     /// Records why a delivery pass stopped a sink, or clears it.
     pub fn set_sink_stopped(&self, sink: &str, reason: Option<&str>) -> Result<(), StoreError> {
         let key = format!("sink_stopped:{sink}");
