@@ -499,7 +499,7 @@ pub struct GuardsConfig {
 
 impl Default for GuardsConfig {
     fn default() -> Self {
-        let g = crate::sync::plan::Guards::default();
+        let g = crate::model::Guards::default();
         GuardsConfig {
             max_leavers: g.max_leavers,
             max_leavers_percent: g.max_leavers_percent,
@@ -510,8 +510,8 @@ impl Default for GuardsConfig {
 }
 
 impl GuardsConfig {
-    pub fn guards(&self) -> crate::sync::plan::Guards {
-        crate::sync::plan::Guards {
+    pub fn guards(&self) -> crate::model::Guards {
+        crate::model::Guards {
             max_leavers: self.max_leavers,
             max_leavers_percent: self.max_leavers_percent,
             max_rejected_percent: self.max_rejected_percent,

@@ -10,7 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
-pub mod domain;
 pub mod emulator;
 pub mod exit;
 #[doc(hidden)]
@@ -20,6 +19,7 @@ pub mod http;
 #[cfg(target_arch = "x86_64")]
 pub mod mem;
 pub mod metrics;
+pub mod model;
 pub mod oauth;
 pub mod store;
 pub mod sync;

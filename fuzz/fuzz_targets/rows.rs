@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(s) = std::str::from_utf8(data) {
             let _ = afas_sync::afas::rows::parse_afas_date(s);
             let _ = afas_sync::afas::rows::Decimal::parse(s);
-            let _ = afas_sync::domain::EmailAddress::parse(s);
+            let _ = afas_sync::model::EmailAddress::parse(s);
         }
         return;
     };
@@ -21,9 +21,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let mapping = afas_sync::config::Mapping::default();
     let as_of = jiff::civil::Date::constant(2026, 1, 1);
-    if let Ok(draft) = afas_sync::domain::decode_employee(&row, &mapping) {
+    if let Ok(draft) = afas_sync::afas::decode::decode_employee(&row, &mapping) {
         let _ = draft.finish(None, Default::default(), as_of, &mapping);
     }
-    let _ = afas_sync::domain::normalize_contract(&row, &mapping);
-    let _ = afas_sync::domain::decode_salary(&row, &mapping);
+    let _ = afas_sync::afas::decode::normalize_contract(&row, &mapping);
+    let _ = afas_sync::afas::decode::decode_salary(&row, &mapping);
 });

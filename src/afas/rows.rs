@@ -15,6 +15,9 @@ use jiff::civil::Date;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+pub use crate::model::day::parse_ymd;
+pub use crate::model::Decimal;
+
 /// One GetConnector row as a JSON object: what AFAS (and the emulator)
 /// serves.
 pub type JsonRow = Map<String, Value>;
@@ -251,88 +254,6 @@ pub fn boolean(row: &Row, field: &str) -> Result<Option<bool>, CellError> {
     }
 }
 
-/// A decimal amount with four fractional digits, stored exactly as an
-/// integer number of ten-thousandths. Money and FTE fit easily; binary
-/// floats would make "unchanged" amounts differ between runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Decimal(i64);
-
-impl Decimal {
-    pub const SCALE: i64 = 10_000;
-    /// Largest magnitude accepted (a trillion): beyond any salary or budget.
-    const MAX_UNITS: i64 = 1_000_000_000_000 * Self::SCALE;
-
-    pub fn from_units(units: i64) -> Self {
-        Decimal(units)
-    }
-    pub fn units(self) -> i64 {
-        self.0
-    }
-
-    /// Parses `-12.5`, `12,50` (Dutch comma), `.5`; refuses exponents, NaN,
-    /// more than 4 decimals that are not zero, and absurd magnitudes.
-    pub fn parse(s: &str) -> Option<Decimal> {
-        let s = s.trim();
-        let (neg, digits) = match s.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, s.strip_prefix('+').unwrap_or(s)),
-        };
-        // One decimal separator, `.` or the Dutch `,`.
-        let (int_part, frac_part) = match digits.find(['.', ',']) {
-            Some(i) => (&digits[..i], &digits[i + 1..]),
-            None => (digits, ""),
-        };
-        if int_part.is_empty() && frac_part.is_empty() {
-            return None;
-        }
-        if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let frac_trimmed = frac_part.trim_end_matches('0');
-        if frac_trimmed.len() > 4 {
-            return None;
-        }
-        let int_trimmed = int_part.trim_start_matches('0');
-        if int_trimmed.len() > 13 {
-            return None;
-        }
-        let int_val: i64 = if int_trimmed.is_empty() {
-            0
-        } else {
-            int_trimmed.parse().ok()?
-        };
-        let mut frac_val: i64 = 0;
-        for (i, b) in frac_trimmed.bytes().enumerate() {
-            frac_val += i64::from(b - b'0') * 10_i64.pow(3 - i as u32);
-        }
-        let units = int_val.checked_mul(Self::SCALE)?.checked_add(frac_val)?;
-        if units > Self::MAX_UNITS {
-            return None;
-        }
-        Some(Decimal(if neg { -units } else { units }))
-    }
-}
-
-impl fmt::Display for Decimal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let int = abs / Self::SCALE as u64;
-        let frac = abs % Self::SCALE as u64;
-        if frac == 0 {
-            write!(f, "{sign}{int}")
-        } else {
-            // Four decimals without their trailing zeros: 0.0500 → 0.05.
-            let (mut digits, mut width) = (frac, 4);
-            while digits % 10 == 0 {
-                digits /= 10;
-                width -= 1;
-            }
-            write!(f, "{sign}{int}.{digits:0width$}")
-        }
-    }
-}
-
 /// Numbers as decimals; strings holding a number are accepted too.
 pub fn decimal(row: &Row, field: &str) -> Result<Option<Decimal>, CellError> {
     match get(row, field)? {
@@ -343,7 +264,7 @@ pub fn decimal(row: &Row, field: &str) -> Result<Option<Decimal>, CellError> {
             .as_i64()
             .and_then(|i| i.checked_mul(Decimal::SCALE))
             .filter(|u| u.abs() <= Decimal::MAX_UNITS)
-            .map(Decimal)
+            .map(Decimal::from_units)
             .or_else(|| Decimal::parse(&n.to_string()))
             .or_else(|| {
                 let x = n.as_f64().filter(|x| x.is_finite() && x.abs() < 1e12)?;
@@ -405,19 +326,6 @@ pub fn parse_afas_date(s: &str) -> Option<Date> {
         }
     }
     Some(date)
-}
-
-/// Exactly `YYYY-MM-DD`, digits only, a real calendar day.
-pub fn parse_ymd(s: &str) -> Option<Date> {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i16> {
-        b[r].iter()
-            .try_fold(0i16, |n, c| c.is_ascii_digit().then(|| n * 10 + i16::from(c - b'0')))
-    };
-    Date::new(num(0..4)?, num(5..7)? as i8, num(8..10)? as i8).ok()
 }
 
 /// `HH:MM:SS` with two digits each and a valid time of day.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::domain::Employee;
+use crate::model::Employee;
 use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError};
 use crate::sync::plan::{Mutation, MutationKind};
 use crate::sync::RunRecord;
@@ -137,7 +137,7 @@ impl serde::Serialize for EmployeeJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let e = self.0;
-        use crate::domain::day::Day;
+        use crate::model::day::Day;
         let text = |d: Option<jiff::civil::Date>| d.map(Day);
         let dec = |d: Option<crate::afas::rows::Decimal>| d.map(DecimalText);
         let mut m = s.serialize_map(Some(17))?;
@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn a_mutation_event_prints_as_its_value_does() {
         use crate::afas::rows::Decimal;
-        use crate::domain::{EmailAddress, EmployeeKey, EmploymentPeriod, PrimaryContract};
+        use crate::model::{EmailAddress, EmployeeKey, EmploymentPeriod, PrimaryContract};
         let dec = |s: &str| Decimal::parse(s).expect("decimal");
         let date = |s: &str| s.parse::<jiff::civil::Date>().expect("date");
         let key = EmployeeKey::parse("1042").expect("key");
@@ -622,7 +622,7 @@ mod tests {
                 fte: Some(dec("0.8")),
                 hours_per_week: None,
             }),
-            pay: crate::domain::Pay {
+            pay: crate::model::Pay {
                 salary: Some(dec("4100")),
                 holiday_allowance_accrual: None,
                 holiday_allowance_balance: Some(dec("310.4")),

@@ -18,9 +18,9 @@ use jiff::ToSpan;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::EmployeeKey;
-use crate::sync::plan::{Mutation, MutationKind, Plan, Provisioned, Status, Write};
-use crate::sync::RunRecord;
+use crate::model::EmployeeKey;
+use crate::model::RunRecord;
+use crate::model::{Mutation, MutationKind, Plan, Provisioned, Status, Write};
 
 /// The schema this binary writes. Bump it with a migration in [`migrate`].
 pub const SCHEMA_VERSION: u32 = 3;
@@ -1049,7 +1049,7 @@ impl Store {
             let existing = runs.get(run_id)?.map(|g| g.value().to_vec());
             if let Some(bytes) = existing {
                 let mut run: RunRecord = dec("run", &bytes)?;
-                run.outcome = crate::sync::Outcome::Rejected;
+                run.outcome = crate::model::Outcome::Rejected;
                 runs.insert(run_id, enc("run", &run)?.as_slice())?;
             }
         }

@@ -1,6 +1,6 @@
 //! One sync run: fetch → normalize → diff → guards → commit (or hold).
 //!
-//! The pure parts live in [`plan`] and [`crate::domain`]; this module wires
+//! The pure parts live in [`plan`] and [`crate::model`]; this module wires
 //! them to the AFAS client and the store. A run that fails while fetching
 //! changes nothing but its run record; a run that trips a guard stores its
 //! plan, exactly as computed, for approval.
@@ -16,92 +16,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use jiff::civil::Date;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::afas::decode::Draft;
 use crate::afas::rows::Decimal;
 use crate::afas::{self, AfasClient, AfasError, ClientOptions, FieldProblem, Source};
 use crate::config::Config;
-use crate::domain::{self, Contract, Draft, Employee, EmployeeKey, Pay, Rejection};
+use crate::model::run::now;
+pub use crate::model::run::{Outcome, RunRecord};
+use crate::model::{Contract, Employee, EmployeeKey, Pay, Rejection};
 use crate::store::{Encoded, EncodedWrite, MutationPacker, OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
-use plan::{Baseline, Diff, MutationKind, Plan, Provisioned, Rules, SourceStats};
+use plan::{Baseline, Diff, Judged, MutationKind, Plan, Provisioned, Rules, SourceStats};
 
 /// Rejections kept in a run record; the count is always exact.
 const MAX_KEPT_REJECTIONS: usize = 200;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    /// Mutations were committed.
-    Success,
-    /// Nothing changed.
-    NothingToDo,
-    /// A guard tripped; the plan waits for approval.
-    Held,
-    /// The held plan was rejected by an operator.
-    Rejected,
-    /// Fetching or committing failed; nothing changed.
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::NothingToDo => "nothing-to-do",
-            Outcome::Held => "held",
-            Outcome::Rejected => "rejected",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub id: u64,
-    pub started_at: String,
-    pub finished_at: String,
-    pub as_of: Date,
-    pub outcome: Outcome,
-    /// Why it failed or was held; empty on success.
-    pub message: String,
-    pub joiners: u64,
-    pub movers: u64,
-    pub leavers: u64,
-    pub rehires: u64,
-    pub source: SourceStats,
-    pub snapshot_digest: u64,
-}
-
-impl RunRecord {
-    fn new(id: u64, as_of: Date) -> Self {
-        RunRecord {
-            id,
-            started_at: now(),
-            finished_at: String::new(),
-            as_of,
-            outcome: Outcome::Failed,
-            message: String::new(),
-            joiners: 0,
-            movers: 0,
-            leavers: 0,
-            rehires: 0,
-            source: SourceStats::default(),
-            snapshot_digest: 0,
-        }
-    }
-
-    fn fill_counts(&mut self, plan: &Plan) {
-        use plan::MutationKind::*;
-        self.joiners = plan.count(Joiner);
-        self.movers = plan.count(Mover);
-        self.leavers = plan.count(Leaver);
-        self.rehires = plan.count(Rehire);
-        self.source = plan.source.clone();
-    }
-}
-
-fn now() -> String {
-    jiff::Timestamp::now().to_string()
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -326,7 +254,7 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
                     }
                     for row in &page.rows {
                         acc.stats.employee_rows += 1;
-                        match domain::decode_employee(row, mapping) {
+                        match afas::decode::decode_employee(row, mapping) {
                             Ok(d) => drafts.push((d.key.clone(), encode_internal(&d)?)).map_err(spill_err)?,
                             Err(r) => reject(&mut acc, r),
                         }
@@ -339,7 +267,7 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
                     let page = page?;
                     acc.stats.contract_rows += (page.rows.len() + page.bad_rows.len()) as u64;
                     for row in &page.rows {
-                        match domain::normalize_contract(row, mapping) {
+                        match afas::decode::normalize_contract(row, mapping) {
                             Ok(pair) => contracts.push(pair).map_err(spill_err)?,
                             Err(reason) => {
                                 // A contract we cannot read may hide the current
@@ -604,10 +532,10 @@ async fn read_extra(
         out.rows += (page.rows.len() + page.bad_rows.len()) as u64;
         for row in &page.rows {
             let result = match source {
-                Source::Salary => domain::decode_salary(row, &mapping).map(|(k, start, amount)| {
+                Source::Salary => afas::decode::decode_salary(row, &mapping).map(|(k, start, amount)| {
                     out.salaries.entry(k).or_default().push((start, amount));
                 }),
-                Source::WageComponents => domain::decode_wage_component(row, &mapping).map(|(k, id, amount)| {
+                Source::WageComponents => afas::decode::decode_wage_component(row, &mapping).map(|(k, id, amount)| {
                     // Several rows of one component add up (e.g. per period).
                     let slot = out
                         .wages
@@ -617,7 +545,7 @@ async fn read_extra(
                         .or_insert(Decimal::from_units(0));
                     *slot = Decimal::from_units(slot.units().saturating_add(amount.units()));
                 }),
-                _ => domain::decode_leave(row, &mapping).map(|(k, kind, hours)| {
+                _ => afas::decode::decode_leave(row, &mapping).map(|(k, kind, hours)| {
                     out.leave.entry(k).or_default().insert(kind, hours);
                 }),
             };

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::domain::EmployeeKey;
+use crate::model::EmployeeKey;
 use crate::store::codec;
 
 /// Above this many bytes of records a sorter writes a run to disk.

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use afas_sync::domain::Employee;
 use afas_sync::emulator::data::generate;
 use afas_sync::emulator::Emulator;
+use afas_sync::model::Employee;
 use afas_sync::store::Store;
 use afas_sync::sync::plan::{Provisioned, Status};
 use serde_json::{json, Value};

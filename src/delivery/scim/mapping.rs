@@ -9,8 +9,8 @@ use serde_json::{json, Map, Value};
 
 use super::schema::{Attr, AttrType, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
 use crate::afas::rows::Decimal;
-use crate::domain::Employee;
 use crate::fields::{Field, Kind};
+use crate::model::Employee;
 
 /// Attributes afas-sync sets itself: `userName` (from `sink.scim.user_name`),
 /// `externalId` (the employee key) and `active`.
@@ -477,18 +477,18 @@ mod tests {
     fn employee() -> Employee {
         let date = |s: &str| s.parse::<jiff::civil::Date>().expect("date");
         Employee {
-            key: crate::domain::EmployeeKey::parse("1042").expect("key"),
-            email: crate::domain::EmailAddress::parse("j.berg@bedrijf.example").expect("email"),
+            key: crate::model::EmployeeKey::parse("1042").expect("key"),
+            email: crate::model::EmailAddress::parse("j.berg@bedrijf.example").expect("email"),
             first_name: "Jan".into(),
             prefix: Some("van der".into()),
             last_name: "Berg".into(),
             department: Some("Sales".into()),
             date_of_birth: Some(date("1990-02-03")),
-            employment: crate::domain::EmploymentPeriod::new(date("2020-01-01"), None).expect("period"),
+            employment: crate::model::EmploymentPeriod::new(date("2020-01-01"), None).expect("period"),
             access: Some(true),
             budgets: BTreeMap::new(),
             contract: None,
-            pay: crate::domain::Pay::default(),
+            pay: crate::model::Pay::default(),
         }
     }
 

@@ -23,7 +23,7 @@ pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION
 use super::webhook::{classify, transport_error};
 use super::{Job, SinkError};
 use crate::config::{Deprovision, ScimAuth, ScimConfig, UserNameSource};
-use crate::domain::Employee;
+use crate::model::Employee;
 use crate::store::Store;
 use crate::sync::plan::{Mutation, MutationKind};
 
