@@ -187,6 +187,7 @@ fn launcher(report: &str, program: &str, args: &[String]) -> Result<(), String> 
     // SAFETY: plain FFI call with valid out-pointers; `rusage` is a POD
     // struct for which all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `ru` are valid for writes; `pid` is our child.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let wall = start.elapsed();
     if rc != pid {
@@ -208,6 +209,7 @@ fn launcher(report: &str, program: &str, args: &[String]) -> Result<(), String> 
 fn thread_cpu() -> Duration {
     // SAFETY: as in `measure`.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is valid for writes.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
     timeval(ru.ru_utime) + timeval(ru.ru_stime)
 }

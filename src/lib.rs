@@ -16,8 +16,6 @@ pub mod exit;
 pub mod fault;
 pub mod fields;
 pub mod http;
-#[cfg(target_arch = "x86_64")]
-pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod oauth;

@@ -1,5 +1,10 @@
 use clap::Parser;
 
+// The hand-written memory routines: compiled only into the static binary
+// (and its tests), out of reach of the library and every other build.
+#[cfg(all(target_arch = "x86_64", any(target_env = "musl", test)))]
+mod mem;
+
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -54,31 +59,35 @@ fn tune_allocator() {}
 /// link; glibc builds keep glibc's.
 #[cfg(all(target_env = "musl", target_arch = "x86_64"))]
 mod libc_mem {
-    use afas_sync::mem;
+    use crate::mem;
 
     // SAFETY (all four): the C contracts are the callers' to keep; each
     // hands its arguments on unchanged to the routine documented in
     // src/mem.rs, which reads and writes only the n bytes given.
     #[no_mangle]
     unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        mem::copy(dst, src, n);
+        // SAFETY: libc's contract for memcpy is mem::copy's.
+        unsafe { mem::copy(dst, src, n) };
         dst
     }
 
     #[no_mangle]
     unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        mem::copy_overlapping(dst, src, n);
+        // SAFETY: libc's contract for memmove is mem::copy_overlapping's.
+        unsafe { mem::copy_overlapping(dst, src, n) };
         dst
     }
 
     #[no_mangle]
     unsafe extern "C" fn memcmp(l: *const u8, r: *const u8, n: usize) -> i32 {
-        mem::compare(l, r, n)
+        // SAFETY: libc's contract for memcmp is mem::compare's.
+        unsafe { mem::compare(l, r, n) }
     }
 
     #[no_mangle]
     unsafe extern "C" fn bcmp(l: *const u8, r: *const u8, n: usize) -> i32 {
-        mem::compare(l, r, n)
+        // SAFETY: as memcmp; any nonzero result means "different" for bcmp.
+        unsafe { mem::compare(l, r, n) }
     }
 }
 
