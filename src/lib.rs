@@ -5,6 +5,7 @@
 //! the AFAS stand-in used by the demo, the tests and the benchmarks.
 
 pub mod afas;
+pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
         let again: afas_sync::daemon::control::Call = serde_json::from_str(&text).expect("round trip");
         assert_eq!(call, again);
     }
-    let _ = serde_json::from_slice::<afas_sync::daemon::control::Reply>(data);
+    let _ = serde_json::from_slice::<afas_sync::daemon::control::Line>(data);
 });

@@ -1,7 +1,7 @@
 //! The command line: clap definitions and the human / `--json` rendering.
 //! Every command returns an exit code; `main` only sets up logging.
 
-pub mod state;
+pub mod render;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::afas::{self, AfasClient, ClientOptions};
+use crate::app::{self, Deliver, Request};
 use crate::config::{self, Config};
 use crate::emulator::{self, data, AuthSetup, Emulator, EmulatorState};
 use crate::exit;
-use state::Request;
 
 #[derive(Debug, Parser)]
 #[command(name = "afas-sync", version, about = "Sync employees from AFAS Profit to Alleo")]
@@ -262,32 +262,41 @@ async fn healthcheck(cfg: &Config) -> i32 {
 }
 
 /// Runs a state-file command: through a running daemon's control socket,
-/// else on the state file directly.
+/// else on the state file directly; either way rendered here.
 async fn state_request(cli: &Cli, req: Request) -> i32 {
     let cfg = match load_config(&cli.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::daemon::control::call(&cfg, &req, cli.json).await {
-        Ok(Some(reply)) => {
-            reply.out.print();
-            return reply.code;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
+    // An export streams: its rows are written as they come, header first.
+    let csv = matches!(req, Request::Export { csv: true });
+    if csv {
+        println!("{}", render::CSV_HEADER);
     }
-    let store = match crate::store::Store::open(&cfg.store.path) {
-        Ok(s) => std::sync::Arc::new(s),
+    let mut row = |p: &crate::model::Provisioned| {
+        use std::io::Write;
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(render::export_line(p, csv).as_bytes());
+    };
+    let result = match crate::daemon::control::call(&cfg, &req, &mut row).await {
+        Ok(Some(result)) => result,
+        Ok(None) => {
+            let store = match crate::store::Store::open(&cfg.store.path) {
+                Ok(s) => std::sync::Arc::new(s),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            app::handle(&cfg, &store, &req, Deliver::Wait, &mut row).await
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return exit::FAILURE;
         }
     };
-    let mut out = state::Out::default();
-    let code = state::execute(&cfg, &store, &req, cli.json, &mut out).await;
+    let (out, code) = render::render(&result, cli.json);
     out.print();
     code
 }
@@ -680,9 +689,9 @@ async fn start_demo_scim(token: &str) -> Option<DemoScim> {
     None
 }
 
-async fn demo_call(cfg: &Config, req: Request) -> Result<state::Out, String> {
-    match crate::daemon::control::call(cfg, &req, false).await? {
-        Some(reply) => Ok(reply.out),
+async fn demo_call(cfg: &Config, req: Request) -> Result<render::Out, String> {
+    match crate::daemon::control::call(cfg, &req, &mut |_| {}).await? {
+        Some(result) => Ok(render::render(&result, false).0),
         None => Err("the daemon does not answer on its control socket".into()),
     }
 }
@@ -828,12 +837,10 @@ async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
         };
         let all = count("").await?;
         let active = count("&filter=active%20eq%20true").await?;
-        let status = match crate::daemon::control::call(&cfg, &Request::Status, true).await? {
-            Some(reply) => serde_json::from_str::<serde_json::Value>(&reply.out.stdout).map_err(|e| e.to_string())?,
-            None => return Err("the daemon does not answer on its control socket".into()),
+        let (employed, known) = match crate::daemon::control::call(&cfg, &Request::Status, &mut |_| {}).await? {
+            Some(Ok(app::Reply::Status(s))) => (s.active, s.active + s.left),
+            _ => return Err("the daemon does not answer on its control socket".into()),
         };
-        let employed = status["employees"]["active"].as_u64().unwrap_or(0);
-        let known = employed + status["employees"]["left"].as_u64().unwrap_or(0);
         println!("SCIM target: {all} users, {active} active; the snapshot: {known} employees, {employed} active");
         if all != known || active != employed {
             return Err("the SCIM target does not hold every employee of the snapshot".into());

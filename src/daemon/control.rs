@@ -1,7 +1,9 @@
 //! The control socket: redb locks the state file, so while the daemon runs,
 //! `afas-sync sync`, `status`, `plan approve` and friends send their request
 //! here and the daemon runs it on its open store. Without a daemon the CLI
-//! opens the file itself. One JSON line in, one JSON line out.
+//! opens the file itself. One JSON line in; out, one JSON line per exported
+//! row (an export streams) and one with the answer. The answer is typed:
+//! the CLI renders it, the daemon never prints for a person.
 
 use std::path::{Path, PathBuf};
 
@@ -9,22 +11,26 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::cli::state::{Out, Request};
+use crate::app::{AppError, Reply, Request};
 use crate::config::Config;
+use crate::model::Provisioned;
 
 /// Requests are small; anything bigger is not ours.
 pub const MAX_REQUEST: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Call {
-    pub json: bool,
     pub request: Request,
 }
 
+/// One line of the daemon's answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Reply {
-    pub code: i32,
-    pub out: Out,
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// One row of an export, as it is read.
+    Row(Box<Provisioned>),
+    /// The answer; the last line.
+    Done(Box<Result<Reply, AppError>>),
 }
 
 /// `<state directory>/afas-sync.sock`, beside the state file.
@@ -38,8 +44,13 @@ pub fn socket_path(config: &Config) -> PathBuf {
     dir.join("afas-sync.sock")
 }
 
-/// Sends a request to a running daemon. `Ok(None)`: no daemon listens.
-pub async fn call(config: &Config, request: &Request, json: bool) -> Result<Option<Reply>, String> {
+/// Sends a request to a running daemon; an export's rows go to `row` as
+/// they arrive. `Ok(None)`: no daemon listens.
+pub async fn call(
+    config: &Config,
+    request: &Request,
+    row: &mut dyn FnMut(&Provisioned),
+) -> Result<Option<Result<Reply, AppError>>, String> {
     let path = socket_path(config);
     let stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
@@ -56,7 +67,6 @@ pub async fn call(config: &Config, request: &Request, json: bool) -> Result<Opti
     };
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(&Call {
-        json,
         request: request.clone(),
     })
     .map_err(|e| e.to_string())?;
@@ -65,14 +75,22 @@ pub async fn call(config: &Config, request: &Request, json: bool) -> Result<Opti
         .write_all(line.as_bytes())
         .await
         .map_err(|e| format!("control socket: {e}"))?;
-    let mut reply = String::new();
-    BufReader::new(read)
-        .read_line(&mut reply)
-        .await
-        .map_err(|e| format!("control socket: {e}"))?;
-    let reply: Reply =
-        serde_json::from_str(&reply).map_err(|e| format!("the daemon sent an unreadable answer: {e}"))?;
-    Ok(Some(reply))
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut text = String::new();
+        let n = reader
+            .read_line(&mut text)
+            .await
+            .map_err(|e| format!("control socket: {e}"))?;
+        if n == 0 {
+            return Err("the daemon closed the control socket before it answered".into());
+        }
+        match serde_json::from_str::<Line>(&text) {
+            Ok(Line::Row(p)) => row(&p),
+            Ok(Line::Done(result)) => return Ok(Some(*result)),
+            Err(e) => return Err(format!("the daemon sent an unreadable answer: {e}")),
+        }
+    }
 }
 
 /// Binds the socket with mode 0600, replacing a stale file. Only called
@@ -102,8 +120,8 @@ pub async fn read_call(stream: &mut UnixStream) -> Result<Call, String> {
     serde_json::from_slice(&buf).map_err(|e| format!("unreadable request: {e}"))
 }
 
-pub async fn write_reply(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(reply).map_err(std::io::Error::other)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes()).await
+pub async fn write_line(stream: &mut UnixStream, line: &Line) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await
 }

@@ -16,7 +16,7 @@ use jiff::{Timestamp, ToSpan};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::cli::state::{self, Out, Request};
+use crate::app::{self, Deliver, Reply, Request};
 use crate::config::Config;
 use crate::http::Health;
 use crate::store::Store;
@@ -58,22 +58,74 @@ fn last_success(store: &Store) -> Option<Timestamp> {
         .and_then(|r| r.finished_at.parse().ok())
 }
 
+/// A scheduled run. Its changes are delivered by the worker, not here.
 async fn run_sync(shared: &Shared) -> bool {
     let _guard = shared.run_lock.lock().await;
     let config = shared.config.read().await.clone();
-    let mut out = Out::default();
-    let code = state::sync_cmd(&config, &shared.store, None, false, false, false, &mut out).await;
-    for line in out.stdout.lines().chain(out.stderr.lines()) {
-        tracing::info!("{line}");
-    }
+    let req = Request::Sync {
+        as_of: None,
+        dry_run: false,
+    };
+    let result = app::handle(&config, &shared.store, &req, Deliver::Leave, &mut |_| {}).await;
     if let Some(ts) = last_success(&shared.store) {
         shared.health.last_success.store(ts.as_second(), Ordering::SeqCst);
     }
-    // Held (3) is not a failure to retry: it waits for a person.
-    matches!(
-        code,
-        crate::exit::OK | crate::exit::NOTHING_TO_DO | crate::exit::HELD | crate::exit::DELIVERY_INCOMPLETE
-    )
+    match result {
+        // Held is not a failure to retry: it waits for a person.
+        Ok(Reply::Synced { run, .. }) => !matches!(run.outcome, crate::model::Outcome::Failed),
+        Ok(Reply::SyncFailed { error, .. }) => {
+            tracing::error!("sync failed, nothing was changed: {error}");
+            false
+        }
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!("sync: {e}");
+            false
+        }
+    }
+}
+
+/// Answers one control-socket call on the daemon's open store.
+async fn answer(shared: &Shared, call: control::Call, stream: &mut tokio::net::UnixStream) -> std::io::Result<()> {
+    let mutating = !matches!(
+        call.request,
+        Request::Status
+            | Request::History { .. }
+            | Request::RunShow { .. }
+            | Request::Employee { .. }
+            | Request::PlanShow { .. }
+            | Request::Export { .. }
+    );
+    let _guard = if mutating {
+        Some(shared.run_lock.lock().await)
+    } else {
+        None
+    };
+    let config = shared.config.read().await.clone();
+    let result = if let Request::Export { .. } = call.request {
+        // Rows go out as the store yields them, through a small channel.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<control::Line>(256);
+        let store = shared.store.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            app::export(&store, &mut |p| {
+                let _ = tx.blocking_send(control::Line::Row(Box::new(p.clone())));
+            })
+        });
+        while let Some(line) = rx.recv().await {
+            control::write_line(stream, &line).await?;
+        }
+        reader
+            .await
+            .unwrap_or_else(|e| Err(app::AppError::Store(format!("export: {e}"))))
+    } else {
+        app::handle(&config, &shared.store, &call.request, Deliver::Wait, &mut |_| {}).await
+    };
+    if mutating {
+        if let Some(ts) = last_success(&shared.store) {
+            shared.health.last_success.store(ts.as_second(), Ordering::SeqCst);
+        }
+    }
+    control::write_line(stream, &control::Line::Done(Box::new(result))).await
 }
 
 async fn control_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
@@ -83,41 +135,15 @@ async fn control_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let reply = match control::read_call(&mut stream).await {
+            match control::read_call(&mut stream).await {
                 Ok(call) => {
-                    let mutating = !matches!(
-                        call.request,
-                        Request::Status
-                            | Request::History { .. }
-                            | Request::RunShow { .. }
-                            | Request::Employee { .. }
-                            | Request::PlanShow { .. }
-                            | Request::Export { .. }
-                    );
-                    let _guard = if mutating {
-                        Some(shared.run_lock.lock().await)
-                    } else {
-                        None
-                    };
-                    let config = shared.config.read().await.clone();
-                    let mut out = Out::default();
-                    let code = state::execute(&config, &shared.store, &call.request, call.json, &mut out).await;
-                    if mutating {
-                        if let Some(ts) = last_success(&shared.store) {
-                            shared.health.last_success.store(ts.as_second(), Ordering::SeqCst);
-                        }
-                    }
-                    control::Reply { code, out }
+                    let _ = answer(&shared, call, &mut stream).await;
                 }
-                Err(e) => control::Reply {
-                    code: crate::exit::CONFIG,
-                    out: Out {
-                        stdout: String::new(),
-                        stderr: format!("error: {e}\n"),
-                    },
-                },
-            };
-            let _ = control::write_reply(&mut stream, &reply).await;
+                Err(e) => {
+                    let refused = control::Line::Done(Box::new(Err(app::AppError::Request(e))));
+                    let _ = control::write_line(&mut stream, &refused).await;
+                }
+            }
         });
     }
 }

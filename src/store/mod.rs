@@ -207,7 +207,7 @@ pub enum EntryResult {
 }
 
 /// Pending and dead-lettered entries of one sink.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxCounts {
     pub pending: u64,
     pub dead: u64,
