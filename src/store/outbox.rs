@@ -1,0 +1,226 @@
+//! The outbox: what each sink still has to deliver, its results, and the
+//! ids targets gave employees.
+
+use super::*;
+
+/// What an outbox entry delivers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxItem {
+    /// Mutation `index` of run `run`, for one employee.
+    Mutation { run: u64, index: u32, key: EmployeeKey },
+    /// The run as a whole (webhook `sync.*` events, the file sink).
+    Run { run: u64 },
+}
+
+impl OutboxItem {
+    /// The employee whose entries must stay in order; run items share "".
+    pub fn order_key(&self) -> &str {
+        match self {
+            OutboxItem::Mutation { key, .. } => key.as_str(),
+            OutboxItem::Run { .. } => "",
+        }
+    }
+}
+
+/// A delivery job for one sink, with its retry state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub item: OutboxItem,
+    /// Unix seconds when the entry was made (its age decides dead-lettering).
+    pub created_at: i64,
+    pub attempts: u32,
+    /// Unix seconds before which it is not tried again.
+    pub next_at: i64,
+    pub last_error: Option<String>,
+    pub dead: bool,
+}
+
+impl OutboxEntry {
+    pub fn new(item: OutboxItem, now: i64) -> Self {
+        OutboxEntry {
+            item,
+            created_at: now,
+            attempts: 0,
+            next_at: now,
+            last_error: None,
+            dead: false,
+        }
+    }
+}
+
+/// Which entries a sink gets from a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTarget {
+    pub sink: String,
+    /// One entry per mutation.
+    pub mutations: bool,
+    /// One entry per run: always, or only for runs with mutations.
+    pub run_event: RunEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEvent {
+    Never,
+    WithMutations,
+    Always,
+}
+
+/// The result of delivering one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryResult {
+    /// Delivered: the entry is removed; the target's id is remembered.
+    Done { target_id: Option<(EmployeeKey, String)> },
+    /// Not (yet) delivered: the entry's new retry state.
+    Update(OutboxEntry),
+}
+
+/// Pending and dead-lettered entries of one sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_pending_at: Option<i64>,
+    /// Why the last delivery pass stopped this sink, while it is stopped.
+    pub stopped: Option<String>,
+}
+
+pub(super) fn unix_now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+impl Store {
+    /// Every entry of one sink (pending and dead), in order.
+    pub fn outbox_entries(&self, sink: &str) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for item in t.range((sink, 0)..=(sink, u64::MAX))? {
+            let (k, v) = item?;
+            out.push((k.value().1, dec("outbox entry", v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn target_id(&self, sink: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TARGET_IDS)?;
+        let v = t.get((sink, key))?;
+        Ok(v.map(|g| g.value().to_string()))
+    }
+
+    /// Applies delivery results of one sink in one transaction.
+    pub fn outbox_apply(&self, sink: &str, results: &[(u64, EntryResult)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut ids = txn.open_table(TARGET_IDS)?;
+            for (seq, result) in results {
+                match result {
+                    EntryResult::Done { target_id } => {
+                        outbox.remove((sink, *seq))?;
+                        if let Some((key, id)) = target_id {
+                            ids.insert((sink, key.as_str()), id.as_str())?;
+                        }
+                    }
+                    EntryResult::Update(entry) => {
+                        outbox.insert((sink, *seq), enc("outbox entry", entry)?.as_slice())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records why a delivery pass stopped a sink, or clears it.
+    pub fn set_sink_stopped(&self, sink: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        let key = format!("sink_stopped:{sink}");
+        let current = {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(META)?;
+            let v = t.get(key.as_str())?.map(|g| g.value().to_vec());
+            v
+        };
+        if current.as_deref() == reason.map(str::as_bytes) {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match reason {
+                Some(r) => {
+                    meta.insert(key.as_str(), r.as_bytes())?;
+                }
+                None => {
+                    meta.remove(key.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Pending and dead entries per sink, and why a sink is stopped.
+    pub fn outbox_counts(&self) -> Result<BTreeMap<String, OutboxCounts>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OUTBOX)?;
+        let mut out: BTreeMap<String, OutboxCounts> = BTreeMap::new();
+        let meta = txn.open_table(META)?;
+        for item in meta.range("sink_stopped:".."sink_stopped;")? {
+            let (k, v) = item?;
+            if let Some(sink) = k.value().strip_prefix("sink_stopped:") {
+                out.entry(sink.to_string()).or_default().stopped =
+                    Some(String::from_utf8_lossy(v.value()).into_owned());
+            }
+        }
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let e: OutboxEntry = dec("outbox entry", v.value())?;
+            let c = out.entry(k.value().0.to_string()).or_default();
+            if e.dead {
+                c.dead += 1;
+            } else {
+                c.pending += 1;
+                c.oldest_pending_at = Some(c.oldest_pending_at.map_or(e.created_at, |o| o.min(e.created_at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts dead-lettered entries (of one sink, or all) back in the queue
+    /// with a fresh age. Returns how many.
+    pub fn outbox_retry(&self, sink: Option<&str>, now: i64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut revive = Vec::new();
+            for item in outbox.iter()? {
+                let (k, v) = item?;
+                let (s, seq) = k.value();
+                if sink.is_some_and(|want| want != s) {
+                    continue;
+                }
+                let e: OutboxEntry = dec("outbox entry", v.value())?;
+                // Dead entries start over; waiting ones (backing off after
+                // a failure) keep their attempts and age but are due now,
+                // for an operator who just fixed the target.
+                if e.dead || e.next_at > now {
+                    revive.push((s.to_string(), seq, e));
+                }
+            }
+            for (s, seq, mut e) in revive {
+                if e.dead {
+                    e.dead = false;
+                    e.attempts = 0;
+                    e.created_at = now;
+                }
+                e.next_at = now;
+                outbox.insert((s.as_str(), seq), enc("outbox entry", &e)?.as_slice())?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+}
