@@ -2,6 +2,7 @@
 //! module that knows AFAS's wire format.
 
 pub mod client;
+
 pub mod decode;
 pub mod error;
 pub mod rows;

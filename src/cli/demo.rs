@@ -1,0 +1,265 @@
+//! `afas-sync demo`: the emulator with a generated company, scim2-server when
+//! installed, the real daemon, two days synced and delivered.
+
+use super::*;
+
+/// The optional salary, holiday allowance and leave connectors of the
+/// generated company (setup step 5, "additional GetConnectors").
+pub const EXTRA_CONNECTORS: &str = r#"[afas.salary]
+connector = "Profit_Salary_Alleo"
+key = ["EmployeeId", "DateStart"]
+
+[afas.wage_components]
+connector = "Profit_WageComponents_Alleo"
+key = ["EmployeeId", "WageComponentId"]
+
+[afas.leave]
+connector = "Profit_Leave_Alleo"
+key = ["EmployeeId", "LeaveTypeId"]
+
+[mapping.wage_components]
+holiday_allowance_accrual_id = "5100"
+holiday_allowance_balance_id = "5110"
+"#;
+
+pub(super) async fn demo(employees: u64, seed: u64) -> i32 {
+    match demo_inner(employees, seed).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// scim2-server, when installed, as the demo's SCIM target.
+pub(super) struct DemoScim {
+    child: tokio::process::Child,
+    url: String,
+}
+
+pub(super) async fn start_demo_scim(token: &str) -> Option<DemoScim> {
+    let exe = std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("scim2-server"))
+        .find(|p| p.exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = tokio::process::Command::new(exe)
+        .args([
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--bearer-token",
+            token,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let up = client
+            .get(format!("{url}/ServiceProviderConfig"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if up {
+            return Some(DemoScim { child, url });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+pub(super) async fn demo_call(cfg: &Config, req: Request) -> Result<render::Out, String> {
+    match crate::daemon::control::call(cfg, &req, &mut |_| {}).await? {
+        Some(result) => Ok(render::render(&result, false).0),
+        None => Err("the daemon does not answer on its control socket".into()),
+    }
+}
+
+pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
+    crate::afas::client::install_crypto_provider();
+    let dir = tempfile::Builder::new()
+        .prefix("afas-sync-demo")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let token = random_token()?;
+    let day = today();
+    let state = EmulatorState::new(
+        vec![("day 1".into(), data::generate(seed, employees, day))],
+        AuthSetup::token(token.clone()),
+    );
+    let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
+    write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
+    let scim_token = format!("demo-{}", &random_token()?.data()[..24]);
+    let scim = start_demo_scim(&scim_token).await;
+    let mut sinks = format!("[sink.files]\ndir = \"{}\"\n", dir.path().join("out").display());
+    if let Some(s) = &scim {
+        write_secret_file(&dir.path().join("scim-token"), &scim_token).map_err(|e| e.to_string())?;
+        sinks.push_str(&format!(
+            "\n[sink.scim]\nurl = \"{}\"\ntoken_file = \"scim-token\"\n",
+            s.url
+        ));
+    }
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let config_text = format!(
+        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n{}\n[store]\npath = \"{}\"\n\n[http]\nbind = \"127.0.0.1:{http_port}\"\n\n{sinks}",
+        emu.base_url(),
+        EXTRA_CONNECTORS,
+        dir.path().join("state.redb").display()
+    );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, &config_text).map_err(|e| e.to_string())?;
+    let cfg = Config::load(&config_path).map_err(|e| e.to_string())?.config;
+
+    println!(
+        "afas-sync demo: AFAS emulator with a generated company of {employees} at {}",
+        emu.base_url()
+    );
+    println!("state directory: {}", dir.path().display());
+    match &scim {
+        Some(s) => println!(
+            "SCIM target: scim2-server at {} (RFC 7643's schemas only, as a SaaS target serves)",
+            s.url
+        ),
+        None => println!("SCIM target: none (install scim2-server from PyPI to include it)"),
+    }
+    println!();
+    for item in crate::check::run(&cfg).await {
+        println!(
+            "  {} {:<40} {}",
+            if item.ok { "PASS" } else { "FAIL" },
+            item.name,
+            item.detail
+        );
+    }
+
+    // The real daemon: it opens the state file, serves HTTP and the control
+    // socket, and runs the first import at once (no run has happened yet).
+    let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(crate::daemon::run(
+        config_path.clone(),
+        cfg.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut waited = 0;
+    loop {
+        let out = demo_call(&cfg, Request::History { limit: 5 }).await.unwrap_or_default();
+        if out.stdout.lines().count() > 1 {
+            break;
+        }
+        waited += 1;
+        if waited > 600 || daemon.is_finished() {
+            return Err("the daemon did not complete its first run".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Day 2: hires, leavers and department changes in AFAS.
+    let day2 = day.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
+    let churned = emu.state.with_data(|d| data::churn(d, seed, day2, 20, 10, 40));
+    println!();
+    println!(
+        "day 2 in AFAS: {} hired, {} left, {} changed department; syncing through the daemon",
+        churned.joiners.len(),
+        churned.leavers.len(),
+        churned.movers.len()
+    );
+    let out = demo_call(
+        &cfg,
+        Request::Sync {
+            as_of: Some(day2),
+            dry_run: false,
+        },
+    )
+    .await?;
+    print!("{}", out.stdout);
+    let history = demo_call(&cfg, Request::History { limit: 5 }).await?;
+    println!();
+    print!("{}", history.stdout);
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    println!();
+    println!(
+        "file sink: {} files in {}",
+        files.len(),
+        dir.path().join("out").display()
+    );
+    if let Some(s) = &scim {
+        let count = |filter: &'static str| {
+            let url = format!("{}/Users?count=0{filter}", s.url);
+            let token = scim_token.clone();
+            async move {
+                let v: serde_json::Value = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(v["totalResults"].as_u64().unwrap_or(0))
+            }
+        };
+        let all = count("").await?;
+        let active = count("&filter=active%20eq%20true").await?;
+        let (employed, known) = match crate::daemon::control::call(&cfg, &Request::Status, &mut |_| {}).await? {
+            Some(Ok(app::Reply::Status(s))) => (s.active, s.active + s.left),
+            _ => return Err("the daemon does not answer on its control socket".into()),
+        };
+        println!("SCIM target: {all} users, {active} active; the snapshot: {known} employees, {employed} active");
+        if all != known || active != employed {
+            return Err("the SCIM target does not hold every employee of the snapshot".into());
+        }
+    }
+    let metrics_url = format!("http://{}/metrics", cfg.http.bind);
+    let metrics = reqwest::Client::new()
+        .get(&metrics_url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!();
+    println!("Prometheus metrics at {metrics_url} (while the daemon runs), e.g.:");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("afas_sync_runs_total")
+            || l.starts_with("afas_sync_mutations_total")
+            || l.starts_with("afas_sync_employees")
+    }) {
+        println!("  {line}");
+    }
+    let _ = stop_tx.send(());
+    let _ = daemon.await;
+    if let Some(mut s) = scim {
+        let _ = s.child.kill().await;
+    }
+    emu.stop().await;
+    Ok(())
+}
