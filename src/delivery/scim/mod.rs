@@ -7,6 +7,7 @@
 //! create never makes a duplicate); an update that meets a 404 (the server
 //! lost the user) looks up again and re-creates.
 
+mod check;
 mod conflict;
 pub mod mapping;
 pub mod schema;
@@ -581,60 +582,5 @@ impl ScimSink {
                 }
             }
         }
-    }
-
-    /// For `afas-sync check`: reachable, what the target declares, and
-    /// which fields the mapping delivers there.
-    pub async fn check(&self) -> Vec<(String, Result<String, String>)> {
-        let mut out = Vec::new();
-        let target = match self.discover_target().await {
-            Ok(t) => t,
-            Err(e) => {
-                out.push(("SCIM reachable".to_string(), Err(e.to_string())));
-                return out;
-            }
-        };
-        let yes = |b: bool| if b { "yes" } else { "no" };
-        out.push((
-            "SCIM reachable".to_string(),
-            Ok(format!(
-                "{} (PATCH {}, ETags {})",
-                self.base,
-                yes(target.caps.patch),
-                yes(target.caps.etag)
-            )),
-        ));
-        let names: Vec<&str> = target.schemas.keys().map(String::as_str).collect();
-        let schemas = match target.source {
-            schema::Source::Served => format!("the target serves {}", names.join(", ")),
-            schema::Source::Assumed => format!(
-                "the target serves no /Schemas: treated as RFC 7643's {}",
-                names.join(" and ")
-            ),
-        };
-        out.push(("SCIM schemas".to_string(), Ok(schemas)));
-        match Mapping::new(&self.attributes, &target) {
-            Ok(m) => {
-                out.push(("SCIM attributes delivered".to_string(), Ok(m.delivered().join(", "))));
-                // Grouped by why: "not mapped; see …: prefix, salary".
-                let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
-                for (f, why) in &m.not_delivered {
-                    match by_reason.iter_mut().find(|(w, _)| w == why) {
-                        Some((_, fields)) => fields.push(f),
-                        None => by_reason.push((why, vec![f])),
-                    }
-                }
-                let not: Vec<String> = by_reason
-                    .iter()
-                    .map(|(why, fields)| format!("{} ({why})", fields.join(", ")))
-                    .collect();
-                out.push((
-                    "SCIM fields not delivered".to_string(),
-                    Ok(if not.is_empty() { "none".into() } else { not.join("; ") }),
-                ));
-            }
-            Err(e) => out.push(("SCIM attribute mapping".to_string(), Err(e))),
-        }
-        out
     }
 }
