@@ -19,6 +19,7 @@ pub mod fields;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod oauth;
 pub mod store;
 pub mod sync;

@@ -190,10 +190,7 @@ pub struct AfasClient {
 }
 
 /// Installs ring as rustls's process-wide crypto provider (once).
-pub fn install_crypto_provider() {
-    // Err means a provider is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::net::install_crypto_provider;
 
 fn sensitive(value: &str) -> Result<HeaderValue, AfasError> {
     let mut v = HeaderValue::from_str(value)
@@ -205,15 +202,15 @@ fn sensitive(value: &str) -> Result<HeaderValue, AfasError> {
 impl AfasClient {
     pub fn new(opts: ClientOptions) -> Result<Self, AfasError> {
         install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .timeout(opts.request_timeout)
-            .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")))
+        let http = crate::net::client(&crate::net::ClientSpec {
+            timeout: Some(opts.request_timeout),
+            connect_timeout: Some(opts.connect_timeout),
             // AFAS asks clients to keep connections open.
-            .pool_idle_timeout(Duration::from_secs(90))
-            .https_only(opts.base_url.scheme() == "https")
-            .build()
-            .map_err(|e| AfasError::Setup(e.to_string()))?;
+            pool_idle: Some(Duration::from_secs(90)),
+            https_only: opts.base_url.scheme() == "https",
+            ca_file: None,
+        })
+        .map_err(AfasError::Setup)?;
         let auth = match opts.credentials {
             Credentials::Token(t) => Auth::Token(sensitive(&t.header_value())?),
             Credentials::OAuth { client_id, secret } => {
@@ -424,12 +421,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8], url: &url::Url) -> Result
 }
 
 fn map_reqwest(e: reqwest::Error, url: &url::Url) -> AfasError {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        reason = format!("{reason}: {s}");
-        source = s.source();
-    }
+    let reason = crate::net::error_chain(&e);
     if e.is_timeout() {
         AfasError::Timeout {
             path: url.path().to_string(),

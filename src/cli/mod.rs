@@ -239,10 +239,10 @@ async fn stop_signal() {
 async fn healthcheck(cfg: &Config) -> i32 {
     crate::afas::client::install_crypto_provider();
     let url = format!("http://{}/readyz", cfg.http.bind);
-    let client = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()
-    {
+    let client = match crate::net::client(&crate::net::ClientSpec {
+        timeout: Some(std::time::Duration::from_secs(5)),
+        ..Default::default()
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -43,6 +43,34 @@ pub enum SinkError {
     Down { reason: String },
 }
 
+/// Maps an HTTP answer of a target to a delivery outcome.
+pub fn classify(status: u16, after: Option<Duration>, what: &str, detail: &str) -> SinkError {
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    match status {
+        401 | 403 => SinkError::Down {
+            reason: format!("{what} refused the credentials (HTTP {status}){detail}; check the token or secret file"),
+        },
+        408 | 425 | 429 | 500..=599 => SinkError::Retry {
+            reason: format!("{what} answered HTTP {status}{detail}"),
+            after,
+        },
+        _ => SinkError::Permanent {
+            reason: format!("{what} refused it (HTTP {status}){detail}"),
+        },
+    }
+}
+
+pub fn transport_error(e: &reqwest::Error, what: &str) -> SinkError {
+    SinkError::Retry {
+        reason: format!("cannot reach {what}: {}", crate::net::error_chain(e)),
+        after: None,
+    }
+}
+
 /// One entry, with what it needs to be delivered.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -167,15 +195,6 @@ mod tests {
                 assert_eq!(e["fte"], "0.8");
                 assert!(e["department"].is_null());
             }
-        }
-    }
-
-    #[test]
-    fn backoff_grows_to_an_hour_with_jitter() {
-        assert!((15..=30).contains(&backoff(0, 7)));
-        assert!((30..=60).contains(&backoff(1, 7)));
-        for j in [0, 1, 999_999] {
-            assert!((1800..=3600).contains(&backoff(20, j)));
         }
     }
 }

@@ -3,12 +3,10 @@
 //! `webhook-signature` with one `v1,<base64 HMAC-SHA256>` per secret, so a
 //! receiver can rotate secrets without missing an event.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{mutation_event, mutation_event_id, run_event, Job, SinkError};
+use super::{classify, mutation_event, mutation_event_id, run_event, transport_error, Job, SinkError};
 use crate::config::WebhookConfig;
 use crate::store::OutboxItem;
 
@@ -37,51 +35,12 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
-/// Maps an HTTP answer of a target to a delivery outcome.
-pub fn classify(status: u16, retry_after: Option<&str>, what: &str, detail: &str) -> SinkError {
-    let after = retry_after
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let detail = if detail.is_empty() {
-        String::new()
-    } else {
-        format!(": {detail}")
-    };
-    match status {
-        401 | 403 => SinkError::Down {
-            reason: format!("{what} refused the credentials (HTTP {status}){detail}; check the token or secret file"),
-        },
-        408 | 425 | 429 | 500..=599 => SinkError::Retry {
-            reason: format!("{what} answered HTTP {status}{detail}"),
-            after,
-        },
-        _ => SinkError::Permanent {
-            reason: format!("{what} refused it (HTTP {status}){detail}"),
-        },
-    }
-}
-
-pub fn transport_error(e: &reqwest::Error, what: &str) -> SinkError {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason = format!("{reason}: {s}");
-        source = s.source();
-    }
-    SinkError::Retry {
-        reason: format!("cannot reach {what}: {reason}"),
-        after: None,
-    }
-}
-
 impl WebhookSink {
     pub fn new(c: &WebhookConfig) -> Result<Self, String> {
-        crate::afas::client::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(c.timeout)
-            .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = crate::net::client(&crate::net::ClientSpec {
+            timeout: Some(c.timeout),
+            ..Default::default()
+        })?;
         let keys = c.secrets.iter().filter_map(|s| secret_key(s.expose())).collect();
         Ok(WebhookSink {
             http,
@@ -127,12 +86,8 @@ impl WebhookSink {
                 reason: "the webhook receiver answered 410 Gone: it asks not to be called again; fix or remove [sink.webhook]".into(),
             });
         }
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        Err(classify(status, retry_after.as_deref(), "the webhook receiver", ""))
+        let after = crate::net::retry_after(resp.headers());
+        Err(classify(status, after, "the webhook receiver", ""))
     }
 }
 

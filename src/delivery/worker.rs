@@ -18,11 +18,10 @@ pub struct PassReport {
     pub next_due: Option<i64>,
 }
 
-/// Exponential backoff with full jitter: 30 s doubling to 1 h.
-pub(super) fn backoff(attempts: u32, jitter: u64) -> i64 {
-    let cap = 30i64.saturating_mul(1i64 << attempts.min(7)).min(3600);
-    let half = cap / 2;
-    half + (jitter % (half as u64 + 1)) as i64
+/// The wait after a failed delivery: 30 s doubling to 1 h, with random
+/// jitter (the one backoff policy, [`crate::net::backoff`]).
+fn backoff(attempts: u32) -> i64 {
+    crate::net::backoff(attempts, Duration::from_secs(30), Duration::from_secs(3600)).as_secs() as i64
 }
 
 /// Different employees refused in a row with the same answer before the
@@ -68,11 +67,24 @@ pub(super) enum Handled {
     Refused(u64, OutboxEntry, String),
 }
 
-pub(super) fn jitter_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
+/// Why a delivery pass could not do its work (a sink's refusal is not one:
+/// that is recorded on its entries).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the state file: {0}")]
+    Store(#[from] StoreError),
+    #[error("a delivery task failed: {0}")]
+    Task(String),
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, DeliveryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DeliveryError::Task(e.to_string()))?
+        .map_err(DeliveryError::from)
 }
 
 /// One pass over every sink's due entries at time `now` (Unix seconds; the
@@ -84,7 +96,7 @@ pub async fn deliver_pass(
     sinks: &[Arc<Sink>],
     now: i64,
     force: bool,
-) -> Result<PassReport, StoreError> {
+) -> Result<PassReport, DeliveryError> {
     let (_keep, never) = tokio::sync::watch::channel(false);
     deliver_pass_until(config, store, sinks, now, force, never).await
 }
@@ -100,207 +112,233 @@ pub async fn deliver_pass_until(
     now: i64,
     force: bool,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<PassReport, StoreError> {
+) -> Result<PassReport, DeliveryError> {
     let mut report = PassReport::default();
     for sink in sinks {
         if *stop.borrow() {
             break;
         }
-        let name = sink.name();
-        let jobs = {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || load_jobs(&s, name))
-                .await
-                .map_err(|e| StoreError::Redb(e.to_string()))??
+        let pass = SinkPass {
+            sink: sink.clone(),
+            name: sink.name(),
+            now,
+            max_age: (config.delivery.max_age_hours * 3600) as i64,
+            down: std::sync::Mutex::new(None),
+            refusals: std::sync::Mutex::new(Refusals::default()),
+            stop: stop.clone(),
         };
-        // Chains per employee, in outbox order.
-        let mut chains: BTreeMap<String, Vec<Job>> = BTreeMap::new();
-        for job in jobs {
-            if job.entry.dead {
-                continue;
-            }
-            chains
-                .entry(job.entry.item.order_key().to_string())
-                .or_default()
-                .push(job);
-        }
-        let permits = Arc::new(tokio::sync::Semaphore::new(config.delivery.parallelism as usize));
-        let max_age = (config.delivery.max_age_hours * 3600) as i64;
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut done_early: Vec<Handled> = Vec::new();
-        let down = Arc::new(std::sync::Mutex::new(None::<String>));
-        let refusals = Arc::new(std::sync::Mutex::new(Refusals::default()));
-        // Run events ("sync.completed" …) go after the employee events of
-        // the same pass, so a receiver sees the run's changes first.
-        let run_chain = chains.remove("");
-        let mut ordered: Vec<Vec<Job>> = chains.into_values().collect();
-        ordered.extend(run_chain);
-        let last = ordered.len();
-        for (i, chain) in ordered.into_iter().enumerate() {
-            if chain.first().is_none_or(|j| !force && j.entry.next_at > now) {
-                // The first entry is waiting; later ones wait behind it.
-                continue;
-            }
-            let is_run_chain = i + 1 == last && chain.first().is_some_and(|j| j.entry.item.order_key().is_empty());
-            if is_run_chain {
-                // Wait for the employee chains already started.
-                while let Some(r) = tasks.join_next().await {
-                    done_early.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
-                }
-            }
-            let sink = sink.clone();
-            let permits = permits.clone();
-            let down = down.clone();
-            let refusals = refusals.clone();
-            let mut stop = stop.clone();
-            tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let mut results = Vec::new();
-                for job in chain {
-                    if down.lock().map(|d| d.is_some()).unwrap_or(true) || *stop.borrow() {
-                        break;
-                    }
-                    let delivered = tokio::select! {
-                        r = sink.deliver(&job) => r,
-                        _ = stop.wait_for(|s| *s) => break,
-                    };
-                    match delivered {
-                        Ok(id) => {
-                            let target_id = match (&job.entry.item, id) {
-                                (OutboxItem::Mutation { key, .. }, Some(id)) => Some((key.clone(), id)),
-                                _ => None,
-                            };
-                            if let Ok(mut r) = refusals.lock() {
-                                r.delivered();
-                            }
-                            results.push(Handled::Result(job.seq, EntryResult::Done { target_id }));
-                        }
-                        Err(SinkError::Down { reason }) => {
-                            if let Ok(mut d) = down.lock() {
-                                d.get_or_insert(reason);
-                            }
-                            break;
-                        }
-                        Err(SinkError::Permanent { reason }) => {
-                            let stops = refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
-                            results.push(Handled::Refused(job.seq, job.entry.clone(), reason.clone()));
-                            if stops {
-                                if let Ok(mut d) = down.lock() {
-                                    d.get_or_insert(format!("the {name} target refuses every change: {reason}"));
-                                }
-                                break;
-                            }
-                        }
-                        Err(SinkError::Retry { reason, after }) => {
-                            let mut e = job.entry.clone();
-                            e.attempts += 1;
-                            let wait = after
-                                .map(|d| d.as_secs() as i64)
-                                .unwrap_or_else(|| backoff(e.attempts, jitter_seed()));
-                            e.next_at = now + wait.max(1);
-                            e.last_error = Some(reason);
-                            if now - e.created_at >= max_age {
-                                e.dead = true;
-                            }
-                            results.push(Handled::Result(job.seq, EntryResult::Update(e)));
-                            // Later entries of this employee wait for this one.
-                            break;
-                        }
-                    }
-                }
-                results
-            });
-        }
-        let mut handled = done_early;
-        while let Some(r) = tasks.join_next().await {
-            handled.extend(r.map_err(|e| StoreError::Redb(format!("delivery task: {e}")))?);
-        }
-        let stopped_on = refusals.lock().ok().and_then(|r| r.stopped_on.clone());
-        let stop_message = down.lock().ok().and_then(|d| d.clone());
-        let results: Vec<(u64, EntryResult)> = handled
-            .into_iter()
-            .map(|h| match h {
-                Handled::Result(seq, r) => (seq, r),
-                // The target refuses everything, not this entry: it stays
-                // pending with no attempt spent, and says why.
-                Handled::Refused(seq, mut e, reason) if stopped_on.as_deref() == Some(reason.as_str()) => {
-                    e.last_error = stop_message.clone().or(Some(reason));
-                    (seq, EntryResult::Update(e))
-                }
-                Handled::Refused(seq, mut e, reason) => {
-                    e.attempts += 1;
-                    e.dead = true;
-                    e.last_error = Some(reason);
-                    (seq, EntryResult::Update(e))
-                }
-            })
-            .collect();
-        let m = crate::metrics::metrics();
-        for (_, r) in &results {
-            let outcome = match r {
-                EntryResult::Done { .. } => {
-                    report.delivered += 1;
-                    "delivered"
-                }
-                EntryResult::Update(e) if e.dead => {
-                    report.dead_lettered += 1;
-                    "dead_lettered"
-                }
-                EntryResult::Update(_) => {
-                    report.retried += 1;
-                    "retried"
-                }
-            };
-            m.deliveries
-                .get_or_create(&crate::metrics::DeliveryLabels {
-                    sink: name.into(),
-                    outcome: outcome.into(),
-                })
-                .inc();
-        }
-        if let Some(reason) = &stop_message {
-            tracing::error!(sink = name, "delivery stopped: {reason}");
-            report.down.push((name.to_string(), reason.clone()));
-        }
-        m.sink_stopped
-            .get_or_create(&crate::metrics::SinkLabels { sink: name.into() })
-            .set(i64::from(stop_message.is_some()));
-        {
-            let s = store.clone();
-            let stopped = stop_message.clone();
-            tokio::task::spawn_blocking(move || s.set_sink_stopped(name, stopped.as_deref()))
-                .await
-                .map_err(|e| StoreError::Redb(e.to_string()))??;
-        }
-        if !results.is_empty() {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.outbox_apply(name, &results))
-                .await
-                .map_err(|e| StoreError::Redb(e.to_string()))??;
-        }
-        let s = store.clone();
-        let remaining = tokio::task::spawn_blocking(move || s.outbox_entries(name))
-            .await
-            .map_err(|e| StoreError::Redb(e.to_string()))??;
-        let mut dead = 0;
-        let mut pending = 0;
-        for (_, e) in &remaining {
-            if e.dead {
-                dead += 1;
-                continue;
-            }
-            pending += 1;
-            report.next_due = Some(report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
-        }
-        report.pending += pending;
-        m.outbox_pending
-            .get_or_create(&crate::metrics::SinkLabels { sink: name.into() })
-            .set(pending as i64);
-        m.outbox_dead
-            .get_or_create(&crate::metrics::SinkLabels { sink: name.into() })
-            .set(dead);
+        let handled = pass_over(Arc::new(pass), store, config.delivery.parallelism, force).await?;
+        record(store, sink.name(), handled, &mut report).await?;
     }
     Ok(report)
+}
+
+/// One sink's pass, shared by its chains' tasks.
+struct SinkPass {
+    sink: Arc<Sink>,
+    name: &'static str,
+    now: i64,
+    max_age: i64,
+    /// Why the sink stopped, once it has.
+    down: std::sync::Mutex<Option<String>>,
+    refusals: std::sync::Mutex<Refusals>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What a sink's pass did, before it is recorded.
+struct SinkOutcome {
+    entries: Vec<Handled>,
+    stopped_on: Option<String>,
+    stop_message: Option<String>,
+}
+
+/// Delivers the due chains of one sink, `parallelism` employees at a time.
+async fn pass_over(
+    pass: Arc<SinkPass>,
+    store: &Arc<Store>,
+    parallelism: u32,
+    force: bool,
+) -> Result<SinkOutcome, DeliveryError> {
+    let name = pass.name;
+    let jobs = {
+        let s = store.clone();
+        blocking(move || load_jobs(&s, name)).await?
+    };
+    // Chains per employee, in outbox order.
+    let mut chains: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+    for job in jobs.into_iter().filter(|j| !j.entry.dead) {
+        chains
+            .entry(job.entry.item.order_key().to_string())
+            .or_default()
+            .push(job);
+    }
+    // Run events ("sync.completed" …) go after the employee events of the
+    // same pass, so a receiver sees the run's changes first.
+    let run_chain = chains.remove("");
+    let permits = Arc::new(tokio::sync::Semaphore::new(parallelism as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut entries: Vec<Handled> = Vec::new();
+    let due = |chain: &Vec<Job>| chain.first().is_some_and(|j| force || j.entry.next_at <= pass.now);
+    for chain in chains.into_values().filter(due) {
+        let (pass, permits) = (pass.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            run_chain_of(&pass, chain).await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        entries.extend(r.map_err(|e| DeliveryError::Task(e.to_string()))?);
+    }
+    // The first entry of a waiting chain holds the later ones back.
+    if let Some(chain) = run_chain.filter(due) {
+        entries.extend(run_chain_of(&pass, chain).await);
+    }
+    Ok(SinkOutcome {
+        entries,
+        stopped_on: pass.refusals.lock().ok().and_then(|r| r.stopped_on.clone()),
+        stop_message: pass.down.lock().ok().and_then(|d| d.clone()),
+    })
+}
+
+/// Delivers one employee's entries in order, until one must wait.
+async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>) -> Vec<Handled> {
+    let mut results = Vec::new();
+    let mut stop = pass.stop.clone();
+    for job in chain {
+        if pass.down.lock().map(|d| d.is_some()).unwrap_or(true) || *stop.borrow() {
+            break;
+        }
+        let delivered = tokio::select! {
+            r = pass.sink.deliver(&job) => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match delivered {
+            Ok(id) => {
+                let target_id = match (&job.entry.item, id) {
+                    (OutboxItem::Mutation { key, .. }, Some(id)) => Some((key.clone(), id)),
+                    _ => None,
+                };
+                if let Ok(mut r) = pass.refusals.lock() {
+                    r.delivered();
+                }
+                results.push(Handled::Result(job.seq, EntryResult::Done { target_id }));
+            }
+            Err(SinkError::Down { reason }) => {
+                if let Ok(mut d) = pass.down.lock() {
+                    d.get_or_insert(reason);
+                }
+                break;
+            }
+            Err(SinkError::Permanent { reason }) => {
+                let stops = pass.refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
+                results.push(Handled::Refused(job.seq, job.entry.clone(), reason.clone()));
+                if stops {
+                    if let Ok(mut d) = pass.down.lock() {
+                        d.get_or_insert(format!("the {} target refuses every change: {reason}", pass.name));
+                    }
+                    break;
+                }
+            }
+            Err(SinkError::Retry { reason, after }) => {
+                let mut e = job.entry.clone();
+                e.attempts += 1;
+                let wait = after.map(|d| d.as_secs() as i64).unwrap_or_else(|| backoff(e.attempts));
+                e.next_at = pass.now + wait.max(1);
+                e.last_error = Some(reason);
+                if pass.now - e.created_at >= pass.max_age {
+                    e.dead = true;
+                }
+                results.push(Handled::Result(job.seq, EntryResult::Update(e)));
+                // Later entries of this employee wait for this one.
+                break;
+            }
+        }
+    }
+    results
+}
+
+/// Settles refusals, records the results and the sink's state, and counts
+/// what is left, into `report` and `/metrics`.
+async fn record(
+    store: &Arc<Store>,
+    name: &'static str,
+    h: SinkOutcome,
+    report: &mut PassReport,
+) -> Result<(), DeliveryError> {
+    let results: Vec<(u64, EntryResult)> = h
+        .entries
+        .into_iter()
+        .map(|x| match x {
+            Handled::Result(seq, r) => (seq, r),
+            // The target refuses everything, not this entry: it stays
+            // pending with no attempt spent, and says why.
+            Handled::Refused(seq, mut e, reason) if h.stopped_on.as_deref() == Some(reason.as_str()) => {
+                e.last_error = h.stop_message.clone().or(Some(reason));
+                (seq, EntryResult::Update(e))
+            }
+            Handled::Refused(seq, mut e, reason) => {
+                e.attempts += 1;
+                e.dead = true;
+                e.last_error = Some(reason);
+                (seq, EntryResult::Update(e))
+            }
+        })
+        .collect();
+    let m = crate::metrics::metrics();
+    for (_, r) in &results {
+        let outcome = match r {
+            EntryResult::Done { .. } => {
+                report.delivered += 1;
+                "delivered"
+            }
+            EntryResult::Update(e) if e.dead => {
+                report.dead_lettered += 1;
+                "dead_lettered"
+            }
+            EntryResult::Update(_) => {
+                report.retried += 1;
+                "retried"
+            }
+        };
+        m.deliveries
+            .get_or_create(&crate::metrics::DeliveryLabels {
+                sink: name.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+    if let Some(reason) = &h.stop_message {
+        tracing::error!(sink = name, "delivery stopped: {reason}");
+        report.down.push((name.to_string(), reason.clone()));
+    }
+    let sink = crate::metrics::SinkLabels { sink: name.into() };
+    m.sink_stopped
+        .get_or_create(&sink)
+        .set(i64::from(h.stop_message.is_some()));
+    let s = store.clone();
+    let stopped = h.stop_message;
+    let remaining = blocking(move || {
+        s.set_sink_stopped(name, stopped.as_deref())?;
+        if !results.is_empty() {
+            s.outbox_apply(name, &results)?;
+        }
+        s.outbox_entries(name)
+    })
+    .await?;
+    let mut dead = 0;
+    let mut pending = 0;
+    for (_, e) in &remaining {
+        if e.dead {
+            dead += 1;
+            continue;
+        }
+        pending += 1;
+        report.next_due = Some(report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
+    }
+    report.pending += pending;
+    m.outbox_pending.get_or_create(&sink).set(pending as i64);
+    m.outbox_dead.get_or_create(&sink).set(dead);
+    Ok(())
 }
 
 pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreError> {
@@ -338,7 +376,7 @@ pub async fn deliver_until_done(
     store: &Arc<Store>,
     sinks: &[Arc<Sink>],
     wait: Duration,
-) -> Result<PassReport, StoreError> {
+) -> Result<PassReport, DeliveryError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut force = true;
     loop {

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use self::mapping::Mapping;
 pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
-use super::webhook::{classify, transport_error};
+use super::{classify, transport_error};
 use super::{Job, SinkError};
 use crate::config::{Deprovision, ScimAuth, ScimConfig, UserNameSource};
 use crate::model::Employee;
@@ -59,7 +59,7 @@ pub struct ScimSink {
 struct Answer {
     status: u16,
     body: Value,
-    retry_after: Option<String>,
+    retry_after: Option<std::time::Duration>,
 }
 
 /// A user found at the target: its id and, with ETags, its version.
@@ -85,17 +85,11 @@ enum Applied {
 
 impl ScimSink {
     pub fn new(c: &ScimConfig, store: Option<Arc<Store>>) -> Result<Self, String> {
-        crate::afas::client::install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .timeout(c.timeout)
-            .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &c.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("sink.scim.ca_file {}: {e}", ca.display()))?;
-            let cert =
-                reqwest::Certificate::from_pem(&pem).map_err(|e| format!("sink.scim.ca_file {}: {e}", ca.display()))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder.build().map_err(|e| e.to_string())?;
+        let http = crate::net::client(&crate::net::ClientSpec {
+            timeout: Some(c.timeout),
+            ca_file: c.ca_file.as_deref().map(|p| ("sink.scim.ca_file", p)),
+            ..Default::default()
+        })?;
         let auth = match &c.auth {
             ScimAuth::Bearer(t) => {
                 let mut h = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
@@ -188,11 +182,7 @@ impl ScimSink {
                 refreshed = true;
                 continue;
             }
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let retry_after = crate::net::retry_after(resp.headers());
             let bytes = resp.bytes().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Ok(Answer {
@@ -211,12 +201,7 @@ impl ScimSink {
             .collect::<Vec<_>>()
             .join(": ");
         let detail: String = detail.chars().take(300).collect();
-        classify(
-            a.status,
-            a.retry_after.as_deref(),
-            &format!("the SCIM server ({what})"),
-            &detail,
-        )
+        classify(a.status, a.retry_after, &format!("the SCIM server ({what})"), &detail)
     }
 
     /// A discovery GET: the body on 200, `None` when the target does not

@@ -1,0 +1,117 @@
+//! The transport every outside peer is reached by: one HTTP client builder
+//! (rustls with ring, a user agent, timeouts, an optional private CA), one
+//! `Retry-After` reader, one error-chain formatter, and one backoff policy
+//! with random jitter. The AFAS client, the SCIM and webhook sinks and the
+//! OAuth token source all use these.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Installs rustls' ring provider once per process (reqwest is built
+/// without one, so no aws-lc-rs and no cmake).
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// How a client talks to one peer.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSpec<'a> {
+    pub timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    /// Keep idle connections this long (AFAS asks clients to).
+    pub pool_idle: Option<Duration>,
+    /// Refuse to follow anything but https.
+    pub https_only: bool,
+    /// An extra CA certificate (PEM), with the config key it came from.
+    pub ca_file: Option<(&'a str, &'a Path)>,
+}
+
+/// The one HTTP client builder. Certificate verification is always on.
+pub fn client(spec: &ClientSpec<'_>) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")))
+        .https_only(spec.https_only);
+    if let Some(t) = spec.timeout {
+        b = b.timeout(t);
+    }
+    if let Some(t) = spec.connect_timeout {
+        b = b.connect_timeout(t);
+    }
+    if let Some(t) = spec.pool_idle {
+        b = b.pool_idle_timeout(t);
+    }
+    if let Some((key, path)) = spec.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().map_err(|e| error_chain(&e))
+}
+
+/// A `Retry-After` header in seconds (the form AFAS, SCIM targets and
+/// webhook receivers send); an HTTP date or anything else is ignored.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// An error with every cause after it: "error: cause: deeper cause".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // reqwest repeats its inner error's text; say it once.
+        if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Exponential backoff with full jitter: after `attempts` failures, a wait
+/// between half and all of `base` doubled that often, capped at `cap`.
+/// The jitter is random, so many clients that failed together do not come
+/// back together.
+pub fn backoff(attempts: u32, base: Duration, cap: Duration) -> Duration {
+    let full = base.saturating_mul(1u32 << attempts.min(16)).min(cap);
+    let half = full / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_random_jitter() {
+        let s = Duration::from_secs;
+        for _ in 0..100 {
+            let a = backoff(0, s(30), s(3600));
+            assert!(a >= s(15) && a <= s(30), "{a:?}");
+            let b = backoff(1, s(30), s(3600));
+            assert!(b >= s(30) && b <= s(60), "{b:?}");
+            let c = backoff(20, s(30), s(3600));
+            assert!(c >= s(1800) && c <= s(3600), "{c:?}");
+        }
+        let spread: std::collections::BTreeSet<u128> =
+            (0..50).map(|_| backoff(5, s(30), s(3600)).as_millis()).collect();
+        assert!(spread.len() > 40, "random, not one value: {spread:?}");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_ignores_the_rest() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", " 7 ".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT".parse().expect("hv"));
+        assert_eq!(retry_after(&h), None);
+    }
+}
