@@ -95,6 +95,11 @@ pub enum StoreError {
     /// Writing what was read from the store elsewhere (an export file) failed.
     #[error("{0}")]
     Io(String),
+    /// The caller's own failure inside a store transaction or scan (a sync
+    /// thread, the file sink's writer), carried through unchanged so the
+    /// caller gets its own error back.
+    #[error(transparent)]
+    Caller(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<std::io::Error> for StoreError {

@@ -49,7 +49,7 @@ pub(super) trait FetchedSide<'a> {
 }
 
 pub(super) fn read_back_err(e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("reading the fetched records back: {e}"))
+    SyncError::Spill(format!("reading the fetched records back: {e}")).through_store()
 }
 
 /// A finished set, read from memory or its temporary file.
@@ -247,7 +247,7 @@ pub(super) fn merge_into(
         let finisher = scope.spawn(move || {
             // A send fails only when the diff stopped on an error of its
             // own, which is the one reported.
-            let stopped = || StoreError::Io("the diff stopped".into());
+            let stopped = || SyncError::Thread("the diff stopped".into()).through_store();
             let mut batch: Vec<Piece> = Vec::with_capacity(BATCH);
             let fetched = input.finish(|step| {
                 batch.push(match step {
@@ -268,9 +268,9 @@ pub(super) fn merge_into(
         // The diff ends with the finishing thread: its thread drops the
         // receiver, so a finishing thread still sending stops.
         let diffed = diff_into(store, side, as_of, rules, w);
-        let finished: Result<Fetched, StoreError> = finisher
-            .join()
-            .map_err(|_| StoreError::Io("the thread finishing the fetched records panicked".into()))?;
+        let finished: Result<Fetched, StoreError> = finisher.join().map_err(|_| {
+            SyncError::Thread("the thread finishing the fetched records panicked".into()).through_store()
+        })?;
         // The first failure in the chain is the cause. A diff that read to
         // the end of a finishing thread that stopped on an error diffed
         // part of the records: its error aborts the transaction.
@@ -294,7 +294,7 @@ pub(super) fn diff_into<'a>(
         let producer = scope.spawn(move || {
             // A send fails only when the writer stopped on an error of
             // its own, which is the one reported.
-            let stopped = || StoreError::Io("the state file writer stopped".into());
+            let stopped = || SyncError::Thread("the state file writer stopped".into()).through_store();
             let mut batch: Vec<Encoded> = Vec::with_capacity(BATCH);
             let mut packer = MutationPacker::default();
             let mut sink = |d: &mut Diff| -> Result<(), StoreError> {
@@ -338,7 +338,7 @@ pub(super) fn diff_into<'a>(
         drop(rx);
         let produced: Result<u64, StoreError> = producer
             .join()
-            .map_err(|_| StoreError::Io("the diff thread panicked".into()))?;
+            .map_err(|_| SyncError::Thread("the diff thread panicked".into()).through_store())?;
         written.and(produced)
     })
 }

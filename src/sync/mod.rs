@@ -45,9 +45,36 @@ pub enum SyncError {
     #[error("the mapping does not match AFAS: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Fields(Vec<FieldProblem>),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// Sorting through temporary files failed (disk full, permissions).
+    #[error("sorting the fetched records through temporary files: {0}")]
+    Spill(String),
+    /// One of the sync's own threads failed or panicked; nothing was
+    /// committed.
+    #[error("{0}")]
+    Thread(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<StoreError> for SyncError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The sync's own failure, carried through a store transaction.
+            StoreError::Caller(inner) => match inner.downcast::<SyncError>() {
+                Ok(sync) => *sync,
+                Err(other) => SyncError::Internal(other.to_string()),
+            },
+            e => SyncError::Store(e),
+        }
+    }
+}
+
+impl SyncError {
+    /// This error, to be carried out of a store transaction.
+    pub(crate) fn through_store(self) -> StoreError {
+        StoreError::Caller(Box::new(self))
+    }
 }
 
 /// What a sync did.
@@ -195,7 +222,8 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
             return Ok(SyncResult::Committed(run));
         }
         // A guard tripped, so the diff ran to its end and `finished` is set.
-        let fetched = finished.ok_or_else(|| StoreError::Io("the fetched records were not finished".into()))?;
+        let fetched = finished
+            .ok_or_else(|| SyncError::Internal("the fetched records were not finished".into()).through_store())?;
         let plan = plan_of(&s, &fetched, as_of, &rules, fingerprint)?;
         record.fill_counts(&plan);
         record.finished_at = now();
@@ -300,7 +328,7 @@ async fn prepare(config: &Config, as_of: Date) -> Result<Prepared, SyncError> {
         // run, as one in the diff's or the writer's thread does, instead
         // of taking the daemon's loop down with it.
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.finish(|_| Ok(()))))
-            .map_err(|_| SyncError::Internal("the thread finishing the fetched records panicked".into()))??;
+            .map_err(|_| SyncError::Thread("the thread finishing the fetched records panicked".into()))??;
         Input::Finished(finished)
     } else {
         Input::Spilled(Box::new(input))

@@ -152,12 +152,7 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
     let mut acc = Rejections::default();
     let dir = spill_dir(config);
     let limit = config.sync.sort_memory_mib as usize * 1024 * 1024;
-    let spill_err = |e: std::io::Error| {
-        SyncError::Store(StoreError::Io(format!(
-            "sorting the fetched records through temporary files in {}: {e}",
-            dir.display()
-        )))
-    };
+    let spill_err = |e: std::io::Error| SyncError::Spill(format!("in {}: {e}", dir.display()));
     // Encoded: decoded drafts of 100k employees took ~45 MiB while the
     // contracts connector was still being read.
     let mut drafts: Sorter<Vec<u8>> = Sorter::new(dir.clone(), limit, encoded_size, by_key);
@@ -305,12 +300,7 @@ impl Unfinished {
             mapping,
             as_of,
         } = self;
-        let spill_err = |e: std::io::Error| {
-            StoreError::Io(format!(
-                "sorting the fetched records through temporary files in {}: {e}",
-                dir.display()
-            ))
-        };
+        let spill_err = |e: std::io::Error| SyncError::Spill(format!("in {}: {e}", dir.display())).through_store();
         let finishing = std::time::Instant::now();
         let mut employees = Spooled::new(dir.clone(), limit, encoded_size);
         employees.reserve_in_memory(reserve);
