@@ -88,7 +88,7 @@ pub(super) async fn demo_call(cfg: &Config, req: Request) -> Result<render::Out,
 }
 
 pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
-    crate::afas::client::install_crypto_provider();
+    crate::net::install_crypto_provider();
     let dir = tempfile::Builder::new()
         .prefix("afas-sync-demo")
         .tempdir()

@@ -237,7 +237,7 @@ async fn stop_signal() {
 }
 
 async fn healthcheck(cfg: &Config) -> i32 {
-    crate::afas::client::install_crypto_provider();
+    crate::net::install_crypto_provider();
     let url = format!("http://{}/readyz", cfg.http.bind);
     let client = match crate::net::client(&crate::net::ClientSpec {
         timeout: Some(std::time::Duration::from_secs(5)),

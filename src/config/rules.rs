@@ -198,7 +198,7 @@ pub(super) fn validate_schedule(s: &ScheduleConfig) -> Result<(), ConfigError> {
         return Err(invalid("schedule.times", "list at least one time, e.g. [\"04:00\"]"));
     }
     for t in &s.times {
-        if crate::daemon::schedule::parse_time(t).is_none() {
+        if parse_time(t).is_none() {
             return Err(invalid(
                 "schedule.times",
                 format!("`{t}` is not a time of day like \"04:00\""),
@@ -218,4 +218,11 @@ pub(super) fn validate_schedule(s: &ScheduleConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `HH:MM`, or `HH:MM:SS`.
+pub fn parse_time(t: &str) -> Option<jiff::civil::Time> {
+    jiff::civil::Time::strptime("%H:%M", t)
+        .or_else(|_| jiff::civil::Time::strptime("%H:%M:%S", t))
+        .ok()
 }

@@ -11,12 +11,7 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
-/// `HH:MM`, or `HH:MM:SS`.
-pub fn parse_time(t: &str) -> Option<Time> {
-    Time::strptime("%H:%M", t)
-        .or_else(|_| Time::strptime("%H:%M:%S", t))
-        .ok()
-}
+pub use crate::config::parse_time;
 
 #[derive(Debug, Clone)]
 pub struct Schedule {

@@ -26,7 +26,7 @@ pub fn employee_json(e: &Employee) -> Value {
 pub(super) struct EmployeeJson<'a>(&'a Employee);
 
 /// Decimals as strings, in key order.
-pub(super) struct DecimalMap<'a>(&'a BTreeMap<String, crate::afas::rows::Decimal>);
+pub(super) struct DecimalMap<'a>(&'a BTreeMap<String, crate::model::Decimal>);
 
 impl serde::Serialize for DecimalMap<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -35,7 +35,7 @@ impl serde::Serialize for DecimalMap<'_> {
 }
 
 /// A decimal as its text, written straight into the output.
-pub(super) struct DecimalText(crate::afas::rows::Decimal);
+pub(super) struct DecimalText(crate::model::Decimal);
 
 impl serde::Serialize for DecimalText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -49,7 +49,7 @@ impl serde::Serialize for EmployeeJson<'_> {
         let e = self.0;
         use crate::model::day::Day;
         let text = |d: Option<jiff::civil::Date>| d.map(Day);
-        let dec = |d: Option<crate::afas::rows::Decimal>| d.map(DecimalText);
+        let dec = |d: Option<crate::model::Decimal>| d.map(DecimalText);
         let mut m = s.serialize_map(Some(17))?;
         m.serialize_entry("access", &e.access)?;
         m.serialize_entry("budgets", &DecimalMap(&e.budgets))?;
@@ -82,11 +82,11 @@ pub struct MutationEvent<'a> {
 impl serde::Serialize for MutationEvent<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        struct Changes<'a>(&'a [crate::sync::plan::Change]);
+        struct Changes<'a>(&'a [crate::model::Change]);
         impl serde::Serialize for Changes<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 use serde::ser::SerializeMap;
-                struct One<'a>(&'a crate::sync::plan::Change);
+                struct One<'a>(&'a crate::model::Change);
                 impl serde::Serialize for One<'_> {
                     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                         let mut m = s.serialize_map(Some(3))?;
@@ -130,9 +130,9 @@ pub fn mutation_event(m: &Mutation, run: u64, index: u32) -> Value {
 
 pub fn run_event_type(r: &RunRecord) -> &'static str {
     match r.outcome {
-        crate::sync::Outcome::Held => "sync.held",
-        crate::sync::Outcome::Failed | crate::sync::Outcome::Rejected => "sync.failed",
-        crate::sync::Outcome::Success | crate::sync::Outcome::NothingToDo => "sync.completed",
+        crate::model::Outcome::Held => "sync.held",
+        crate::model::Outcome::Failed | crate::model::Outcome::Rejected => "sync.failed",
+        crate::model::Outcome::Success | crate::model::Outcome::NothingToDo => "sync.completed",
     }
 }
 

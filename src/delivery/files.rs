@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::{Job, MutationEvent, SinkError};
 use crate::config::FilesConfig;
+use crate::model::Status;
 use crate::store::{chunk_mutations, OutboxItem, Store, StoreError};
-use crate::sync::plan::Status;
 
 pub struct FileSink {
     dir: PathBuf,

@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::model::Employee;
+use crate::model::RunRecord;
+use crate::model::{Mutation, MutationKind};
 use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError};
-use crate::sync::plan::{Mutation, MutationKind};
-use crate::sync::RunRecord;
 
 /// Why one delivery did not succeed, and what the worker does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,7 +135,7 @@ mod tests {
     /// and signatures stay the same as before.
     #[test]
     fn a_mutation_event_prints_as_its_value_does() {
-        use crate::afas::rows::Decimal;
+        use crate::model::Decimal;
         use crate::model::{EmailAddress, EmployeeKey, EmploymentPeriod, PrimaryContract};
         let dec = |s: &str| Decimal::parse(s).expect("decimal");
         let date = |s: &str| s.parse::<jiff::civil::Date>().expect("date");
@@ -170,7 +170,7 @@ mod tests {
                 kind: MutationKind::Mover,
                 key: key.clone(),
                 employee,
-                changes: vec![crate::sync::plan::Change {
+                changes: vec![crate::model::Change {
                     field: "last_name".into(),
                     old: "Bergh".into(),
                     new: "Berg".into(),

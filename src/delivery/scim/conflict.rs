@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{Ready, ScimSink, Wrote};
 use crate::delivery::SinkError;
-use crate::sync::plan::Status;
+use crate::model::Status;
 
 impl ScimSink {
     /// Sets one user's `userName`: PATCH where the target has it, else the

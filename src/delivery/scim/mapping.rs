@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use super::schema::{Attr, AttrType, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
-use crate::afas::rows::Decimal;
 use crate::fields::{Field, Kind};
+use crate::model::Decimal;
 use crate::model::Employee;
 
 /// Attributes afas-sync sets itself: `userName` (from `sink.scim.user_name`),

@@ -25,8 +25,8 @@ use super::{classify, transport_error};
 use super::{Job, SinkError};
 use crate::config::{Deprovision, ScimAuth, ScimConfig, UserNameSource};
 use crate::model::Employee;
+use crate::model::{Mutation, MutationKind};
 use crate::store::Store;
-use crate::sync::plan::{Mutation, MutationKind};
 
 const PATCH_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
