@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::{AppError, Delivery, Reply, StatusReport};
+use crate::app::{AppError, Delivery, HeldPlan, Reply, StatusReport};
 use crate::delivery::employee_json;
 use crate::delivery::files::csv_field;
 use crate::exit;
@@ -91,60 +91,8 @@ pub fn export_line(p: &Provisioned, csv: bool) -> String {
 
 fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
     match reply {
-        Reply::DryRun { plan, guards } => {
-            if json_out {
-                say!(
-                    o,
-                    "{}",
-                    json!({"dry_run": true, "plan": plan_json(plan), "guards": guards})
-                );
-            } else {
-                say!(o, "dry run (nothing was changed)");
-                print_plan_human(o, plan, 50);
-                for r in guards {
-                    say!(o, "  guard would hold this run: {r}");
-                }
-            }
-            if plan.mutations.is_empty() {
-                exit::NOTHING_TO_DO
-            } else if guards.is_empty() {
-                exit::OK
-            } else {
-                exit::HELD
-            }
-        }
-        Reply::Synced { run, delivery } => {
-            if json_out {
-                say!(o, "{}", run_json(run));
-            } else {
-                say!(
-                    o,
-                    "run {} ({}) as of {}: {} joiners, {} movers, {} leavers, {} rehires; {} rows, {} rejected",
-                    run.id,
-                    run.outcome.as_str(),
-                    run.as_of,
-                    run.joiners,
-                    run.movers,
-                    run.leavers,
-                    run.rehires,
-                    run.source.employee_rows,
-                    run.source.rejected
-                );
-                if run.outcome == Outcome::Held {
-                    say!(o, "HELD, nothing was changed: {}", run.message);
-                    say!(o, "review with `afas-sync plan show {}`, then `afas-sync plan approve {}` or `afas-sync plan reject {}`", run.id, run.id, run.id);
-                }
-                if run.source.rejected > 0 {
-                    say!(o, "rejected rows are listed by `afas-sync run show {}`", run.id);
-                }
-            }
-            let delivered = delivery.as_ref().map(|d| delivery_out(d, o));
-            match (exit_for(run.outcome), delivered) {
-                (code, _) if code == exit::HELD || code == exit::FAILURE => code,
-                (_, Some(false)) => exit::DELIVERY_INCOMPLETE,
-                (code, _) => code,
-            }
-        }
+        Reply::DryRun { plan, guards } => dry_run_out(plan, guards, json_out, o),
+        Reply::Synced { run, delivery } => synced_out(run, delivery, json_out, o),
         Reply::SyncFailed { error, delivery } => {
             esay!(o, "error: sync failed, nothing was changed: {error}");
             if let Some(d) = delivery {
@@ -156,127 +104,11 @@ fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
             status_out(s, json_out, o);
             exit::OK
         }
-        Reply::History { runs } => {
-            if json_out {
-                say!(o, "{}", Value::Array(runs.iter().map(run_json).collect()));
-            } else {
-                say!(
-                    o,
-                    "  run  as of      outcome       joiners movers leavers rehires rejected  finished"
-                );
-                for r in runs {
-                    say!(
-                        o,
-                        "{:>5}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>8}  {}",
-                        r.id,
-                        r.as_of.to_string(),
-                        r.outcome.as_str(),
-                        r.joiners,
-                        r.movers,
-                        r.leavers,
-                        r.rehires,
-                        r.source.rejected,
-                        r.finished_at
-                    );
-                }
-            }
-            exit::OK
-        }
-        Reply::RunShow { run, mutations } => {
-            if json_out {
-                let mut v = run_json(run);
-                v["mutations"] = Value::Array(mutations.iter().map(mutation_json).collect());
-                say!(o, "{v}");
-            } else {
-                say!(
-                    o,
-                    "run {} as of {}: {} ({})",
-                    run.id,
-                    run.as_of,
-                    run.outcome.as_str(),
-                    run.finished_at
-                );
-                if !run.message.is_empty() {
-                    say!(o, "  {}", run.message);
-                }
-                for m in mutations {
-                    say!(o, "  {:<7} {:<10} {}", m.kind.as_str(), m.key, m.reason);
-                }
-                for r in &run.source.rejections {
-                    say!(o, "  rejected {}: {}", r.row, r.reason);
-                }
-            }
-            exit::OK
-        }
-        Reply::Employee { current, history } => {
-            if json_out {
-                say!(
-                    o,
-                    "{}",
-                    json!({"current": current.as_ref().map(provisioned_json),
-                           "history": history.iter().map(|(run, m)| { let mut v = mutation_json(m); v["run"] = json!(run); v }).collect::<Vec<_>>()})
-                );
-            } else {
-                if let Some(p) = current {
-                    say!(
-                        o,
-                        "{}",
-                        serde_json::to_string_pretty(&provisioned_json(p)).unwrap_or_default()
-                    );
-                }
-                for (run, m) in history {
-                    say!(o, "run {run}: {} — {}", m.kind.as_str(), m.reason);
-                }
-            }
-            exit::OK
-        }
-        Reply::Plans { plans } => {
-            if json_out {
-                say!(
-                    o,
-                    "{}",
-                    Value::Array(
-                        plans
-                            .iter()
-                            .map(|h| json!({"run": h.run, "plan": plan_json(&h.plan)}))
-                            .collect()
-                    )
-                );
-            } else if plans.is_empty() {
-                say!(o, "no held plans");
-            } else {
-                for h in plans {
-                    say!(o, "held plan of run {}: {}", h.run, h.why);
-                    print_plan_human(o, &h.plan, 200);
-                    say!(o);
-                }
-            }
-            exit::OK
-        }
-        Reply::Approved { run: r, delivery } => {
-            if let Some(d) = delivery {
-                if !delivery_out(d, o) {
-                    esay!(
-                        o,
-                        "the plan was applied; its delivery is not complete yet (see `afas-sync status`)"
-                    );
-                }
-            }
-            if json_out {
-                say!(o, "{}", run_json(r));
-            } else {
-                say!(
-                    o,
-                    "applied the held plan of run {}: {} joiners, {} movers, {} leavers, {} rehires",
-                    r.id,
-                    r.joiners,
-                    r.movers,
-                    r.leavers,
-                    r.rehires
-                );
-            }
-            exit::OK
-        }
+        Reply::History { runs } => history_out(runs, json_out, o),
+        Reply::RunShow { run, mutations } => run_show_out(run, mutations, json_out, o),
+        Reply::Employee { current, history } => employee_out(current, history, json_out, o),
+        Reply::Plans { plans } => plans_out(plans, json_out, o),
+        Reply::Approved { run: r, delivery } => approved_out(r, delivery, json_out, o),
         Reply::Rejected { run } => {
             say!(o, "dropped the held plan of run {run}; nothing was changed");
             exit::OK
@@ -297,6 +129,194 @@ fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
             exit::OK
         }
     }
+}
+
+fn dry_run_out(plan: &Plan, guards: &[String], json_out: bool, o: &mut Out) -> i32 {
+    if json_out {
+        say!(
+            o,
+            "{}",
+            json!({"dry_run": true, "plan": plan_json(plan), "guards": guards})
+        );
+    } else {
+        say!(o, "dry run (nothing was changed)");
+        print_plan_human(o, plan, 50);
+        for r in guards {
+            say!(o, "  guard would hold this run: {r}");
+        }
+    }
+    if plan.mutations.is_empty() {
+        exit::NOTHING_TO_DO
+    } else if guards.is_empty() {
+        exit::OK
+    } else {
+        exit::HELD
+    }
+}
+
+fn synced_out(run: &RunRecord, delivery: &Option<Delivery>, json_out: bool, o: &mut Out) -> i32 {
+    if json_out {
+        say!(o, "{}", run_json(run));
+    } else {
+        say!(
+            o,
+            "run {} ({}) as of {}: {} joiners, {} movers, {} leavers, {} rehires; {} rows, {} rejected",
+            run.id,
+            run.outcome.as_str(),
+            run.as_of,
+            run.joiners,
+            run.movers,
+            run.leavers,
+            run.rehires,
+            run.source.employee_rows,
+            run.source.rejected
+        );
+        if run.outcome == Outcome::Held {
+            say!(o, "HELD, nothing was changed: {}", run.message);
+            say!(
+                o,
+                "review with `afas-sync plan show {}`, then `afas-sync plan approve {}` or `afas-sync plan reject {}`",
+                run.id,
+                run.id,
+                run.id
+            );
+        }
+        if run.source.rejected > 0 {
+            say!(o, "rejected rows are listed by `afas-sync run show {}`", run.id);
+        }
+    }
+    let delivered = delivery.as_ref().map(|d| delivery_out(d, o));
+    match (exit_for(run.outcome), delivered) {
+        (code, _) if code == exit::HELD || code == exit::FAILURE => code,
+        (_, Some(false)) => exit::DELIVERY_INCOMPLETE,
+        (code, _) => code,
+    }
+}
+
+fn history_out(runs: &[RunRecord], json_out: bool, o: &mut Out) -> i32 {
+    if json_out {
+        say!(o, "{}", Value::Array(runs.iter().map(run_json).collect()));
+    } else {
+        say!(
+            o,
+            "  run  as of      outcome       joiners movers leavers rehires rejected  finished"
+        );
+        for r in runs {
+            say!(
+                o,
+                "{:>5}  {:<10} {:<13} {:>7} {:>6} {:>7} {:>7} {:>8}  {}",
+                r.id,
+                r.as_of.to_string(),
+                r.outcome.as_str(),
+                r.joiners,
+                r.movers,
+                r.leavers,
+                r.rehires,
+                r.source.rejected,
+                r.finished_at
+            );
+        }
+    }
+    exit::OK
+}
+
+fn run_show_out(run: &RunRecord, mutations: &[Mutation], json_out: bool, o: &mut Out) -> i32 {
+    if json_out {
+        let mut v = run_json(run);
+        v["mutations"] = Value::Array(mutations.iter().map(mutation_json).collect());
+        say!(o, "{v}");
+    } else {
+        say!(
+            o,
+            "run {} as of {}: {} ({})",
+            run.id,
+            run.as_of,
+            run.outcome.as_str(),
+            run.finished_at
+        );
+        if !run.message.is_empty() {
+            say!(o, "  {}", run.message);
+        }
+        for m in mutations {
+            say!(o, "  {:<7} {:<10} {}", m.kind.as_str(), m.key, m.reason);
+        }
+        for r in &run.source.rejections {
+            say!(o, "  rejected {}: {}", r.row, r.reason);
+        }
+    }
+    exit::OK
+}
+
+fn employee_out(current: &Option<Provisioned>, history: &[(u64, Mutation)], json_out: bool, o: &mut Out) -> i32 {
+    if json_out {
+        say!(
+            o,
+            "{}",
+            json!({"current": current.as_ref().map(provisioned_json),
+                   "history": history.iter().map(|(run, m)| { let mut v = mutation_json(m); v["run"] = json!(run); v }).collect::<Vec<_>>()})
+        );
+    } else {
+        if let Some(p) = current {
+            say!(
+                o,
+                "{}",
+                serde_json::to_string_pretty(&provisioned_json(p)).unwrap_or_default()
+            );
+        }
+        for (run, m) in history {
+            say!(o, "run {run}: {} — {}", m.kind.as_str(), m.reason);
+        }
+    }
+    exit::OK
+}
+
+fn plans_out(plans: &[HeldPlan], json_out: bool, o: &mut Out) -> i32 {
+    if json_out {
+        say!(
+            o,
+            "{}",
+            Value::Array(
+                plans
+                    .iter()
+                    .map(|h| json!({"run": h.run, "plan": plan_json(&h.plan)}))
+                    .collect()
+            )
+        );
+    } else if plans.is_empty() {
+        say!(o, "no held plans");
+    } else {
+        for h in plans {
+            say!(o, "held plan of run {}: {}", h.run, h.why);
+            print_plan_human(o, &h.plan, 200);
+            say!(o);
+        }
+    }
+    exit::OK
+}
+
+fn approved_out(r: &RunRecord, delivery: &Option<Delivery>, json_out: bool, o: &mut Out) -> i32 {
+    if let Some(d) = delivery {
+        if !delivery_out(d, o) {
+            esay!(
+                o,
+                "the plan was applied; its delivery is not complete yet (see `afas-sync status`)"
+            );
+        }
+    }
+    if json_out {
+        say!(o, "{}", run_json(r));
+    } else {
+        say!(
+            o,
+            "applied the held plan of run {}: {} joiners, {} movers, {} leavers, {} rehires",
+            r.id,
+            r.joiners,
+            r.movers,
+            r.leavers,
+            r.rehires
+        );
+    }
+    exit::OK
 }
 
 /// Prints what a delivery did; true when everything went out.

@@ -171,13 +171,8 @@ async fn reload(shared: &Shared, config_path: &std::path::Path) {
     }
 }
 
-/// Runs the daemon until `shutdown` completes. `http` is already bound.
-pub async fn run(
-    config_path: PathBuf,
-    config: Config,
-    http: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+/// Opens the state file and the health figures the probes report.
+async fn open_state(config: &Config) -> Result<(Arc<Store>, Arc<Health>), String> {
     let store = Arc::new(Store::open(&config.store.path).map_err(|e| e.to_string())?);
     let health = Health::new(config.http.max_staleness_hours * 3600);
     health.store_open.store(true, Ordering::SeqCst);
@@ -185,10 +180,161 @@ pub async fn run(
         health.last_success.store(ts.as_second(), Ordering::SeqCst);
         crate::metrics::metrics().last_success.set(ts.as_second() as f64);
     }
-    {
-        let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::sync::refresh_state_metrics(&s)).await;
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::sync::refresh_state_metrics(&s)).await;
+    Ok((store, health))
+}
+
+/// The probes and /metrics get a thread and a runtime of their own: a sync
+/// decodes AFAS pages on this runtime's workers, and a scrape that queued
+/// behind a page decode was the p99 of /metrics under load.
+fn spawn_http(
+    http: TcpListener,
+    health: Arc<Health>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let http = http
+        .into_std()
+        .map_err(|e| format!("cannot hand the HTTP listener over: {e}"))?;
+    std::thread::Builder::new()
+        .name("afas-sync-http".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("cannot start the HTTP runtime: {e}"),
+            };
+            rt.block_on(async move {
+                match TcpListener::from_std(http) {
+                    Ok(listener) => {
+                        crate::http::serve(listener, health, async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                    }
+                    Err(e) => tracing::error!("cannot serve HTTP: {e}"),
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the HTTP thread: {e}"))
+}
+
+/// When to try a failed run again: after 5, 15, 45 … minutes, at most
+/// `schedule.retries` times; `None` after a success or the last retry.
+fn next_retry(ok: bool, prev: Option<(Timestamp, u32)>, retries: u32, now: Timestamp) -> Option<(Timestamp, u32)> {
+    match (ok, prev) {
+        (true, _) => None,
+        (false, Some((_, n))) if n >= retries => None,
+        (false, prev) => {
+            let n = prev.map(|(_, n)| n + 1).unwrap_or(1);
+            let wait = 5 * 3i64.pow(n - 1);
+            tracing::warn!("sync failed; retrying in {wait} minutes");
+            now.checked_add((wait * 60).seconds()).ok().map(|t| (t, n))
+        }
     }
+}
+
+/// The scheduler's state between ticks.
+struct Ticks {
+    installation_id: u64,
+    last_slot_run: Option<Timestamp>,
+    retry: Option<(Timestamp, u32)>,
+    last_delivery: Timestamp,
+    running: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Ticks {
+    /// Collects a finished run and plans its retry.
+    async fn collect(&mut self, shared: &Shared, now: Timestamp) {
+        let Some(task) = self.running.as_mut().filter(|t| t.is_finished()) else {
+            return;
+        };
+        let ok = task.await.unwrap_or(false);
+        self.running = None;
+        // The run's changes go out now, not at the next 30 s mark.
+        self.last_delivery = Timestamp::UNIX_EPOCH;
+        let retries = shared.config.read().await.schedule.retries;
+        self.retry = next_retry(ok, self.retry, retries, now);
+    }
+
+    /// Starts a run when a slot or a retry is due; returns when to look again.
+    fn start_due(&mut self, shared: &Arc<Shared>, config: &Config, now: Timestamp, wake: Timestamp) -> Timestamp {
+        let seed = schedule::installation_seed(self.installation_id, config.afas.base_url.as_str());
+        let sched = match Schedule::new(
+            &config.schedule.times,
+            &config.schedule.time_zone,
+            config.schedule.jitter_secs,
+            seed,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("schedule: {e}");
+                return wake;
+            }
+        };
+        let due_retry = self.retry.is_some_and(|(t, _)| now >= t);
+        let start = || {
+            let s = shared.clone();
+            Some(tokio::spawn(async move { run_sync(&s).await }))
+        };
+        match sched.decide(now, self.last_slot_run) {
+            Decision::RunNow => {
+                self.last_slot_run = sched.last_at_or_before(now);
+                self.retry = None;
+                self.running = start();
+                wake
+            }
+            _ if due_retry => {
+                self.running = start();
+                wake
+            }
+            Decision::WaitUntil(t) => wake.min(t),
+        }
+    }
+}
+
+/// Delivers what is due between runs (retries, after an outage, right
+/// after a run). SIGTERM stops the pass at once and what it delivered is
+/// recorded; returns true when SIGTERM came.
+async fn deliver_due(
+    shared: &Shared,
+    config: &Config,
+    now: Timestamp,
+    stop: &tokio::sync::watch::Sender<bool>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let Ok(_guard) = shared.run_lock.try_lock() else {
+        return false;
+    };
+    let sinks = match crate::delivery::sinks(config, shared.store.clone()) {
+        Ok(s) if !s.is_empty() => s,
+        _ => return false,
+    };
+    let pass =
+        crate::delivery::deliver_pass_until(config, &shared.store, &sinks, now.as_second(), false, stop.subscribe());
+    tokio::pin!(pass);
+    let mut stopping = false;
+    let report = tokio::select! {
+        r = &mut pass => r,
+        _ = shutdown.as_mut() => {
+            stopping = true;
+            let _ = stop.send(true);
+            pass.await
+        }
+    };
+    if let Err(e) = report {
+        tracing::error!("delivery: {e}");
+    }
+    stopping
+}
+
+/// Runs the daemon until `shutdown` completes. `http` is already bound.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let (store, health) = open_state(&config).await?;
     let socket = control::socket_path(&config);
     let control_listener =
         control::bind(&socket).map_err(|e| format!("cannot create the control socket {}: {e}", socket.display()))?;
@@ -198,49 +344,17 @@ pub async fn run(
         run_lock: Mutex::new(()),
         health: health.clone(),
     });
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let mut stopping = false;
-    // The probes and /metrics get a thread and a runtime of their own: a
-    // sync decodes AFAS pages on this runtime's workers, and a scrape that
-    // queued behind a page decode was the p99 of /metrics under load.
-    let http = http
-        .into_std()
-        .map_err(|e| format!("cannot hand the HTTP listener over: {e}"))?;
-    let http_task = std::thread::Builder::new()
-        .name("afas-sync-http".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            let rt = match rt {
-                Ok(rt) => rt,
-                Err(e) => return tracing::error!("cannot start the HTTP runtime: {e}"),
-            };
-            rt.block_on(async move {
-                match TcpListener::from_std(http) {
-                    Ok(listener) => {
-                        crate::http::serve(listener, health, async move {
-                            let _ = http_stop.wait_for(|s| *s).await;
-                        })
-                        .await
-                    }
-                    Err(e) => tracing::error!("cannot serve HTTP: {e}"),
-                }
-            });
-        })
-        .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
+    let http_task = spawn_http(http, health, stop_rx)?;
     let control_task = tokio::spawn(control_loop(control_listener, shared.clone()));
 
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("afas-sync daemon ready");
     let watchdog = sd_notify::watchdog_enabled().is_some();
-
     #[cfg(unix)]
     let mut hangup =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;
     tokio::pin!(shutdown);
-
-    let mut last_slot_run = last_run_started(&shared.store);
     let installation_id = {
         let s = shared.store.clone();
         tokio::task::spawn_blocking(move || s.installation_id())
@@ -248,98 +362,34 @@ pub async fn run(
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot read the installation id from the state file: {e}"))?
     };
-    let mut retry: Option<(Timestamp, u32)> = None;
-    let mut last_delivery = Timestamp::UNIX_EPOCH;
-    let mut running: Option<tokio::task::JoinHandle<bool>> = None;
+    let mut t = Ticks {
+        installation_id,
+        last_slot_run: last_run_started(&shared.store),
+        retry: None,
+        last_delivery: Timestamp::UNIX_EPOCH,
+        running: None,
+    };
     loop {
         if watchdog {
             notify(&[sd_notify::NotifyState::Watchdog]);
         }
         let now = Timestamp::now();
-        if let Some(task) = running.as_mut().filter(|t| t.is_finished()) {
-            let ok = task.await.unwrap_or(false);
-            running = None;
-            // The run's changes go out now, not at the next 30 s mark.
-            last_delivery = Timestamp::UNIX_EPOCH;
-            let config = shared.config.read().await.clone();
-            retry = match (ok, retry) {
-                (true, _) => None,
-                (false, Some((_, n))) if n >= config.schedule.retries => None,
-                (false, prev) => {
-                    let n = prev.map(|(_, n)| n + 1).unwrap_or(1);
-                    let wait = 5 * 3i64.pow(n - 1);
-                    tracing::warn!("sync failed; retrying in {wait} minutes");
-                    now.checked_add((wait * 60).seconds()).ok().map(|t| (t, n))
-                }
-            };
-        }
+        t.collect(&shared, now).await;
         let mut wake = now
             .checked_add(jiff::SignedDuration::try_from(TICK).unwrap_or_default())
             .unwrap_or(now);
-        if running.is_none() {
+        if t.running.is_none() {
             let config = shared.config.read().await.clone();
-            match Schedule::new(
-                &config.schedule.times,
-                &config.schedule.time_zone,
-                config.schedule.jitter_secs,
-                schedule::installation_seed(installation_id, config.afas.base_url.as_str()),
-            ) {
-                Ok(sched) => {
-                    let due_retry = retry.is_some_and(|(t, _)| now >= t);
-                    match sched.decide(now, last_slot_run) {
-                        Decision::RunNow => {
-                            last_slot_run = sched.last_at_or_before(now);
-                            retry = None;
-                            let s = shared.clone();
-                            running = Some(tokio::spawn(async move { run_sync(&s).await }));
-                        }
-                        _ if due_retry => {
-                            let s = shared.clone();
-                            running = Some(tokio::spawn(async move { run_sync(&s).await }));
-                        }
-                        Decision::WaitUntil(t) => wake = wake.min(t),
-                    }
+            wake = t.start_due(&shared, &config, now, wake);
+            if t.running.is_none() && now.as_second() - t.last_delivery.as_second() >= 30 {
+                t.last_delivery = now;
+                if deliver_due(&shared, &config, now, &stop_tx, &mut shutdown).await {
+                    break;
                 }
-                Err(e) => tracing::error!("schedule: {e}"),
-            }
-            // Deliver what is due between runs (retries, after an outage,
-            // and right after a run). SIGTERM stops a pass at once; what it
-            // delivered is recorded.
-            if running.is_none() && now.as_second() - last_delivery.as_second() >= 30 {
-                last_delivery = now;
-                if let Ok(_guard) = shared.run_lock.try_lock() {
-                    if let Ok(sinks) = crate::delivery::sinks(&config, shared.store.clone()) {
-                        if !sinks.is_empty() {
-                            let pass = crate::delivery::deliver_pass_until(
-                                &config,
-                                &shared.store,
-                                &sinks,
-                                now.as_second(),
-                                false,
-                                stop_rx.clone(),
-                            );
-                            tokio::pin!(pass);
-                            let report = tokio::select! {
-                                r = &mut pass => r,
-                                _ = &mut shutdown => {
-                                    stopping = true;
-                                    let _ = stop_tx.send(true);
-                                    pass.await
-                                }
-                            };
-                            if let Err(e) = report {
-                                tracing::error!("delivery: {e}");
-                            }
-                        }
-                    }
-                }
-            }
-            if stopping {
-                break;
             }
         }
-        if let Some((t, _)) = retry {
-            wake = wake.min(t);
+        if let Some((at, _)) = t.retry {
+            wake = wake.min(at);
         }
         let sleep_for = Duration::from_millis(
             (wake.as_millisecond() - Timestamp::now().as_millisecond()).clamp(50, TICK.as_millis() as i64) as u64,
@@ -364,7 +414,7 @@ pub async fn run(
     // already under way runs on its own thread and completes before the
     // process exits (the runtime waits for it), so the state file holds the
     // whole run or none of it; delivery is the worker's, which stopped above.
-    if let Some(task) = running {
+    if let Some(task) = t.running {
         task.abort();
         let _ = task.await;
     }
