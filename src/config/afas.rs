@@ -201,11 +201,9 @@ pub struct AfasConfig {
     pub leave: Option<ConnectorConfig>,
 }
 
-pub(super) fn validate_afas(
-    raw: RawAfas,
-    base_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<AfasConfig, ConfigError> {
+/// Where AFAS is: `afas.base_url`, or the Profit ID's host in the chosen
+/// environment.
+fn base_url(raw: &RawAfas) -> Result<url::Url, ConfigError> {
     if let Some(id) = &raw.profit_id {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(invalid(
@@ -214,7 +212,7 @@ pub(super) fn validate_afas(
             ));
         }
     }
-    let base_url = match (&raw.base_url, &raw.profit_id) {
+    Ok(match (&raw.base_url, &raw.profit_id) {
         (Some(url), _) => {
             let parsed = url::Url::parse(url).map_err(|e| invalid("afas.base_url", format!("not a URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
@@ -233,7 +231,15 @@ pub(super) fn validate_afas(
                 "missing: set your Profit ID (setup step 7), or afas.base_url",
             ))
         }
-    };
+    })
+}
+
+pub(super) fn validate_afas(
+    raw: RawAfas,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<AfasConfig, ConfigError> {
+    let base_url = base_url(&raw)?;
     if !(1..=8).contains(&raw.concurrency) {
         return Err(invalid(
             "afas.concurrency",

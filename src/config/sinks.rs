@@ -140,134 +140,11 @@ pub(super) fn sink_url(key: &str, text: &str) -> Result<url::Url, ConfigError> {
 }
 
 pub(super) fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Sinks, ConfigError> {
-    let scim = match raw.scim {
-        None => None,
-        Some(r) => {
-            let url = sink_url("sink.scim.url", &r.url)?;
-            let auth = match (&r.oauth_token_url, &r.oauth_client_id) {
-                (Some(token_url), Some(client_id)) => ScimAuth::OAuth {
-                    token_url: sink_url("sink.scim.oauth_token_url", token_url)?,
-                    client_id: client_id.clone(),
-                    client_secret: load_secret(
-                        "sink.scim.oauth_client_secret_file",
-                        r.oauth_client_secret_file.as_deref(),
-                        "scim_oauth_client_secret",
-                        base_dir,
-                        warnings,
-                    )?,
-                },
-                (None, None) => ScimAuth::Bearer(load_secret(
-                    "sink.scim.token_file",
-                    r.token_file.as_deref(),
-                    "scim_token",
-                    base_dir,
-                    warnings,
-                )?),
-                _ => {
-                    return Err(invalid(
-                        "sink.scim.oauth_token_url",
-                        "set both oauth_token_url and oauth_client_id, or neither (bearer token)",
-                    ))
-                }
-            };
-            if let Some(ca) = &r.ca_file {
-                let ca = if ca.is_relative() {
-                    base_dir.join(ca)
-                } else {
-                    ca.clone()
-                };
-                if !ca.exists() {
-                    return Err(invalid("sink.scim.ca_file", format!("{} does not exist", ca.display())));
-                }
-            }
-            if r.timeout_secs == 0 || r.timeout_secs > 600 {
-                return Err(invalid("sink.scim.timeout_secs", "must be 1 to 600 seconds"));
-            }
-            let mut attributes = BTreeMap::new();
-            for (name, targets) in &r.attributes {
-                if crate::fields::Field::parse(name).is_none() {
-                    return Err(invalid(
-                        &format!("sink.scim.attributes.{name}"),
-                        format!(
-                            "not an employee field; one of {}, budget.<name>, leave.<type>",
-                            crate::fields::Field::names().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
-                let paths = match targets {
-                    AttrTargets::One(p) if p.trim().is_empty() => Vec::new(),
-                    AttrTargets::One(p) => vec![p.trim().to_string()],
-                    AttrTargets::Many(v) => v
-                        .iter()
-                        .map(|p| p.trim().to_string())
-                        .filter(|p| !p.is_empty())
-                        .collect(),
-                };
-                attributes.insert(name.clone(), paths);
-            }
-            if !r.released_user_name.contains("{key}") {
-                return Err(invalid(
-                    "sink.scim.released_user_name",
-                    "must contain {key}, so every released user gets a value of its own",
-                ));
-            }
-            Some(ScimConfig {
-                url,
-                auth,
-                ca_file: r
-                    .ca_file
-                    .map(|ca| if ca.is_relative() { base_dir.join(ca) } else { ca }),
-                user_name: r.user_name,
-                deprovision: r.deprovision,
-                timeout: std::time::Duration::from_secs(r.timeout_secs),
-                attributes,
-                released_user_name: r.released_user_name,
-            })
-        }
-    };
-    let webhook = match raw.webhook {
-        None => None,
-        Some(r) => {
-            let url = sink_url("sink.webhook.url", &r.url)?;
-            let text = load_secret(
-                "sink.webhook.secret_file",
-                r.secret_file.as_deref(),
-                "webhook_secret",
-                base_dir,
-                warnings,
-            )?;
-            let mut secrets = Vec::new();
-            for (i, line) in text
-                .expose()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .enumerate()
-            {
-                let ok = line.strip_prefix("whsec_").is_some_and(|b| {
-                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).is_ok_and(|k| k.len() >= 16)
-                });
-                if !ok {
-                    return Err(ConfigError::Secret {
-                        key: "sink.webhook.secret_file".into(),
-                        reason: format!(
-                            "line {}: expected whsec_ followed by base64 of at least 16 bytes",
-                            i + 1
-                        ),
-                    });
-                }
-                secrets.push(Secret::new(line));
-            }
-            if r.timeout_secs == 0 || r.timeout_secs > 600 {
-                return Err(invalid("sink.webhook.timeout_secs", "must be 1 to 600 seconds"));
-            }
-            Some(WebhookConfig {
-                url,
-                secrets,
-                timeout: std::time::Duration::from_secs(r.timeout_secs),
-            })
-        }
-    };
+    let scim = raw.scim.map(|r| validate_scim(r, base_dir, warnings)).transpose()?;
+    let webhook = raw
+        .webhook
+        .map(|r| validate_webhook(r, base_dir, warnings))
+        .transpose()?;
     let files = match raw.files {
         None => None,
         Some(mut f) => {
@@ -281,4 +158,128 @@ pub(super) fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<
         }
     };
     Ok(Sinks { scim, webhook, files })
+}
+
+fn validate_scim(r: RawScim, base_dir: &Path, warnings: &mut Vec<String>) -> Result<ScimConfig, ConfigError> {
+    let url = sink_url("sink.scim.url", &r.url)?;
+    let auth = match (&r.oauth_token_url, &r.oauth_client_id) {
+        (Some(token_url), Some(client_id)) => ScimAuth::OAuth {
+            token_url: sink_url("sink.scim.oauth_token_url", token_url)?,
+            client_id: client_id.clone(),
+            client_secret: load_secret(
+                "sink.scim.oauth_client_secret_file",
+                r.oauth_client_secret_file.as_deref(),
+                "scim_oauth_client_secret",
+                base_dir,
+                warnings,
+            )?,
+        },
+        (None, None) => ScimAuth::Bearer(load_secret(
+            "sink.scim.token_file",
+            r.token_file.as_deref(),
+            "scim_token",
+            base_dir,
+            warnings,
+        )?),
+        _ => {
+            return Err(invalid(
+                "sink.scim.oauth_token_url",
+                "set both oauth_token_url and oauth_client_id, or neither (bearer token)",
+            ))
+        }
+    };
+    if let Some(ca) = &r.ca_file {
+        let ca = if ca.is_relative() {
+            base_dir.join(ca)
+        } else {
+            ca.clone()
+        };
+        if !ca.exists() {
+            return Err(invalid("sink.scim.ca_file", format!("{} does not exist", ca.display())));
+        }
+    }
+    if r.timeout_secs == 0 || r.timeout_secs > 600 {
+        return Err(invalid("sink.scim.timeout_secs", "must be 1 to 600 seconds"));
+    }
+    let mut attributes = BTreeMap::new();
+    for (name, targets) in &r.attributes {
+        if crate::fields::Field::parse(name).is_none() {
+            return Err(invalid(
+                &format!("sink.scim.attributes.{name}"),
+                format!(
+                    "not an employee field; one of {}, budget.<name>, leave.<type>",
+                    crate::fields::Field::names().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let paths = match targets {
+            AttrTargets::One(p) if p.trim().is_empty() => Vec::new(),
+            AttrTargets::One(p) => vec![p.trim().to_string()],
+            AttrTargets::Many(v) => v
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        };
+        attributes.insert(name.clone(), paths);
+    }
+    if !r.released_user_name.contains("{key}") {
+        return Err(invalid(
+            "sink.scim.released_user_name",
+            "must contain {key}, so every released user gets a value of its own",
+        ));
+    }
+    Ok(ScimConfig {
+        url,
+        auth,
+        ca_file: r
+            .ca_file
+            .map(|ca| if ca.is_relative() { base_dir.join(ca) } else { ca }),
+        user_name: r.user_name,
+        deprovision: r.deprovision,
+        timeout: std::time::Duration::from_secs(r.timeout_secs),
+        attributes,
+        released_user_name: r.released_user_name,
+    })
+}
+
+fn validate_webhook(r: RawWebhook, base_dir: &Path, warnings: &mut Vec<String>) -> Result<WebhookConfig, ConfigError> {
+    let url = sink_url("sink.webhook.url", &r.url)?;
+    let text = load_secret(
+        "sink.webhook.secret_file",
+        r.secret_file.as_deref(),
+        "webhook_secret",
+        base_dir,
+        warnings,
+    )?;
+    let mut secrets = Vec::new();
+    for (i, line) in text
+        .expose()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let ok = line.strip_prefix("whsec_").is_some_and(|b| {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).is_ok_and(|k| k.len() >= 16)
+        });
+        if !ok {
+            return Err(ConfigError::Secret {
+                key: "sink.webhook.secret_file".into(),
+                reason: format!(
+                    "line {}: expected whsec_ followed by base64 of at least 16 bytes",
+                    i + 1
+                ),
+            });
+        }
+        secrets.push(Secret::new(line));
+    }
+    if r.timeout_secs == 0 || r.timeout_secs > 600 {
+        return Err(invalid("sink.webhook.timeout_secs", "must be 1 to 600 seconds"));
+    }
+    Ok(WebhookConfig {
+        url,
+        secrets,
+        timeout: std::time::Duration::from_secs(r.timeout_secs),
+    })
 }
