@@ -307,6 +307,62 @@ async fn state_request(cli: &Cli, req: Request) -> i32 {
     code
 }
 
+/// `config check`: validates the file and prints a summary without secrets.
+fn config_check(cli: &Cli) -> i32 {
+    match load_config(&cli.config) {
+        Ok(cfg) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"valid": true, "base_url": cfg.afas.base_url.as_str(), "employees_connector": cfg.afas.employees.connector,
+                    "contracts_connector": cfg.afas.contracts.as_ref().map(|c| c.connector.as_str())})
+                );
+            } else {
+                println!("config {} is valid", cli.config.display());
+                println!("  AFAS:       {}", cfg.afas.base_url);
+                println!(
+                    "  connectors: {}{}",
+                    cfg.afas.employees.connector,
+                    cfg.afas
+                        .contracts
+                        .as_ref()
+                        .map(|c| format!(", {}", c.connector))
+                        .unwrap_or_default()
+                );
+                println!("  store:      {}", cfg.store.path.display());
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// `check`: one PASS/FAIL line per item.
+async fn check(cli: &Cli) -> i32 {
+    let cfg = match load_config(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let items = crate::check::run(&cfg).await;
+    let ok = items.iter().all(|i| i.ok);
+    if cli.json {
+        let list: Vec<_> = items
+            .iter()
+            .map(|i| json!({"check": i.name, "ok": i.ok, "detail": i.detail}))
+            .collect();
+        println!("{}", json!({"ok": ok, "checks": list}));
+    } else {
+        for i in &items {
+            println!("{} {:<40} {}", if i.ok { "PASS" } else { "FAIL" }, i.name, i.detail);
+        }
+    }
+    if ok {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }
+}
+
 /// Runs a parsed command line and returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
     match &cli.command {
@@ -318,56 +374,8 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Config {
             action: ConfigAction::Check,
-        } => match load_config(&cli.config) {
-            Ok(cfg) => {
-                if cli.json {
-                    println!(
-                        "{}",
-                        json!({"valid": true, "base_url": cfg.afas.base_url.as_str(), "employees_connector": cfg.afas.employees.connector,
-                            "contracts_connector": cfg.afas.contracts.as_ref().map(|c| c.connector.as_str())})
-                    );
-                } else {
-                    println!("config {} is valid", cli.config.display());
-                    println!("  AFAS:       {}", cfg.afas.base_url);
-                    println!(
-                        "  connectors: {}{}",
-                        cfg.afas.employees.connector,
-                        cfg.afas
-                            .contracts
-                            .as_ref()
-                            .map(|c| format!(", {}", c.connector))
-                            .unwrap_or_default()
-                    );
-                    println!("  store:      {}", cfg.store.path.display());
-                }
-                exit::OK
-            }
-            Err(code) => code,
-        },
-        Command::Check => {
-            let cfg = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let items = crate::check::run(&cfg).await;
-            let ok = items.iter().all(|i| i.ok);
-            if cli.json {
-                let list: Vec<_> = items
-                    .iter()
-                    .map(|i| json!({"check": i.name, "ok": i.ok, "detail": i.detail}))
-                    .collect();
-                println!("{}", json!({"ok": ok, "checks": list}));
-            } else {
-                for i in &items {
-                    println!("{} {:<40} {}", if i.ok { "PASS" } else { "FAIL" }, i.name, i.detail);
-                }
-            }
-            if ok {
-                exit::OK
-            } else {
-                exit::FAILURE
-            }
-        }
+        } => config_check(&cli),
+        Command::Check => check(&cli).await,
         Command::Run { action: None } => {
             let cfg = match load_config(&cli.config) {
                 Ok(c) => c,
