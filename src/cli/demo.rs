@@ -87,6 +87,86 @@ pub(super) async fn demo_call(cfg: &Config, req: Request) -> Result<render::Out,
     }
 }
 
+/// Writes the demo's config file (AFAS, the file sink, SCIM when there).
+fn demo_config(dir: &Path, afas_url: &str, scim_url: Option<&str>, scim_token: &str) -> Result<PathBuf, String> {
+    let mut sinks = format!("[sink.files]\ndir = \"{}\"\n", dir.join("out").display());
+    if let Some(url) = scim_url {
+        write_secret_file(&dir.join("scim-token"), scim_token).map_err(|e| e.to_string())?;
+        sinks.push_str(&format!(
+            "\n[sink.scim]\nurl = \"{}\"\ntoken_file = \"scim-token\"\n",
+            url
+        ));
+    }
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let config_text = format!(
+        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n{}\n[store]\npath = \"{}\"\n\n[http]\nbind = \"127.0.0.1:{http_port}\"\n\n{sinks}",
+        afas_url,
+        EXTRA_CONNECTORS,
+        dir.join("state.redb").display()
+    );
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, &config_text).map_err(|e| e.to_string())?;
+    Ok(config_path)
+}
+
+/// Checks that the SCIM target holds every employee of the snapshot, and
+/// says so.
+async fn scim_matches(cfg: &Config, url: &str, scim_token: &str) -> Result<(), String> {
+    let count = |filter: &'static str| {
+        let url = format!("{}/Users?count=0{filter}", url);
+        let token = scim_token.to_string();
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(v["totalResults"].as_u64().unwrap_or(0))
+        }
+    };
+    let all = count("").await?;
+    let active = count("&filter=active%20eq%20true").await?;
+    let (employed, known) = match crate::daemon::control::call(cfg, &Request::Status, &mut |_| {}).await? {
+        Some(Ok(app::Reply::Status(s))) => (s.active, s.active + s.left),
+        _ => return Err("the daemon does not answer on its control socket".into()),
+    };
+    println!("SCIM target: {all} users, {active} active; the snapshot: {known} employees, {employed} active");
+    if all != known || active != employed {
+        return Err("the SCIM target does not hold every employee of the snapshot".into());
+    }
+    Ok(())
+}
+
+/// A few of the daemon's metrics, scraped as Prometheus would.
+async fn print_metrics(cfg: &Config) -> Result<(), String> {
+    let metrics_url = format!("http://{}/metrics", cfg.http.bind);
+    let metrics = reqwest::Client::new()
+        .get(&metrics_url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!();
+    println!("Prometheus metrics at {metrics_url} (while the daemon runs), e.g.:");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("afas_sync_runs_total")
+            || l.starts_with("afas_sync_mutations_total")
+            || l.starts_with("afas_sync_employees")
+    }) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
 pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> {
     crate::net::install_crypto_provider();
     let dir = tempfile::Builder::new()
@@ -103,26 +183,12 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
     let scim_token = format!("demo-{}", &random_token()?.data()[..24]);
     let scim = start_demo_scim(&scim_token).await;
-    let mut sinks = format!("[sink.files]\ndir = \"{}\"\n", dir.path().join("out").display());
-    if let Some(s) = &scim {
-        write_secret_file(&dir.path().join("scim-token"), &scim_token).map_err(|e| e.to_string())?;
-        sinks.push_str(&format!(
-            "\n[sink.scim]\nurl = \"{}\"\ntoken_file = \"scim-token\"\n",
-            s.url
-        ));
-    }
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let config_text = format!(
-        "[afas]\nbase_url = \"{}\"\ntoken_file = \"afas-token\"\npage_size = 100\n\n{}\n[store]\npath = \"{}\"\n\n[http]\nbind = \"127.0.0.1:{http_port}\"\n\n{sinks}",
-        emu.base_url(),
-        EXTRA_CONNECTORS,
-        dir.path().join("state.redb").display()
-    );
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, &config_text).map_err(|e| e.to_string())?;
+    let config_path = demo_config(
+        dir.path(),
+        &emu.base_url(),
+        scim.as_ref().map(|s| s.url.as_str()),
+        &scim_token,
+    )?;
     let cfg = Config::load(&config_path).map_err(|e| e.to_string())?.config;
 
     println!(
@@ -210,51 +276,9 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         dir.path().join("out").display()
     );
     if let Some(s) = &scim {
-        let count = |filter: &'static str| {
-            let url = format!("{}/Users?count=0{filter}", s.url);
-            let token = scim_token.clone();
-            async move {
-                let v: serde_json::Value = reqwest::Client::new()
-                    .get(url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(v["totalResults"].as_u64().unwrap_or(0))
-            }
-        };
-        let all = count("").await?;
-        let active = count("&filter=active%20eq%20true").await?;
-        let (employed, known) = match crate::daemon::control::call(&cfg, &Request::Status, &mut |_| {}).await? {
-            Some(Ok(app::Reply::Status(s))) => (s.active, s.active + s.left),
-            _ => return Err("the daemon does not answer on its control socket".into()),
-        };
-        println!("SCIM target: {all} users, {active} active; the snapshot: {known} employees, {employed} active");
-        if all != known || active != employed {
-            return Err("the SCIM target does not hold every employee of the snapshot".into());
-        }
+        scim_matches(&cfg, &s.url, &scim_token).await?;
     }
-    let metrics_url = format!("http://{}/metrics", cfg.http.bind);
-    let metrics = reqwest::Client::new()
-        .get(&metrics_url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
-    println!();
-    println!("Prometheus metrics at {metrics_url} (while the daemon runs), e.g.:");
-    for line in metrics.lines().filter(|l| {
-        l.starts_with("afas_sync_runs_total")
-            || l.starts_with("afas_sync_mutations_total")
-            || l.starts_with("afas_sync_employees")
-    }) {
-        println!("  {line}");
-    }
+    print_metrics(&cfg).await?;
     let _ = stop_tx.send(());
     let _ = daemon.await;
     if let Some(mut s) = scim {
