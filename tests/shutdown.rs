@@ -124,6 +124,19 @@ async fn wait_delivered(d: &Daemon, cfg: &Path, sink: &str, secs: u64) {
     }
 }
 
+/// One run in all, nothing left in the file sink's outbox, and each
+/// employee in the files exactly once.
+fn assert_one_run_each_employee_delivered_once(dir: &Path) {
+    let s = store(dir);
+    assert_eq!(s.runs(10).expect("runs").len(), 1, "one run in all");
+    assert!(s.outbox_entries("files").expect("entries").is_empty());
+    let keys = delivered_keys(dir);
+    let mut unique = keys.clone();
+    unique.dedup();
+    assert_eq!(keys, unique, "each employee delivered once");
+    assert_eq!(keys.len() as u64, s.employee_count().expect("count"));
+}
+
 fn outbox_empty(dir: &Path, sink: &str) -> bool {
     store(dir).outbox_entries(sink).expect("entries").is_empty()
 }
@@ -161,14 +174,7 @@ async fn sigterm_during_a_slow_fetch_abandons_it_and_the_next_start_runs_it_whol
     wait_delivered(&d, &cfg, "files", 60).await;
     let (code, _, log) = d.term().await;
     assert_eq!(code, Some(0), "{log}");
-    let s = store(dir.path());
-    assert_eq!(s.runs(10).expect("runs").len(), 1);
-    assert!(s.outbox_entries("files").expect("entries").is_empty());
-    let keys = delivered_keys(dir.path());
-    let mut unique = keys.clone();
-    unique.dedup();
-    assert_eq!(keys, unique, "each employee delivered once");
-    assert_eq!(keys.len() as u64, s.employee_count().expect("count"));
+    assert_one_run_each_employee_delivered_once(dir.path());
 }
 
 #[tokio::test]
@@ -195,13 +201,7 @@ async fn sigterm_during_a_commit_keeps_the_run_whole_and_the_next_start_delivers
     wait_delivered(&d, &cfg, "files", 90).await;
     let (code, _, log) = d.term().await;
     assert_eq!(code, Some(0), "{log}");
-    let s = store(dir.path());
-    assert_eq!(s.runs(10).expect("runs").len(), 1, "one run in all");
-    let keys = delivered_keys(dir.path());
-    let mut unique = keys.clone();
-    unique.dedup();
-    assert_eq!(keys, unique, "each employee delivered once");
-    assert_eq!(keys.len() as u64, s.employee_count().expect("count"));
+    assert_one_run_each_employee_delivered_once(dir.path());
 }
 
 #[tokio::test]

@@ -46,12 +46,8 @@ impl ScimSink {
             let a = self
                 .send(Method::PUT, self.url(&["Users", id]), Some(&user), if_match)
                 .await?;
-            match a.status {
-                200 | 204 => return Ok(Wrote::Done),
-                404 => return Ok(Wrote::Gone),
-                409 => return Ok(Wrote::Conflict),
-                412 => continue,
-                _ => return Err(self.refused(&a, "replace").await),
+            if let Some(done) = self.written(&a, "replace").await {
+                return done;
             }
         }
         Err(SinkError::Retry {

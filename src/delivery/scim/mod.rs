@@ -267,6 +267,18 @@ impl ScimSink {
         self.failure(a, what)
     }
 
+    /// What a write's answer means: done, gone, taken; `None` for a stale
+    /// version (412), which the caller reads again.
+    async fn written(&self, a: &Answer, what: &str) -> Option<Result<Wrote, SinkError>> {
+        match a.status {
+            200 | 204 => Some(Ok(Wrote::Done)),
+            404 => Some(Ok(Wrote::Gone)),
+            409 => Some(Ok(Wrote::Conflict)),
+            412 => None,
+            _ => Some(Err(self.refused(a, what).await)),
+        }
+    }
+
     fn user_name_of(&self, e: &Employee) -> String {
         match self.user_name {
             UserNameSource::Email => e.email.as_str().to_string(),
@@ -386,12 +398,9 @@ impl ScimSink {
                     if etag { version.as_deref() } else { None },
                 )
                 .await?;
-            match a.status {
-                200 | 204 => return Ok(Wrote::Done),
-                404 => return Ok(Wrote::Gone),
-                409 => return Ok(Wrote::Conflict),
-                412 => version = None,
-                _ => return Err(self.refused(&a, "replace").await),
+            match self.written(&a, "replace").await {
+                Some(done) => return done,
+                None => version = None,
             }
         }
         Err(SinkError::Retry {
@@ -415,12 +424,8 @@ impl ScimSink {
             let a = self
                 .send(Method::PATCH, self.url(&["Users", id]), Some(&body), version.as_deref())
                 .await?;
-            match a.status {
-                200 | 204 => return Ok(Wrote::Done),
-                404 => return Ok(Wrote::Gone),
-                409 => return Ok(Wrote::Conflict),
-                412 => continue,
-                _ => return Err(self.refused(&a, "patch").await),
+            if let Some(done) = self.written(&a, "patch").await {
+                return done;
             }
         }
         Err(SinkError::Retry {
