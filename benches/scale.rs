@@ -542,8 +542,8 @@ fn real_main() -> Result<(), String> {
     eprintln!("== simulated year: {} days at {} employees", a.year_days, a.year_size);
     report.push_str(&year(&bench, &a, day0)?);
 
-    if !a.only_year {
-        // 6: delivery throughput.
+    if !a.only_year && a.delivery_size > 0 {
+        // 6: delivery throughput (`--delivery-size 0` leaves it out).
         eprintln!(
             "== delivery: {} employees to scim2-server and the webhook receiver",
             a.delivery_size
