@@ -292,63 +292,71 @@ impl AfasClient {
             .acquire()
             .await
             .map_err(|_| AfasError::Setup("client shut down".into()))?;
-        let mut refreshed = false;
-        loop {
-            let auth = self.auth_header(refreshed).await?;
-            let mut req = self.inner.http.get(url.clone()).header(AUTHORIZATION, auth);
-            if let Some(id) = &self.inner.integration_id {
-                req = req.header("IntegrationId", id);
-            }
-            let started = Instant::now();
-            // Metrics label: the connector, else the endpoint (never data).
-            let label = if connector.is_empty() {
-                url.path_segments()
-                    .and_then(|mut p| p.nth(1))
-                    .unwrap_or("other")
-                    .to_string()
-            } else {
-                connector.to_string()
-            };
-            let m = crate::metrics::metrics();
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    m.afas_requests
-                        .get_or_create(&crate::metrics::RequestLabels {
-                            connector: label,
-                            status: "error".into(),
-                        })
-                        .inc();
-                    return Err(map_reqwest(e, url));
-                }
-            };
-            let status = resp.status().as_u16();
-            m.afas_requests
-                .get_or_create(&crate::metrics::RequestLabels {
-                    connector: label.clone(),
-                    status: status.to_string(),
-                })
-                .inc();
-            m.afas_latency
-                .get_or_create(&crate::metrics::ConnectorLabels { connector: label })
-                .observe(started.elapsed().as_secs_f64());
-            tracing::debug!(
-                path = url.path(),
-                status,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "AFAS request"
-            );
-            if status == 401 && !refreshed && matches!(self.inner.auth, Auth::OAuth(_)) {
-                refreshed = true;
-                continue;
-            }
-            let headers = resp.headers().clone();
-            let body = resp.bytes().await.map_err(|e| map_reqwest(e, url))?;
-            if (200..300).contains(&status) {
-                return Ok(body);
-            }
-            return Err(map_status(status, &headers, &body, url, connector));
+        // Metrics label: the connector, else the endpoint (never data).
+        let label = if connector.is_empty() {
+            url.path_segments()
+                .and_then(|mut p| p.nth(1))
+                .unwrap_or("other")
+                .to_string()
+        } else {
+            connector.to_string()
+        };
+        let oauth = matches!(self.inner.auth, Auth::OAuth(_));
+        let resp = crate::net::send_refreshing(oauth, |force| self.send_once(url, &label, force)).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| map_reqwest(e, url))?;
+        if (200..300).contains(&status) {
+            return Ok(body);
         }
+        Err(map_status(status, &headers, &body, url, connector))
+    }
+
+    /// Sends one GET and counts it in `/metrics`.
+    async fn send_once(
+        &self,
+        url: &url::Url,
+        label: &str,
+        force_refresh: bool,
+    ) -> Result<reqwest::Response, AfasError> {
+        let auth = self.auth_header(force_refresh).await?;
+        let mut req = self.inner.http.get(url.clone()).header(AUTHORIZATION, auth);
+        if let Some(id) = &self.inner.integration_id {
+            req = req.header("IntegrationId", id);
+        }
+        let started = Instant::now();
+        let m = crate::metrics::metrics();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                m.afas_requests
+                    .get_or_create(&crate::metrics::RequestLabels {
+                        connector: label.to_string(),
+                        status: "error".into(),
+                    })
+                    .inc();
+                return Err(map_reqwest(e, url));
+            }
+        };
+        let status = resp.status().as_u16();
+        m.afas_requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                connector: label.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        m.afas_latency
+            .get_or_create(&crate::metrics::ConnectorLabels {
+                connector: label.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            path = url.path(),
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "AFAS request"
+        );
+        Ok(resp)
     }
 
     /// GET and decode, with retries of transient failures (exponential

@@ -60,6 +60,22 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Sends a request that carries a bearer token; when the peer answers 401
+/// and the token is an OAuth one (it may have been revoked or expired
+/// early), sends it once more with a fresh token. `send(force)` builds and
+/// sends the request, fetching a new token when `force` is set.
+pub async fn send_refreshing<F, Fut, E>(oauth: bool, mut send: F) -> Result<reqwest::Response, E>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<reqwest::Response, E>>,
+{
+    let resp = send(false).await?;
+    if oauth && resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+        return send(true).await;
+    }
+    Ok(resp)
+}
+
 /// An error with every cause after it: "error: cause: deeper cause".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

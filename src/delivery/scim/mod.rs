@@ -163,34 +163,34 @@ impl ScimSink {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Answer, SinkError> {
-        let mut refreshed = false;
-        loop {
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .header(AUTHORIZATION, self.authorization(refreshed).await?)
-                .header("accept", "application/scim+json");
-            if let Some(b) = body {
-                req = req.header(CONTENT_TYPE, "application/scim+json").body(b.to_string());
+        let oauth = matches!(self.auth, Auth::OAuth(_));
+        let send = |force: bool| {
+            let (method, url) = (method.clone(), url.clone());
+            async move {
+                let mut req = self
+                    .http
+                    .request(method, url)
+                    .header(AUTHORIZATION, self.authorization(force).await?)
+                    .header("accept", "application/scim+json");
+                if let Some(b) = body {
+                    req = req.header(CONTENT_TYPE, "application/scim+json").body(b.to_string());
+                }
+                if let Some(v) = if_match {
+                    req = req.header("if-match", v);
+                }
+                req.send().await.map_err(|e| transport_error(&e, "the SCIM server"))
             }
-            if let Some(v) = if_match {
-                req = req.header("if-match", v);
-            }
-            let resp = req.send().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
-            let status = resp.status().as_u16();
-            if status == 401 && !refreshed && matches!(self.auth, Auth::OAuth(_)) {
-                refreshed = true;
-                continue;
-            }
-            let retry_after = crate::net::retry_after(resp.headers());
-            let bytes = resp.bytes().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Ok(Answer {
-                status,
-                body,
-                retry_after,
-            });
-        }
+        };
+        let resp = crate::net::send_refreshing(oauth, send).await?;
+        let status = resp.status().as_u16();
+        let retry_after = crate::net::retry_after(resp.headers());
+        let bytes = resp.bytes().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     fn failure(&self, a: &Answer, what: &str) -> SinkError {
