@@ -94,6 +94,14 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
             return items;
         }
     }
+    items.extend(connector_fields(config, &client).await);
+    items.extend(scim_items(config).await);
+    items
+}
+
+/// Each connector has every mapped field (and its key) with a compatible type.
+async fn connector_fields(config: &Config, client: &AfasClient) -> Vec<CheckItem> {
+    let mut items = Vec::new();
     for (source, conn) in afas::connectors(config) {
         let name = format!("connector {} fields", conn.connector);
         let result = match client.connector_meta(&conn.connector).await {
@@ -120,6 +128,12 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
         };
         items.push(item(&name, result));
     }
+    items
+}
+
+/// The SCIM target: reachable, what it declares, what the mapping delivers.
+async fn scim_items(config: &Config) -> Vec<CheckItem> {
+    let mut items = Vec::new();
     if let Some(scim) = &config.sinks.scim {
         match crate::delivery::scim::ScimSink::new(scim, None) {
             Ok(sink) => {

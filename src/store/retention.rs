@@ -114,35 +114,7 @@ impl Store {
             let mut runs = txn.open_table(RUNS)?;
             let mut mutations = txn.open_table(MUTATIONS)?;
             let mut history = txn.open_table(HISTORY)?;
-            let mut old_runs = Vec::new();
-            for item in runs.iter()? {
-                let (k, v) = item?;
-                let run: RunRecord = dec("run", v.value())?;
-                if run.as_of < runs_before {
-                    old_runs.push(k.value());
-                }
-            }
-            for id in old_runs {
-                let mut chunks = Vec::new();
-                let mut keys = Vec::new();
-                for item in mutations.range((id, 0)..=(id, u32::MAX))? {
-                    let (k, v) = item?;
-                    chunks.push(k.value().1);
-                    let raw = open_chunk(id, v.value())?;
-                    for (_, bytes) in chunk_entries(id, &raw)? {
-                        keys.push(dec::<Mutation>("mutation", bytes)?.key);
-                    }
-                }
-                for first in chunks {
-                    mutations.remove((id, first))?;
-                }
-                for key in keys {
-                    history.remove((key.as_str(), id))?;
-                    stats.mutations += 1;
-                }
-                runs.remove(id)?;
-                stats.runs += 1;
-            }
+            purge_runs(&mut runs, &mut mutations, &mut history, runs_before, &mut stats)?;
 
             let mut meta = txn.open_table(META)?;
             let mut digest = stored_digest(&meta)?;
@@ -294,4 +266,44 @@ impl Store {
     pub fn compact(&mut self) -> Result<bool, StoreError> {
         Ok(self.db.compact()?)
     }
+}
+
+/// Removes the runs before `before` with their mutations and history.
+fn purge_runs(
+    runs: &mut redb::Table<u64, &[u8]>,
+    mutations: &mut redb::Table<(u64, u32), &[u8]>,
+    history: &mut redb::Table<(&str, u64), u32>,
+    before: Date,
+    stats: &mut PurgeStats,
+) -> Result<(), StoreError> {
+    let mut old_runs = Vec::new();
+    for item in runs.iter()? {
+        let (k, v) = item?;
+        let run: RunRecord = dec("run", v.value())?;
+        if run.as_of < before {
+            old_runs.push(k.value());
+        }
+    }
+    for id in old_runs {
+        let mut chunks = Vec::new();
+        let mut keys = Vec::new();
+        for item in mutations.range((id, 0)..=(id, u32::MAX))? {
+            let (k, v) = item?;
+            chunks.push(k.value().1);
+            let raw = open_chunk(id, v.value())?;
+            for (_, bytes) in chunk_entries(id, &raw)? {
+                keys.push(dec::<Mutation>("mutation", bytes)?.key);
+            }
+        }
+        for first in chunks {
+            mutations.remove((id, first))?;
+        }
+        for key in keys {
+            history.remove((key.as_str(), id))?;
+            stats.mutations += 1;
+        }
+        runs.remove(id)?;
+        stats.runs += 1;
+    }
+    Ok(())
 }
