@@ -77,14 +77,11 @@ pub enum DeliveryError {
     Task(String),
 }
 
-/// Runs store work on the blocking pool.
+/// Store work on the blocking pool; a failed task is a [`DeliveryError::Task`].
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, DeliveryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| DeliveryError::Task(e.to_string()))?
-        .map_err(DeliveryError::from)
+    crate::store::blocking(f, DeliveryError::Task).await
 }
 
 /// One pass over every sink's due entries at time `now` (Unix seconds; the

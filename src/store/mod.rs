@@ -339,3 +339,20 @@ impl Store {
         Ok(id)
     }
 }
+
+/// Runs store work on the blocking pool. A task that could not finish (it
+/// panicked, or the runtime stopped) becomes the caller's own error through
+/// `task`, never a `StoreError`.
+pub async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    task: impl FnOnce(String) -> E,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError>,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(E::from),
+        Err(e) => Err(task(e.to_string())),
+    }
+}

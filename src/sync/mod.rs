@@ -104,13 +104,11 @@ pub fn mapping_fingerprint(config: &Config) -> String {
     format!("{:016x}", crate::store::codec::fnv1a(&[text.as_bytes()]))
 }
 
+/// Store work on the blocking pool; a failed task is a [`SyncError::Thread`].
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, SyncError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SyncError::Internal(e.to_string()))?
-        .map_err(SyncError::from)
+    crate::store::blocking(f, SyncError::Thread).await
 }
 
 /// Runs one sync as of `as_of`.
