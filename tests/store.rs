@@ -386,6 +386,27 @@ async fn a_second_process_is_told_the_file_is_in_use() {
     assert!(!err.contains("already open"), "{err}");
 }
 
+#[test]
+fn a_lock_held_for_a_moment_is_waited_out() {
+    // A `status` reading the file, or a child forked by another thread that
+    // has not exec'd yet, holds the lock for a moment: opening waits for it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let held = Store::open(&path).expect("open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let releaser = std::thread::spawn(move || {
+        rx.recv().expect("started");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        drop(held);
+    });
+    tx.send(()).expect("send");
+    let started = std::time::Instant::now();
+    let store = Store::open(&path).expect("opens once the lock is released");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    drop(store);
+    releaser.join().expect("releaser");
+}
+
 /// Writes the fixture of the current schema
 /// (tests/fixtures/store-schema<N>.redb). Run only when a schema is
 /// released, never to overwrite an older one:

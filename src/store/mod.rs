@@ -184,6 +184,9 @@ fn read_u64(b: &[u8]) -> Option<u64> {
 /// this budget.
 const CACHE_BYTES: usize = 16 << 20;
 
+/// How long [`Store::open`] waits for a lock another process holds briefly.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn builder() -> redb::Builder {
     let mut b = redb::Builder::new();
     b.set_cache_size(CACHE_BYTES);
@@ -197,7 +200,24 @@ fn record_hash(key: &str, value: &[u8]) -> u64 {
 impl Store {
     /// Opens (or creates) the state file, migrating an older schema after
     /// copying the file to `<name>.schema<N>.bak`.
+    ///
+    /// A lock held for a moment is waited out: `status` reading the file, or
+    /// a child forked by another thread of this process that still holds an
+    /// inherited descriptor until its exec. A running daemon holds it for
+    /// longer and is reported as [`StoreError::Locked`].
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Store::open_once(path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
