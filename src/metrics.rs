@@ -80,6 +80,11 @@ pub struct Metrics {
     /// refuses every change), else 0.
     pub sink_stopped: Family<SinkLabels, Gauge>,
     pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Deliveries a sink runs at once now (the adaptive limit).
+    pub delivery_concurrency: Family<SinkLabels, Gauge>,
+    /// Answers that asked for less (429, 503) or timed out, per sink.
+    pub delivery_throttled: Family<SinkLabels, Counter>,
+    pub sink_latency: Family<SinkLabels, Histogram>,
     pub held_plans: Gauge,
     pub guard_held: Counter,
     pub token_expiry: FGauge,
@@ -113,6 +118,9 @@ impl Metrics {
             outbox_dead: Family::default(),
             sink_stopped: Family::default(),
             deliveries: Family::default(),
+            delivery_concurrency: Family::default(),
+            delivery_throttled: Family::default(),
+            sink_latency: Family::new_with_constructor(latency_histogram),
             held_plans: Gauge::default(),
             guard_held: Counter::default(),
             token_expiry: FGauge::default(),
@@ -186,6 +194,22 @@ impl Metrics {
             "afas_sync_deliveries",
             "Delivery attempts by sink and outcome",
             m.deliveries.clone(),
+        );
+        r.register(
+            "afas_sync_delivery_concurrency",
+            "Deliveries a sink runs at once (adaptive, up to delivery.max_parallelism)",
+            m.delivery_concurrency.clone(),
+        );
+        r.register(
+            "afas_sync_delivery_throttled",
+            "Target answers that asked for less (HTTP 429, 503) or timed out, per sink",
+            m.delivery_throttled.clone(),
+        );
+        r.register_with_unit(
+            "afas_sync_sink_request_duration",
+            "Request latency of a delivery target, per sink",
+            Unit::Seconds,
+            m.sink_latency.clone(),
         );
         r.register(
             "afas_sync_held_plans",

@@ -195,8 +195,17 @@ impl Config {
             ));
         }
         validate_rules(&raw.sync, &raw.guards, &raw.retention)?;
-        if !(1..=64).contains(&raw.delivery.parallelism) {
-            return Err(invalid("delivery.parallelism", "must be 1 to 64"));
+        if !(1..=256).contains(&raw.delivery.max_parallelism) {
+            return Err(invalid("delivery.max_parallelism", "must be 1 to 256"));
+        }
+        if !(1..=raw.delivery.max_parallelism).contains(&raw.delivery.parallelism) {
+            return Err(invalid(
+                "delivery.parallelism",
+                format!(
+                    "must be 1 to delivery.max_parallelism ({})",
+                    raw.delivery.max_parallelism
+                ),
+            ));
         }
         if raw.delivery.max_age_hours == 0 {
             return Err(invalid("delivery.max_age_hours", "must be at least 1 hour"));

@@ -141,9 +141,11 @@ impl Default for RetentionConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Employees delivered in parallel per sink (one employee's mutations
-    /// always go in order).
+    /// Employees delivered in parallel per sink when a pass starts (one
+    /// employee's mutations always go in order); the sink adapts it to the
+    /// target's answers, up to `max_parallelism`.
     pub parallelism: u32,
+    pub max_parallelism: u32,
     /// A mutation that could not be delivered for this long is dead-lettered
     /// (visible in `status` and metrics; `afas-sync outbox retry`).
     pub max_age_hours: u64,
@@ -155,6 +157,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             parallelism: 4,
+            max_parallelism: 64,
             max_age_hours: 14 * 24,
             sync_wait_secs: 120,
         }

@@ -9,6 +9,7 @@
 
 mod events;
 pub mod files;
+mod limit;
 pub mod scim;
 pub mod webhook;
 mod worker;
@@ -26,14 +27,18 @@ use crate::config::Config;
 use crate::model::Employee;
 use crate::model::RunRecord;
 use crate::model::{Mutation, MutationKind};
-use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError};
+use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError, TargetRef};
 
 /// Why one delivery did not succeed, and what the worker does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
-    /// Temporary (timeouts, 429, 5xx, connection): try again later.
+    /// Temporary (5xx, connection): try again later.
     #[error("{reason}")]
     Retry { reason: String, after: Option<Duration> },
+    /// The target asks for less (429, 503, a timeout): the sink slows
+    /// down, waits `after` when given, and tries again.
+    #[error("{reason}")]
+    Busy { reason: String, after: Option<Duration> },
     /// This entry can never succeed as it is (400, 409): dead-letter it.
     #[error("{reason}")]
     Permanent { reason: String },
@@ -54,7 +59,11 @@ pub fn classify(status: u16, after: Option<Duration>, what: &str, detail: &str) 
         401 | 403 => SinkError::Down {
             reason: format!("{what} refused the credentials (HTTP {status}){detail}; check the token or secret file"),
         },
-        408 | 425 | 429 | 500..=599 => SinkError::Retry {
+        408 | 429 | 503 => SinkError::Busy {
+            reason: format!("{what} answered HTTP {status}{detail}"),
+            after,
+        },
+        425 | 500..=599 => SinkError::Retry {
             reason: format!("{what} answered HTTP {status}{detail}"),
             after,
         },
@@ -65,10 +74,11 @@ pub fn classify(status: u16, after: Option<Duration>, what: &str, detail: &str) 
 }
 
 pub fn transport_error(e: &reqwest::Error, what: &str) -> SinkError {
-    SinkError::Retry {
-        reason: format!("cannot reach {what}: {}", crate::net::error_chain(e)),
-        after: None,
+    let reason = format!("cannot reach {what}: {}", crate::net::error_chain(e));
+    if e.is_timeout() {
+        return SinkError::Busy { reason, after: None };
     }
+    SinkError::Retry { reason, after: None }
 }
 
 /// One entry, with what it needs to be delivered.
@@ -80,6 +90,15 @@ pub struct Job {
     pub run: Option<RunRecord>,
     /// The target's id for this employee, from an earlier delivery.
     pub target_id: Option<String>,
+    /// …and the version of that user the target last answered with.
+    pub target_version: Option<String>,
+}
+
+/// What a delivery learnt about the employee's user at the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub id: Option<String>,
+    pub version: Option<String>,
 }
 
 /// A delivery target.
@@ -99,11 +118,20 @@ impl Sink {
     }
 
     /// Delivers one job; `Ok` carries the target's id for the employee.
-    pub async fn deliver(&self, job: &Job) -> Result<Option<String>, SinkError> {
+    pub async fn deliver(&self, job: &Job) -> Result<Delivered, SinkError> {
         match self {
             Sink::Scim(s) => s.deliver(job).await,
-            Sink::Webhook(s) => s.deliver(job).await.map(|()| None),
-            Sink::Files(s) => s.deliver(job).await.map(|()| None),
+            Sink::Webhook(s) => s.deliver(job).await.map(|()| Delivered::default()),
+            Sink::Files(s) => s.deliver(job).await.map(|()| Delivered::default()),
+        }
+    }
+
+    /// Before a pass delivers `first` (each due employee's first entry):
+    /// a chance to learn in a few requests what would otherwise cost one
+    /// per entry.
+    pub async fn prepare(&self, first: &[&Job]) {
+        if let Sink::Scim(s) = self {
+            s.prepare(first).await;
         }
     }
 }

@@ -2,6 +2,7 @@
 //! employee and employees in parallel, with backoff, `Retry-After`, dead
 //! letters, and a sink that stops when its target refuses everything.
 
+use super::limit::{Limiter, Load};
 use super::*;
 
 /// What a pass over the outbox did.
@@ -120,14 +121,41 @@ pub async fn deliver_pass_until(
             name: sink.name(),
             now,
             max_age: (config.delivery.max_age_hours * 3600) as i64,
+            limiter: limiter_for(sink.name(), &config.delivery),
             down: std::sync::Mutex::new(None),
             refusals: std::sync::Mutex::new(Refusals::default()),
             stop: stop.clone(),
         };
-        let handled = pass_over(Arc::new(pass), store, config.delivery.parallelism, force).await?;
-        record(store, sink.name(), handled, &mut report).await?;
+        let mut recorder = Recorder {
+            store: store.clone(),
+            name: sink.name(),
+            batch: Vec::new(),
+            report: &mut report,
+        };
+        let outcome = pass_over(Arc::new(pass), store, force, &mut recorder).await?;
+        recorder.finish(outcome).await?;
     }
     Ok(report)
+}
+
+/// One limiter per sink for the life of the process, so what a pass learnt
+/// about the target carries into the next; a reload with other numbers
+/// starts afresh.
+fn limiter_for(sink: &'static str, c: &crate::config::DeliveryConfig) -> Arc<Limiter> {
+    type Limiters = std::collections::HashMap<&'static str, (u32, u32, Arc<Limiter>)>;
+    static LIMITERS: std::sync::OnceLock<std::sync::Mutex<Limiters>> = std::sync::OnceLock::new();
+    let fresh = || Limiter::new(sink, c.parallelism, c.max_parallelism);
+    let Ok(mut all) = LIMITERS.get_or_init(Default::default).lock() else {
+        return fresh();
+    };
+    match all.get(sink) {
+        Some((start, max, l)) if (*start, *max) == (c.parallelism, c.max_parallelism) => l.clone(),
+        _ => {
+            let l = fresh();
+            all.insert(sink, (c.parallelism, c.max_parallelism, l.clone()));
+            l
+        }
+    }
 }
 
 /// One sink's pass, shared by its chains' tasks.
@@ -136,25 +164,34 @@ struct SinkPass {
     name: &'static str,
     now: i64,
     max_age: i64,
+    limiter: Arc<Limiter>,
     /// Why the sink stopped, once it has.
     down: std::sync::Mutex<Option<String>>,
     refusals: std::sync::Mutex<Refusals>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What a sink's pass did, before it is recorded.
+/// What a sink's pass did that is settled only when it ends.
 struct SinkOutcome {
-    entries: Vec<Handled>,
+    /// Refusals wait for the end: the same refusal three times means the
+    /// sink stops, and then none of them spends an attempt.
+    refused: Vec<Handled>,
     stopped_on: Option<String>,
     stop_message: Option<String>,
 }
 
-/// Delivers the due chains of one sink, `parallelism` employees at a time.
+/// Results are recorded in batches of this many, or older than
+/// [`RECORD_EVERY`], so a crash repeats at most one batch at the target.
+const RECORD_BATCH: usize = 256;
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// Delivers the due chains of one sink, as many employees at a time as its
+/// limiter allows, recording results as they come.
 async fn pass_over(
     pass: Arc<SinkPass>,
     store: &Arc<Store>,
-    parallelism: u32,
     force: bool,
+    recorder: &mut Recorder<'_>,
 ) -> Result<SinkOutcome, DeliveryError> {
     let name = pass.name;
     let jobs = {
@@ -169,190 +206,286 @@ async fn pass_over(
             .or_default()
             .push(job);
     }
+    let due = |chain: &Vec<Job>| chain.first().is_some_and(|j| force || j.entry.next_at <= pass.now);
+    chains.retain(|_, chain| due(chain));
     // Run events ("sync.completed" …) go after the employee events of the
     // same pass, so a receiver sees the run's changes first.
     let run_chain = chains.remove("");
-    let permits = Arc::new(tokio::sync::Semaphore::new(parallelism as usize));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut entries: Vec<Handled> = Vec::new();
-    let due = |chain: &Vec<Job>| chain.first().is_some_and(|j| force || j.entry.next_at <= pass.now);
-    for chain in chains.into_values().filter(due) {
-        let (pass, permits) = (pass.clone(), permits.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            run_chain_of(&pass, chain).await
-        });
+    if !chains.is_empty() {
+        let first: Vec<&Job> = chains.values().filter_map(|c| c.first()).collect();
+        pass.sink.prepare(&first).await;
     }
-    while let Some(r) = tasks.join_next().await {
-        entries.extend(r.map_err(|e| DeliveryError::Task(e.to_string()))?);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handled>();
+    let driver = {
+        let pass = pass.clone();
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for chain in chains.into_values() {
+                let (pass, tx) = (pass.clone(), tx.clone());
+                tasks.spawn(async move { run_chain_of(&pass, chain, &tx).await });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.map_err(|e| DeliveryError::Task(e.to_string()))?;
+            }
+            // The first entry of a waiting chain holds the later ones back.
+            if let Some(chain) = run_chain {
+                run_chain_of(&pass, chain, &tx).await;
+            }
+            Ok::<(), DeliveryError>(())
+        })
+    };
+    let mut refused = Vec::new();
+    let mut tick = tokio::time::interval(RECORD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            h = rx.recv() => match h {
+                Some(Handled::Result(seq, r)) => {
+                    recorder.batch.push((seq, r));
+                    if recorder.batch.len() >= RECORD_BATCH {
+                        recorder.flush().await?;
+                    }
+                }
+                Some(r @ Handled::Refused(..)) => refused.push(r),
+                None => break,
+            },
+            _ = tick.tick() => recorder.flush().await?,
+        }
     }
-    // The first entry of a waiting chain holds the later ones back.
-    if let Some(chain) = run_chain.filter(due) {
-        entries.extend(run_chain_of(&pass, chain).await);
-    }
+    driver.await.map_err(|e| DeliveryError::Task(e.to_string()))??;
     Ok(SinkOutcome {
-        entries,
+        refused,
         stopped_on: pass.refusals.lock().ok().and_then(|r| r.stopped_on.clone()),
         stop_message: pass.down.lock().ok().and_then(|d| d.clone()),
     })
 }
 
 /// Delivers one employee's entries in order, until one must wait.
-async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>) -> Vec<Handled> {
-    let mut results = Vec::new();
+async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>, out: &tokio::sync::mpsc::UnboundedSender<Handled>) {
     let mut stop = pass.stop.clone();
     for job in chain {
         if pass.down.lock().map(|d| d.is_some()).unwrap_or(true) || *stop.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            p = pass.limiter.acquire() => p,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        if pass.down.lock().map(|d| d.is_some()).unwrap_or(true) {
             break;
         }
         let delivered = tokio::select! {
             r = pass.sink.deliver(&job) => r,
             _ = stop.wait_for(|s| *s) => break,
         };
-        match delivered {
-            Ok(id) => {
-                let target_id = match (&job.entry.item, id) {
-                    (OutboxItem::Mutation { key, .. }, Some(id)) => Some((key.clone(), id)),
-                    _ => None,
-                };
-                if let Ok(mut r) = pass.refusals.lock() {
-                    r.delivered();
-                }
-                results.push(Handled::Result(job.seq, EntryResult::Done { target_id }));
-            }
-            Err(SinkError::Down { reason }) => {
-                if let Ok(mut d) = pass.down.lock() {
-                    d.get_or_insert(reason);
-                }
-                break;
-            }
-            Err(SinkError::Permanent { reason }) => {
-                let stops = pass.refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
-                results.push(Handled::Refused(job.seq, job.entry.clone(), reason.clone()));
-                if stops {
-                    if let Ok(mut d) = pass.down.lock() {
-                        d.get_or_insert(format!("the {} target refuses every change: {reason}", pass.name));
-                    }
-                    break;
-                }
-            }
-            Err(SinkError::Retry { reason, after }) => {
-                let mut e = job.entry.clone();
-                e.attempts += 1;
-                let wait = after.map(|d| d.as_secs() as i64).unwrap_or_else(|| backoff(e.attempts));
-                e.next_at = pass.now + wait.max(1);
-                e.last_error = Some(reason);
-                if pass.now - e.created_at >= pass.max_age {
-                    e.dead = true;
-                }
-                results.push(Handled::Result(job.seq, EntryResult::Update(e)));
-                // Later entries of this employee wait for this one.
-                break;
-            }
+        let load = match &delivered {
+            Ok(_) | Err(SinkError::Permanent { .. }) => Load::Answered(permit.elapsed()),
+            Err(SinkError::Busy { .. }) => Load::Busy,
+            Err(_) => Load::Unknown,
+        };
+        permit.done(load);
+        let (handled, go_on) = handled(pass, job, delivered);
+        if let Some(h) = handled {
+            let _ = out.send(h);
+        }
+        if !go_on {
+            break;
         }
     }
-    results
 }
 
-/// Settles refusals, records the results and the sink's state, and counts
-/// what is left, into `report` and `/metrics`.
-async fn record(
-    store: &Arc<Store>,
+/// What one delivery's outcome means for its entry, and whether the
+/// employee's next entry may follow.
+fn handled(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>) -> (Option<Handled>, bool) {
+    match delivered {
+        Ok(d) => {
+            let target_id = match (&job.entry.item, d.id) {
+                (OutboxItem::Mutation { key, .. }, Some(id)) => Some(TargetRef {
+                    key: key.clone(),
+                    id,
+                    version: d.version,
+                }),
+                _ => None,
+            };
+            if let Ok(mut r) = pass.refusals.lock() {
+                r.delivered();
+            }
+            (Some(Handled::Result(job.seq, EntryResult::Done { target_id })), true)
+        }
+        Err(SinkError::Down { reason }) => {
+            if let Ok(mut d) = pass.down.lock() {
+                d.get_or_insert(reason);
+            }
+            // Nothing spent: the entry stays as it is.
+            (None, false)
+        }
+        Err(SinkError::Permanent { reason }) => {
+            let stops = pass.refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
+            if stops {
+                if let Ok(mut d) = pass.down.lock() {
+                    d.get_or_insert(format!("the {} target refuses every change: {reason}", pass.name));
+                }
+            }
+            (Some(Handled::Refused(job.seq, job.entry, reason)), !stops)
+        }
+        Err(SinkError::Retry { reason, after }) => {
+            (Some(retry_later(pass, job.seq, job.entry, reason, after, false)), false)
+        }
+        Err(SinkError::Busy { reason, after }) => {
+            crate::metrics::metrics()
+                .delivery_throttled
+                .get_or_create(&crate::metrics::SinkLabels { sink: pass.name.into() })
+                .inc();
+            if let Some(d) = after {
+                pass.limiter.pause(d.min(MAX_PAUSE));
+            }
+            (Some(retry_later(pass, job.seq, job.entry, reason, after, true)), false)
+        }
+    }
+}
+
+/// The longest a `Retry-After` holds a whole pass; a longer one leaves
+/// the entries waiting for a later pass.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// The entry's next attempt: when the target said, else after a backoff —
+/// short when the target was only busy.
+fn retry_later(
+    pass: &SinkPass,
+    seq: u64,
+    mut e: OutboxEntry,
+    reason: String,
+    after: Option<Duration>,
+    busy: bool,
+) -> Handled {
+    e.attempts += 1;
+    let wait = after.map(|d| d.as_secs() as i64).unwrap_or_else(|| {
+        if busy {
+            crate::net::backoff(e.attempts, Duration::from_secs(1), Duration::from_secs(3600)).as_secs() as i64
+        } else {
+            backoff(e.attempts)
+        }
+    });
+    e.next_at = pass.now + wait.max(1);
+    e.last_error = Some(reason);
+    if pass.now - e.created_at >= pass.max_age {
+        e.dead = true;
+    }
+    Handled::Result(seq, EntryResult::Update(e))
+}
+
+/// Records one sink's results in batches, counting them into the pass's
+/// report and `/metrics`.
+struct Recorder<'a> {
+    store: Arc<Store>,
     name: &'static str,
-    h: SinkOutcome,
-    report: &mut PassReport,
-) -> Result<(), DeliveryError> {
-    let results: Vec<(u64, EntryResult)> = h
-        .entries
-        .into_iter()
-        .map(|x| match x {
-            Handled::Result(seq, r) => (seq, r),
-            // The target refuses everything, not this entry: it stays
-            // pending with no attempt spent, and says why.
-            Handled::Refused(seq, mut e, reason) if h.stopped_on.as_deref() == Some(reason.as_str()) => {
+    batch: Vec<(u64, EntryResult)>,
+    report: &'a mut PassReport,
+}
+
+impl Recorder<'_> {
+    async fn flush(&mut self) -> Result<(), DeliveryError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let results = std::mem::take(&mut self.batch);
+        let m = crate::metrics::metrics();
+        for (_, r) in &results {
+            let outcome = match r {
+                EntryResult::Done { .. } => {
+                    self.report.delivered += 1;
+                    "delivered"
+                }
+                EntryResult::Update(e) if e.dead => {
+                    self.report.dead_lettered += 1;
+                    "dead_lettered"
+                }
+                EntryResult::Update(_) => {
+                    self.report.retried += 1;
+                    "retried"
+                }
+            };
+            m.deliveries
+                .get_or_create(&crate::metrics::DeliveryLabels {
+                    sink: self.name.into(),
+                    outcome: outcome.into(),
+                })
+                .inc();
+        }
+        let (s, name) = (self.store.clone(), self.name);
+        blocking(move || s.outbox_apply(name, &results)).await
+    }
+
+    /// Settles refusals, records the rest and the sink's state, and counts
+    /// what is left.
+    async fn finish(mut self, h: SinkOutcome) -> Result<(), DeliveryError> {
+        for x in h.refused {
+            let Handled::Refused(seq, mut e, reason) = x else {
+                continue;
+            };
+            if h.stopped_on.as_deref() == Some(reason.as_str()) {
+                // The target refuses everything, not this entry: it stays
+                // pending with no attempt spent, and says why.
                 e.last_error = h.stop_message.clone().or(Some(reason));
-                (seq, EntryResult::Update(e))
+                self.batch.push((seq, EntryResult::Update(e)));
+                continue;
             }
-            Handled::Refused(seq, mut e, reason) => {
-                e.attempts += 1;
-                e.dead = true;
-                e.last_error = Some(reason);
-                (seq, EntryResult::Update(e))
-            }
+            e.attempts += 1;
+            e.dead = true;
+            e.last_error = Some(reason);
+            self.batch.push((seq, EntryResult::Update(e)));
+        }
+        let (name, report) = (self.name, &mut *self.report);
+        let m = crate::metrics::metrics();
+        if let Some(reason) = &h.stop_message {
+            tracing::error!(sink = name, "delivery stopped: {reason}");
+            report.down.push((name.to_string(), reason.clone()));
+        }
+        let sink = crate::metrics::SinkLabels { sink: name.into() };
+        m.sink_stopped
+            .get_or_create(&sink)
+            .set(i64::from(h.stop_message.is_some()));
+        self.flush().await?;
+        let s = self.store.clone();
+        let stopped = h.stop_message;
+        let remaining = blocking(move || {
+            s.set_sink_stopped(name, stopped.as_deref())?;
+            s.outbox_entries(name)
         })
-        .collect();
-    let m = crate::metrics::metrics();
-    for (_, r) in &results {
-        let outcome = match r {
-            EntryResult::Done { .. } => {
-                report.delivered += 1;
-                "delivered"
+        .await?;
+        let mut dead = 0;
+        let mut pending = 0;
+        for (_, e) in &remaining {
+            if e.dead {
+                dead += 1;
+                continue;
             }
-            EntryResult::Update(e) if e.dead => {
-                report.dead_lettered += 1;
-                "dead_lettered"
-            }
-            EntryResult::Update(_) => {
-                report.retried += 1;
-                "retried"
-            }
-        };
-        m.deliveries
-            .get_or_create(&crate::metrics::DeliveryLabels {
-                sink: name.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-    }
-    if let Some(reason) = &h.stop_message {
-        tracing::error!(sink = name, "delivery stopped: {reason}");
-        report.down.push((name.to_string(), reason.clone()));
-    }
-    let sink = crate::metrics::SinkLabels { sink: name.into() };
-    m.sink_stopped
-        .get_or_create(&sink)
-        .set(i64::from(h.stop_message.is_some()));
-    let s = store.clone();
-    let stopped = h.stop_message;
-    let remaining = blocking(move || {
-        s.set_sink_stopped(name, stopped.as_deref())?;
-        if !results.is_empty() {
-            s.outbox_apply(name, &results)?;
+            pending += 1;
+            self.report.next_due = Some(self.report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
         }
-        s.outbox_entries(name)
-    })
-    .await?;
-    let mut dead = 0;
-    let mut pending = 0;
-    for (_, e) in &remaining {
-        if e.dead {
-            dead += 1;
-            continue;
-        }
-        pending += 1;
-        report.next_due = Some(report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
+        self.report.pending += pending;
+        m.outbox_pending.get_or_create(&sink).set(pending as i64);
+        m.outbox_dead.get_or_create(&sink).set(dead);
+        Ok(())
     }
-    report.pending += pending;
-    m.outbox_pending.get_or_create(&sink).set(pending as i64);
-    m.outbox_dead.get_or_create(&sink).set(dead);
-    Ok(())
 }
 
 pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreError> {
     let mut jobs = Vec::new();
     let mut runs: BTreeMap<u64, Option<RunRecord>> = BTreeMap::new();
     for (seq, entry) in store.outbox_entries(sink)? {
-        let (mutation, run, target_id) = match &entry.item {
+        let (mutation, run, target_id, target_version) = match &entry.item {
             OutboxItem::Mutation { run, index, key } => (
                 store.mutation(*run, *index)?,
                 None,
                 store.target_id(sink, key.as_str())?,
+                store.target_version(sink, key.as_str())?,
             ),
             OutboxItem::Run { run } => {
                 if !runs.contains_key(run) {
                     runs.insert(*run, store.run_if_exists(*run)?);
                 }
-                (None, runs.get(run).cloned().flatten(), None)
+                (None, runs.get(run).cloned().flatten(), None, None)
             }
         };
         jobs.push(Job {
@@ -361,6 +494,7 @@ pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreErro
             mutation,
             run,
             target_id,
+            target_version,
         });
     }
     Ok(jobs)

@@ -56,6 +56,10 @@ const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_plans");
 /// (sink, employee key) → the target's id for that employee (the SCIM id).
 const TARGET_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_ids");
+/// (sink, employee key) → the version (ETag) the target gave that user in
+/// its last answer to us: an update sends it as `If-Match` without reading
+/// the user first. Added within schema 3; absent means not known.
+const TARGET_VERSIONS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_versions");
 /// (leave date as yyyymmdd, employee key) of leavers whose personal data is
 /// still kept: the retention purge reads only the ones that are due
 /// instead of decoding the whole snapshot every run (~7 % of a no-op
@@ -306,6 +310,7 @@ impl Store {
     fn ensure_tables(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(TARGET_IDS)?;
+        txn.open_table(TARGET_VERSIONS)?;
         txn.open_table(LEAVERS)?;
         txn.commit()?;
         Ok(())

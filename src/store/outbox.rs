@@ -69,9 +69,18 @@ pub enum RunEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryResult {
     /// Delivered: the entry is removed; the target's id is remembered.
-    Done { target_id: Option<(EmployeeKey, String)> },
+    Done { target_id: Option<TargetRef> },
     /// Not (yet) delivered: the entry's new retry state.
     Update(OutboxEntry),
+}
+
+/// The target's user for an employee, as its last answer described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRef {
+    pub key: EmployeeKey,
+    pub id: String,
+    /// Its version (ETag), when the target keeps them.
+    pub version: Option<String>,
 }
 
 /// Pending and dead-lettered entries of one sink.
@@ -108,18 +117,36 @@ impl Store {
         Ok(v.map(|g| g.value().to_string()))
     }
 
+    /// The version of the employee's user the target last answered with.
+    pub fn target_version(&self, sink: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(TARGET_VERSIONS) {
+            Ok(t) => t,
+            // Opened read-only before this table was added.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let v = t.get((sink, key))?;
+        Ok(v.map(|g| g.value().to_string()))
+    }
+
     /// Applies delivery results of one sink in one transaction.
     pub fn outbox_apply(&self, sink: &str, results: &[(u64, EntryResult)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut ids = txn.open_table(TARGET_IDS)?;
+            let mut versions = txn.open_table(TARGET_VERSIONS)?;
             for (seq, result) in results {
                 match result {
                     EntryResult::Done { target_id } => {
                         outbox.remove((sink, *seq))?;
-                        if let Some((key, id)) = target_id {
-                            ids.insert((sink, key.as_str()), id.as_str())?;
+                        if let Some(t) = target_id {
+                            ids.insert((sink, t.key.as_str()), t.id.as_str())?;
+                            match &t.version {
+                                Some(v) => versions.insert((sink, t.key.as_str()), v.as_str())?,
+                                None => versions.remove((sink, t.key.as_str()))?,
+                            };
                         }
                     }
                     EntryResult::Update(entry) => {

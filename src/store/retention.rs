@@ -240,8 +240,10 @@ impl Store {
                     doomed_ids.push(sink.to_string());
                 }
             }
+            let mut versions = txn.open_table(TARGET_VERSIONS)?;
             for sink in doomed_ids {
                 ids.remove((sink.as_str(), key))?;
+                versions.remove((sink.as_str(), key))?;
             }
             let mut leavers = txn.open_table(LEAVERS)?;
             let mut doomed_days = Vec::new();

@@ -17,7 +17,7 @@ impl ScimSink {
     pub(super) async fn set_user_name(&self, ready: &Ready, id: &str, user_name: &str) -> Result<Wrote, SinkError> {
         if ready.target.caps.patch {
             let op = json!({"op": "replace", "path": "userName", "value": user_name});
-            return self.patch(ready, id, vec![op]).await;
+            return self.patch(ready, id, vec![op], None).await;
         }
         // Read whole and put back; a 412 means the user changed since the
         // read, so it is read again (never the stale body put back).
@@ -135,7 +135,7 @@ impl ScimSink {
             _ => None,
         };
         match self.set_user_name(ready, &id, &released).await? {
-            Wrote::Done | Wrote::Gone => {
+            Wrote::Done(_) | Wrote::Gone => {
                 tracing::info!(
                     holder = external,
                     "freed userName at the SCIM target for employee {own_key}"

@@ -462,6 +462,7 @@ mod tests {
     const CAPS: Capabilities = Capabilities {
         patch: true,
         etag: true,
+        max_results: 0,
     };
 
     fn rfc_target(enterprise: bool) -> Target {

@@ -9,6 +9,7 @@
 
 mod check;
 mod conflict;
+mod known;
 pub mod mapping;
 pub mod schema;
 
@@ -22,7 +23,7 @@ use serde_json::{json, Value};
 use self::mapping::Mapping;
 pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
 use super::{classify, transport_error};
-use super::{Job, SinkError};
+use super::{Delivered, Job, SinkError};
 use crate::config::{Deprovision, ScimAuth, ScimConfig, UserNameSource};
 use crate::model::Employee;
 use crate::model::{Mutation, MutationKind};
@@ -54,15 +55,19 @@ pub struct ScimSink {
     /// Discovered on first use; dropped after a refusal that points at the
     /// schema, so the next delivery reads the target again.
     ready: tokio::sync::Mutex<Option<Arc<Ready>>>,
+    memory: std::sync::Mutex<known::Memory>,
 }
 
 struct Answer {
     status: u16,
     body: Value,
     retry_after: Option<std::time::Duration>,
+    /// The resource's version: `meta.version`, else the `ETag` header.
+    version: Option<String>,
 }
 
 /// A user found at the target: its id and, with ETags, its version.
+#[derive(Clone)]
 struct Found {
     id: String,
     version: Option<String>,
@@ -70,7 +75,8 @@ struct Found {
 
 /// What one write did.
 enum Wrote {
-    Done,
+    /// Written; the user's new version when the answer gave one.
+    Done(Option<String>),
     /// 404: the target lost the user.
     Gone,
     /// 409: a unique value (`userName`) is held by another user.
@@ -79,8 +85,12 @@ enum Wrote {
 
 /// What one attempt at a mutation did.
 enum Applied {
-    Done(Option<String>),
+    Done(Delivered),
     Conflict,
+}
+
+fn done(id: String, version: Option<String>) -> Applied {
+    Applied::Done(Delivered { id: Some(id), version })
 }
 
 impl ScimSink {
@@ -118,6 +128,7 @@ impl ScimSink {
             released_user_name: c.released_user_name.clone(),
             store,
             ready: tokio::sync::Mutex::new(None),
+            memory: Default::default(),
         })
     }
 
@@ -181,15 +192,31 @@ impl ScimSink {
                 req.send().await.map_err(|e| transport_error(&e, "the SCIM server"))
             }
         };
+        let started = std::time::Instant::now();
         let resp = crate::net::send_refreshing(oauth, send).await?;
         let status = resp.status().as_u16();
         let retry_after = crate::net::retry_after(resp.headers());
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp.bytes().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        crate::metrics::metrics()
+            .sink_latency
+            .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() })
+            .observe(started.elapsed().as_secs_f64());
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let version = body
+            .pointer("/meta/version")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or(etag);
         Ok(Answer {
             status,
             body,
             retry_after,
+            version,
         })
     }
 
@@ -222,11 +249,16 @@ impl ScimSink {
             Some(b) => Capabilities {
                 patch: b.pointer("/patch/supported").and_then(Value::as_bool).unwrap_or(false),
                 etag: b.pointer("/etag/supported").and_then(Value::as_bool).unwrap_or(false),
+                max_results: b
+                    .pointer("/filter/maxResults")
+                    .and_then(Value::as_u64)
+                    .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
             },
             // The common case for a server that does not say.
             None => Capabilities {
                 patch: true,
                 etag: false,
+                max_results: 0,
             },
         };
         let resource_types = self.discover("ResourceTypes").await?;
@@ -271,7 +303,7 @@ impl ScimSink {
     /// version (412), which the caller reads again.
     async fn written(&self, a: &Answer, what: &str) -> Option<Result<Wrote, SinkError>> {
         match a.status {
-            200 | 204 => Some(Ok(Wrote::Done)),
+            200 | 204 => Some(Ok(Wrote::Done(a.version.clone()))),
             404 => Some(Ok(Wrote::Gone)),
             409 => Some(Ok(Wrote::Conflict)),
             412 => None,
@@ -309,7 +341,14 @@ impl ScimSink {
             .unwrap_or_default())
     }
 
+    /// The employee's user at the target: from what this sink knows, else
+    /// a lookup by `externalId`.
     async fn find(&self, key: &str) -> Result<Option<Found>, SinkError> {
+        match self.known(key) {
+            known::Known::At(f) => return Ok(Some(f)),
+            known::Known::Absent => return Ok(None),
+            known::Known::Unknown => {}
+        }
         let resources = self.lookup("externalId", key).await?;
         if resources.len() > 1 {
             return Err(SinkError::Permanent {
@@ -319,12 +358,16 @@ impl ScimSink {
                 ),
             });
         }
-        Ok(resources.first().and_then(|r| {
+        let found = resources.first().and_then(|r| {
             Some(Found {
                 id: r.get("id")?.as_str()?.to_string(),
                 version: r.pointer("/meta/version").and_then(Value::as_str).map(str::to_string),
             })
-        }))
+        });
+        if let Some(f) = &found {
+            self.remember(Some(key), &f.id, f.version.as_deref());
+        }
+        Ok(found)
     }
 
     /// The current version of a user for `If-Match`; `None` when gone.
@@ -342,11 +385,15 @@ impl ScimSink {
         }
     }
 
-    async fn create(&self, user: &Value) -> Result<(Wrote, Option<String>), SinkError> {
+    async fn create(&self, key: &str, user: &Value) -> Result<(Wrote, Option<String>), SinkError> {
+        self.trying_to_create(key);
         let a = self.send(Method::POST, self.url(&["Users"]), Some(user), None).await?;
         match a.status {
             200 | 201 => match a.body.get("id").and_then(Value::as_str) {
-                Some(id) => Ok((Wrote::Done, Some(id.to_string()))),
+                Some(id) => {
+                    self.remember(Some(key), id, a.version.as_deref());
+                    Ok((Wrote::Done(a.version.clone()), Some(id.to_string())))
+                }
                 None => Err(SinkError::Retry {
                     reason: "the SCIM server created the user but sent no id".into(),
                     after: None,
@@ -360,7 +407,7 @@ impl ScimSink {
     /// Creates the user, or replaces it when one with this externalId exists.
     async fn upsert(&self, ready: &Ready, key: &str, user: &Value) -> Result<Applied, SinkError> {
         let (wrote, id) = match self.find(key).await? {
-            None => self.create(user).await?,
+            None => self.create(key, user).await?,
             Some(found) => {
                 let wrote = self.replace(ready, &found.id, found.version.as_deref(), user).await?;
                 (wrote, Some(found.id))
@@ -370,11 +417,14 @@ impl ScimSink {
             Wrote::Conflict => Ok(Applied::Conflict),
             // Deleted between the lookup and the write: the next attempt
             // creates it.
-            Wrote::Gone => Err(SinkError::Retry {
-                reason: format!("the user with externalId {key} vanished at the SCIM server while it was written"),
-                after: None,
-            }),
-            Wrote::Done => Ok(Applied::Done(id)),
+            Wrote::Gone => {
+                self.forget(key, id.as_deref());
+                Err(SinkError::Retry {
+                    reason: format!("the user with externalId {key} vanished at the SCIM server while it was written"),
+                    after: None,
+                })
+            }
+            Wrote::Done(version) => Ok(Applied::Done(Delivered { id, version })),
         }
     }
 
@@ -399,7 +449,12 @@ impl ScimSink {
                 )
                 .await?;
             match self.written(&a, "replace").await {
-                Some(done) => return done,
+                Some(done) => {
+                    if let Ok(Wrote::Done(v)) = &done {
+                        self.remember(None, id, v.as_deref());
+                    }
+                    return done;
+                }
                 None => version = None,
             }
         }
@@ -409,23 +464,36 @@ impl ScimSink {
         })
     }
 
-    async fn patch(&self, ready: &Ready, id: &str, ops: Vec<Value>) -> Result<Wrote, SinkError> {
+    /// PATCH with `If-Match` when the server has ETags: the version from
+    /// the last answer about this user (`known`, else this sink's memory),
+    /// read first only when none is known; a 412 reads it again.
+    async fn patch(&self, ready: &Ready, id: &str, ops: Vec<Value>, known: Option<&str>) -> Result<Wrote, SinkError> {
         let etag = ready.target.caps.etag;
         let body = json!({"schemas": [PATCH_URN], "Operations": ops});
+        let mut version = self.known_version(id).or(known.map(str::to_string));
         for _ in 0..3 {
-            let version = if etag {
+            if etag && version.is_none() {
                 match self.version(id).await? {
-                    Some(v) => v,
+                    Some(v) => version = v,
                     None => return Ok(Wrote::Gone),
                 }
-            } else {
-                None
-            };
+            }
             let a = self
-                .send(Method::PATCH, self.url(&["Users", id]), Some(&body), version.as_deref())
+                .send(
+                    Method::PATCH,
+                    self.url(&["Users", id]),
+                    Some(&body),
+                    if etag { version.as_deref() } else { None },
+                )
                 .await?;
-            if let Some(done) = self.written(&a, "patch").await {
-                return done;
+            match self.written(&a, "patch").await {
+                Some(done) => {
+                    if let Ok(Wrote::Done(v)) = &done {
+                        self.remember(None, id, v.as_deref());
+                    }
+                    return done;
+                }
+                None => version = None,
             }
         }
         Err(SinkError::Retry {
@@ -434,17 +502,20 @@ impl ScimSink {
         })
     }
 
-    /// The id to update: the remembered one, else a lookup.
-    async fn target(&self, job: &Job, key: &str) -> Result<Option<String>, SinkError> {
+    /// The user to update: the remembered one, else a lookup.
+    async fn target(&self, job: &Job, key: &str) -> Result<Option<Found>, SinkError> {
         match &job.target_id {
-            Some(id) => Ok(Some(id.clone())),
-            None => Ok(self.find(key).await?.map(|f| f.id)),
+            Some(id) => Ok(Some(Found {
+                id: id.clone(),
+                version: job.target_version.clone(),
+            })),
+            None => self.find(key).await,
         }
     }
 
-    pub async fn deliver(&self, job: &Job) -> Result<Option<String>, SinkError> {
+    pub async fn deliver(&self, job: &Job) -> Result<Delivered, SinkError> {
         let Some(m) = &job.mutation else {
-            return Ok(None);
+            return Ok(Delivered::default());
         };
         let ready = self.ready().await?;
         // A leaver whose address now belongs to someone else steps aside;
@@ -453,12 +524,12 @@ impl ScimSink {
         let mut restore: Vec<(String, String)> = Vec::new();
         for _ in 0..4 {
             match self.apply(&ready, job, m, released).await? {
-                Applied::Done(id) => {
+                Applied::Done(d) => {
                     // A conflict here resolves in the holder's own delivery.
                     for (holder, user_name) in restore {
                         self.set_user_name(&ready, &holder, &user_name).await?;
                     }
-                    return Ok(id);
+                    return Ok(d);
                 }
                 Applied::Conflict => {
                     let Some(e) = &m.employee else { break };
@@ -486,13 +557,16 @@ impl ScimSink {
             // Personal data already removed by retention: nothing to send
             // but a deactivation, which needs no data.
             if m.kind == MutationKind::Leaver {
-                if let Some(id) = self.target(job, key).await? {
+                if let Some(f) = self.target(job, key).await? {
                     let op = json!({"op": "replace", "path": "active", "value": false});
-                    self.patch(ready, &id, vec![op]).await?;
-                    return Ok(Applied::Done(Some(id)));
+                    let version = match self.patch(ready, &f.id, vec![op], f.version.as_deref()).await? {
+                        Wrote::Done(v) => v,
+                        _ => None,
+                    };
+                    return Ok(done(f.id, version));
                 }
             }
-            return Ok(Applied::Done(None));
+            return Ok(Applied::Done(Delivered::default()));
         };
         let user_name = if released {
             self.released_user_name(key)
@@ -502,9 +576,14 @@ impl ScimSink {
         let changed: Vec<&str> = m.changes.iter().map(|c| c.field.as_str()).collect();
         let user_name_changed = self.user_name == UserNameSource::Email && changed.contains(&"email");
         let wrote = |w: Wrote, id: String| match w {
-            Wrote::Done => Some(Applied::Done(Some(id))),
+            Wrote::Done(v) => Some(done(id, v)),
             Wrote::Conflict => Some(Applied::Conflict),
-            Wrote::Gone => None,
+            Wrote::Gone => {
+                // Gone at the server (restarted, deleted): what this sink
+                // knew of it is stale.
+                self.forget(key, Some(&id));
+                None
+            }
         };
         match m.kind {
             MutationKind::Joiner | MutationKind::Rehire => {
@@ -516,59 +595,59 @@ impl ScimSink {
                 if user_name_changed {
                     ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
                 }
-                let Some(id) = self.target(job, key).await? else {
+                let Some(f) = self.target(job, key).await? else {
                     return self.upsert(ready, key, &user).await;
                 };
                 if ops.is_empty() {
                     // Nothing the target receives changed.
-                    return Ok(Applied::Done(Some(id)));
+                    return Ok(done(f.id, f.version));
                 }
                 let w = if caps.patch {
-                    self.patch(ready, &id, ops).await?
+                    self.patch(ready, &f.id, ops, f.version.as_deref()).await?
                 } else {
-                    self.replace(ready, &id, None, &user).await?
+                    self.replace(ready, &f.id, f.version.as_deref(), &user).await?
                 };
-                match wrote(w, id) {
+                match wrote(w, f.id) {
                     Some(a) => Ok(a),
-                    // Gone at the server (restarted, deleted): look up again,
-                    // then create with the full current state.
+                    // Look up again, then create with the full current state.
                     None => self.upsert(ready, key, &user).await,
                 }
             }
             MutationKind::Leaver => {
-                let id = self.target(job, key).await?;
+                let found = self.target(job, key).await?;
                 if self.deprovision == Deprovision::Delete {
-                    if let Some(id) = id {
-                        let a = self.send(Method::DELETE, self.url(&["Users", &id]), None, None).await?;
+                    if let Some(f) = found {
+                        let a = self
+                            .send(Method::DELETE, self.url(&["Users", &f.id]), None, None)
+                            .await?;
                         if !matches!(a.status, 200 | 204 | 404) {
                             return Err(self.failure(&a, "delete"));
                         }
+                        self.forget(key, Some(&f.id));
                     }
-                    return Ok(Applied::Done(None));
+                    return Ok(Applied::Done(Delivered::default()));
                 }
                 let user = ready.mapping.user(e, false, &user_name);
-                let w = match &id {
-                    Some(id) if caps.patch => {
-                        // The termination date (or access flag) that made the
-                        // leaver travels with the deactivation.
-                        let mut ops = vec![json!({"op": "replace", "path": "active", "value": false})];
-                        ops.extend(ready.mapping.patch_ops(&user, &changed));
-                        if user_name_changed || released {
-                            ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
-                        }
-                        Some(self.patch(ready, id, ops).await?)
-                    }
-                    Some(id) => Some(self.replace(ready, id, None, &user).await?),
-                    None => None,
-                };
-                match (w, id) {
-                    (Some(w), Some(id)) => match wrote(w, id) {
-                        Some(a) => Ok(a),
-                        None => self.upsert(ready, key, &user).await,
-                    },
+                let Some(f) = found else {
                     // Keep the target's picture complete: the leaver exists,
                     // inactive.
-                    _ => self.upsert(ready, key, &user).await,
+                    return self.upsert(ready, key, &user).await;
+                };
+                let w = if caps.patch {
+                    // The termination date (or access flag) that made the
+                    // leaver travels with the deactivation.
+                    let mut ops = vec![json!({"op": "replace", "path": "active", "value": false})];
+                    ops.extend(ready.mapping.patch_ops(&user, &changed));
+                    if user_name_changed || released {
+                        ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
+                    }
+                    self.patch(ready, &f.id, ops, f.version.as_deref()).await?
+                } else {
+                    self.replace(ready, &f.id, f.version.as_deref(), &user).await?
+                };
+                match wrote(w, f.id) {
+                    Some(a) => Ok(a),
+                    None => self.upsert(ready, key, &user).await,
                 }
             }
         }

@@ -19,6 +19,9 @@ pub const EXTENSION_URN: &str = "urn:afas-sync:scim:schemas:extension:employee:1
 pub struct Capabilities {
     pub patch: bool,
     pub etag: bool,
+    /// `filter.maxResults`: the most users one listing page returns
+    /// (0 when the server does not say).
+    pub max_results: u32,
 }
 
 /// A SCIM attribute type (RFC 7643 §2.3).
@@ -325,6 +328,7 @@ mod tests {
     const CAPS: Capabilities = Capabilities {
         patch: true,
         etag: false,
+        max_results: 0,
     };
 
     #[test]

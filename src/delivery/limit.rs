@@ -1,0 +1,270 @@
+//! How many deliveries a sink runs at once: an AIMD limiter that starts at
+//! `delivery.parallelism`, grows by one per window of deliveries while the
+//! target answers as fast as before, and shrinks when it says it is busy
+//! (429, 503, a timeout) or answers markedly slower — within
+//! `delivery.max_parallelism`. A `Retry-After` pauses the whole sink.
+//!
+//! The limit is a semaphore whose permits are added as it grows and
+//! forgotten as it shrinks (a permit in use is forgotten when it returns).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// A latency this much above the best recent one counts as the target
+/// queueing our requests.
+const SLOWER: f64 = 2.0;
+/// …and never a rise of less than this (jitter of a fast target).
+const MIN_RISE: Duration = Duration::from_millis(20);
+/// Deliveries per window after which the best latency is measured anew.
+const WINDOW: u32 = 256;
+
+pub struct Limiter {
+    sink: &'static str,
+    max: usize,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The limit as a fraction: +1/limit per success is +1 per window.
+    limit: f64,
+    /// Permits in existence (available or in use).
+    granted: usize,
+    /// Permits in use still to be forgotten when they return.
+    debt: usize,
+    /// The best latency of the last full window, and of the current one.
+    best: Option<Duration>,
+    window_best: Option<Duration>,
+    samples: u32,
+    last_cut: Option<Instant>,
+    paused_until: Option<Instant>,
+}
+
+/// What one delivery said about the target's load.
+pub enum Load {
+    /// Answered (delivered or refused) in this time.
+    Answered(Duration),
+    /// 429, 503, a timeout: the target asks for less.
+    Busy,
+    /// Nothing to learn (the target is down, the pass stopped).
+    Unknown,
+}
+
+pub struct Permit {
+    limiter: Arc<Limiter>,
+    permit: Option<OwnedSemaphorePermit>,
+    started: Instant,
+}
+
+impl Permit {
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Returns the permit, teaching the limiter what the delivery saw.
+    pub fn done(mut self, load: Load) {
+        let limiter = self.limiter.clone();
+        limiter.learn(load);
+        if let Some(p) = self.permit.take() {
+            limiter.give_back(p);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.limiter.give_back(p);
+        }
+    }
+}
+
+impl Limiter {
+    pub fn new(sink: &'static str, start: u32, max: u32) -> Arc<Limiter> {
+        let max = max.max(1) as usize;
+        let start = (start.max(1) as usize).min(max);
+        let l = Arc::new(Limiter {
+            sink,
+            max,
+            permits: Arc::new(Semaphore::new(start)),
+            state: Mutex::new(State {
+                limit: start as f64,
+                granted: start,
+                debt: 0,
+                best: None,
+                window_best: None,
+                samples: 0,
+                last_cut: None,
+                paused_until: None,
+            }),
+        });
+        l.publish(start);
+        l
+    }
+
+    /// The current limit.
+    #[cfg(test)]
+    pub fn limit(&self) -> usize {
+        self.state.lock().map(|s| s.granted).unwrap_or(1)
+    }
+
+    /// Waits for a pause to end and a free slot.
+    pub async fn acquire(self: &Arc<Self>) -> Permit {
+        loop {
+            let until = self.state.lock().ok().and_then(|s| s.paused_until);
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => break,
+            }
+        }
+        let permit = self.permits.clone().acquire_owned().await.ok();
+        Permit {
+            limiter: self.clone(),
+            permit,
+            started: Instant::now(),
+        }
+    }
+
+    /// The target said when to come back: nobody on this sink sends before.
+    pub fn pause(&self, d: Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            let until = Instant::now() + d;
+            if s.paused_until.is_none_or(|t| t < until) {
+                s.paused_until = Some(until);
+            }
+        }
+    }
+
+    fn give_back(&self, p: OwnedSemaphorePermit) {
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        if s.debt > 0 {
+            s.debt -= 1;
+            p.forget();
+        }
+    }
+
+    fn learn(&self, load: Load) {
+        let Ok(mut s) = self.state.lock() else { return };
+        let now = Instant::now();
+        match load {
+            Load::Unknown => return,
+            Load::Busy => self.cut(&mut s, now, 0.5),
+            Load::Answered(took) => {
+                s.samples += 1;
+                s.window_best = Some(s.window_best.map_or(took, |b| b.min(took)));
+                let best = *s.best.get_or_insert(took);
+                if s.samples >= WINDOW {
+                    // A slowly rising floor follows a path that got slower
+                    // for good; queueing shows as a jump above it.
+                    let w = s.window_best.unwrap_or(took);
+                    s.best = Some(w.min(best.mul_f64(1.05)));
+                    s.window_best = None;
+                    s.samples = 0;
+                }
+                if took > best.mul_f64(SLOWER) && took > best + MIN_RISE {
+                    self.cut(&mut s, now, 0.9);
+                } else {
+                    s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
+                }
+            }
+        }
+        let target = (s.limit.floor() as usize).clamp(1, self.max);
+        while s.granted < target {
+            if s.debt > 0 {
+                s.debt -= 1;
+            } else {
+                self.permits.add_permits(1);
+            }
+            s.granted += 1;
+        }
+        while s.granted > target {
+            if self.permits.forget_permits(1) == 0 {
+                s.debt += 1;
+            }
+            s.granted -= 1;
+        }
+        self.publish(s.granted);
+    }
+
+    /// One cut per round trip: the answers of requests sent at the old
+    /// limit arrive together and are one signal.
+    fn cut(&self, s: &mut State, now: Instant, factor: f64) {
+        let rtt = s
+            .best
+            .unwrap_or(Duration::from_millis(100))
+            .max(Duration::from_millis(50));
+        if s.last_cut.is_some_and(|t| now.duration_since(t) < rtt) {
+            return;
+        }
+        s.last_cut = Some(now);
+        s.limit = (s.limit * factor).max(1.0);
+    }
+
+    fn publish(&self, limit: usize) {
+        crate::metrics::metrics()
+            .delivery_concurrency
+            .get_or_create(&crate::metrics::SinkLabels { sink: self.sink.into() })
+            .set(limit as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn grows_while_answers_stay_fast_and_halves_when_busy() {
+        let l = Limiter::new("test", 4, 32);
+        for _ in 0..200 {
+            l.acquire().await.done(Load::Answered(Duration::from_millis(10)));
+        }
+        let grown = l.limit();
+        assert!(grown > 8, "{grown}");
+        l.acquire().await.done(Load::Busy);
+        assert_eq!(l.limit(), grown / 2);
+        // A second busy answer within the same round trip is the same signal.
+        l.acquire().await.done(Load::Busy);
+        assert_eq!(l.limit(), grown / 2);
+    }
+
+    #[tokio::test]
+    async fn never_beyond_the_maximum_and_slower_answers_shrink_it() {
+        let l = Limiter::new("test", 4, 6);
+        for _ in 0..500 {
+            l.acquire().await.done(Load::Answered(Duration::from_millis(10)));
+        }
+        assert_eq!(l.limit(), 6);
+        l.acquire().await.done(Load::Answered(Duration::from_millis(200)));
+        assert_eq!(l.limit(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_smaller_limit_holds_back_new_deliveries_until_permits_return() {
+        let l = Limiter::new("test", 4, 4);
+        let held: Vec<Permit> = vec![l.acquire().await, l.acquire().await, l.acquire().await];
+        l.acquire().await.done(Load::Busy);
+        assert_eq!(l.limit(), 2);
+        drop(held);
+        // Two slots now, not four.
+        let a = l.acquire().await;
+        let b = l.acquire().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        assert!(third.is_err(), "a third delivery must wait");
+        drop((a, b));
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_everyone_back() {
+        let l = Limiter::new("test", 4, 4);
+        l.pause(Duration::from_millis(300));
+        let started = Instant::now();
+        drop(l.acquire().await);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+}
