@@ -209,29 +209,43 @@ impl Inject {
 pub struct FaultProxy {
     pub port: u16,
     pub injected: Arc<Mutex<Vec<(String, u16)>>>,
+    /// Every request that reached the proxy ("METHOD /path?query").
+    pub requests: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FaultProxy {
     pub async fn start(target: String, rules: Vec<Inject>) -> FaultProxy {
+        FaultProxy::start_slow(target, rules, std::time::Duration::ZERO).await
+    }
+
+    /// A proxy that also holds every answer back for `delay` (a target
+    /// further away).
+    pub async fn start_slow(target: String, rules: Vec<Inject>, delay: std::time::Duration) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let rules = Arc::new(Mutex::new(rules));
         let injected = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let client = http();
         let inj = injected.clone();
+        let reqs = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (rules, inj, client, target) = (rules.clone(), inj.clone(), client.clone(), target.clone());
+                let reqs = reqs.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (rules, inj, client, target) = (rules.clone(), inj.clone(), client.clone(), target.clone());
+                        let reqs = reqs.clone();
                         async move {
                             let method = req.method().to_string();
                             let path_q = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                            reqs.lock().expect("log").push(format!("{method} {path_q}"));
+                            tokio::time::sleep(delay).await;
                             let injected = {
                                 let mut rules = rules.lock().expect("rules");
                                 let mut hit = None;
@@ -313,7 +327,12 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { port, injected, task }
+        FaultProxy {
+            port,
+            injected,
+            requests,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
