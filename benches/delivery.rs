@@ -1,0 +1,445 @@
+//! The delivery benchmark: the release binary delivers a first import and a
+//! churn day to scim2-server (started plainly: RFC 7643's schemas only)
+//! through a proxy in this process that plays the network and the target's
+//! limits — a round trip of 0, 50 or 100 ms and at most 32 requests at once
+//! (more wait in its queue), or R requests per second with 429 and
+//! `Retry-After: 1` above that.
+//!
+//!     cargo bench --bench delivery -- [--size 10000] [--rate 200]
+//!         [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
+//!     cargo bench --bench delivery -- --smoke     (the test command's check)
+//!
+//! The delivery time is the proxy's: from the first request after discovery
+//! to the last answer. The floor replays the very requests the sync sent
+//! (taken from the proxy's log, `If-Match` left out) with a plain HTTP
+//! client at the target's 32 at once, through the same proxy settings, to
+//! the same kind of server: a fresh one for a first import, the same one
+//! for a churn day. No figure is asserted: this is a benchmark.
+
+#[path = "../tests/common/peers.rs"]
+#[allow(dead_code)]
+mod peers;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use afas_sync::afas::token::AppToken;
+use afas_sync::emulator::data::{churn, generate};
+use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState};
+use http_body_util::{BodyExt, Full};
+use jiff::civil::Date;
+
+const TOKEN_HEX: &str = "610C51AE2FFE4B2C8E33D5A5EB163E12735C72A44D98C278C5E7B5B560079BC1";
+const SEED: u64 = 42;
+/// What the target takes at once.
+const TARGET_CONCURRENCY: usize = 32;
+const DISCOVERY: [&str; 3] = ["/ServiceProviderConfig", "/ResourceTypes", "/Schemas"];
+
+#[derive(Clone, Copy)]
+enum Limit {
+    /// At most this many at once; the rest wait.
+    Concurrent(usize),
+    /// This many per second; above it 429 with `Retry-After: 1`.
+    Rate(u32),
+}
+
+#[derive(Clone)]
+struct Logged {
+    method: String,
+    path_q: String,
+    body: bytes::Bytes,
+    at: Instant,
+    answered: Instant,
+}
+
+struct Proxy {
+    port: u16,
+    target: String,
+    log: Arc<Mutex<Vec<Logged>>>,
+    throttled: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Requests per second as a sliding one-second window.
+struct Window(Mutex<VecDeque<Instant>>, u32);
+
+impl Window {
+    fn admit(&self) -> bool {
+        let now = Instant::now();
+        let Ok(mut q) = self.0.lock() else { return false };
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            q.pop_front();
+        }
+        if q.len() as u32 >= self.1 {
+            return false;
+        }
+        q.push_back(now);
+        true
+    }
+}
+
+async fn start_proxy(target: String, rtt: Duration, limit: Limit) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let throttled = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(tokio::sync::Semaphore::new(match limit {
+        Limit::Concurrent(n) => n,
+        Limit::Rate(_) => tokio::sync::Semaphore::MAX_PERMITS,
+    }));
+    let window = Arc::new(Window(
+        Mutex::new(VecDeque::new()),
+        match limit {
+            Limit::Rate(r) => r,
+            Limit::Concurrent(_) => u32::MAX,
+        },
+    ));
+    let client = reqwest::Client::new();
+    let (log2, thr, target2) = (log.clone(), throttled.clone(), target.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, thr, slots, window, client, target) = (
+                log2.clone(),
+                thr.clone(),
+                slots.clone(),
+                window.clone(),
+                client.clone(),
+                target2.clone(),
+            );
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (log, thr, slots, window, client, target) = (
+                        log.clone(),
+                        thr.clone(),
+                        slots.clone(),
+                        window.clone(),
+                        client.clone(),
+                        target.clone(),
+                    );
+                    async move {
+                        let at = Instant::now();
+                        let method = req.method().to_string();
+                        let path_q = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                        let headers = req.headers().clone();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        if !window.admit() {
+                            thr.fetch_add(1, Ordering::Relaxed);
+                            let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+                            *resp.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+                            resp.headers_mut()
+                                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+                            return Ok::<_, std::io::Error>(resp);
+                        }
+                        let _slot = slots.acquire().await;
+                        tokio::time::sleep(rtt / 2).await;
+                        let mut fwd = client
+                            .request(method.parse().expect("method"), format!("{target}{path_q}"))
+                            .body(body.clone());
+                        for (k, v) in headers.iter() {
+                            if k != "host" && k != "content-length" {
+                                fwd = fwd.header(k, v);
+                            }
+                        }
+                        let (status, rh, bytes) = match fwd.send().await {
+                            Ok(r) => {
+                                let (s, h) = (r.status(), r.headers().clone());
+                                (s, h, r.bytes().await.unwrap_or_default())
+                            }
+                            Err(_) => (hyper::StatusCode::BAD_GATEWAY, Default::default(), Default::default()),
+                        };
+                        tokio::time::sleep(rtt / 2).await;
+                        let answered = Instant::now();
+                        if let Ok(mut l) = log.lock() {
+                            l.push(Logged {
+                                method,
+                                path_q,
+                                body,
+                                at,
+                                answered,
+                            });
+                        }
+                        let mut out = hyper::Response::new(Full::new(bytes));
+                        *out.status_mut() = status;
+                        for (k, v) in rh.iter() {
+                            if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+                                out.headers_mut().insert(k, v.clone());
+                            }
+                        }
+                        Ok(out)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Proxy {
+        port,
+        target,
+        log,
+        throttled,
+        task,
+    }
+}
+
+impl Proxy {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The requests after discovery, and the time from the first to the
+    /// last answer.
+    fn work(&self) -> (Vec<Logged>, Duration) {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        let work: Vec<Logged> = log
+            .into_iter()
+            .filter(|l| !DISCOVERY.iter().any(|d| l.path_q.contains(d)))
+            .collect();
+        let start = work.iter().map(|l| l.at).min();
+        let end = work.iter().map(|l| l.answered).max();
+        let took = match (start, end) {
+            (Some(s), Some(e)) => e.duration_since(s),
+            _ => Duration::ZERO,
+        };
+        (work, took)
+    }
+}
+
+/// The floor: the same requests from a plain client, `concurrency` at once.
+async fn replay(proxy_url: &str, requests: &[Logged], concurrency: usize) -> Duration {
+    let client = reqwest::Client::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in requests {
+        let (client, slots, r, base) = (client.clone(), slots.clone(), r.clone(), proxy_url.to_string());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let _ = client
+                .request(r.method.parse().expect("method"), format!("{base}{}", r.path_q))
+                .bearer_auth(peers::SCIM_TOKEN)
+                .header("content-type", "application/scim+json")
+                .body(r.body.clone())
+                .send()
+                .await
+                .map(|resp| resp.bytes());
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    started.elapsed()
+}
+
+struct Args {
+    size: u64,
+    rate: u32,
+    binary: Option<PathBuf>,
+    smoke: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        size: 10_000,
+        rate: 200,
+        binary: None,
+        smoke: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
+            "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--binary" => a.binary = Some(PathBuf::from(value()?)),
+            "--smoke" => {
+                a.smoke = true;
+                a.size = 300;
+            }
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    // `cargo test --all-targets` runs this target without `--bench`: a
+    // compile check there; the test command runs `--smoke` explicitly.
+    let argv: Vec<String> = std::env::args().collect();
+    if !argv.iter().any(|a| a == "--bench" || a == "--smoke") {
+        eprintln!("delivery benchmark: run with `cargo bench --bench delivery` (see the file's header)");
+        return;
+    }
+    if let Err(e) = real_main() {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Setting {
+    name: String,
+    rtt: Duration,
+    limit: Limit,
+}
+
+fn real_main() -> Result<(), String> {
+    let a = args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let token = AppToken::parse(TOKEN_HEX).map_err(|e| e.to_string())?;
+    let state = EmulatorState::new(vec![("bench".into(), Default::default())], AuthSetup::token(token));
+    let emulator = rt
+        .block_on(Emulator::start_local(state.clone()))
+        .map_err(|e| e.to_string())?;
+    let day0 = Date::new(2026, 11, 24).map_err(|e| e.to_string())?;
+    let day1 = Date::new(2026, 11, 25).map_err(|e| e.to_string())?;
+    let binary = a
+        .binary
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_afas-sync")));
+    let mut settings: Vec<Setting> = [0u64, 50, 100]
+        .iter()
+        .map(|ms| Setting {
+            name: format!("{ms} ms, {TARGET_CONCURRENCY} at once"),
+            rtt: Duration::from_millis(*ms),
+            limit: Limit::Concurrent(TARGET_CONCURRENCY),
+        })
+        .collect();
+    settings.push(Setting {
+        name: format!("50 ms, {} per second", a.rate),
+        rtt: Duration::from_millis(50),
+        limit: Limit::Rate(a.rate),
+    });
+    if a.smoke {
+        settings.truncate(1);
+    }
+    println!(
+        "Command: `cargo bench --bench delivery -- {}`\nDate: {}\n\n| target | day | mutations | requests | requests / mutation | 429 | time | mutations / s | floor | time / floor |\n|---|---|---|---|---|---|---|---|---|---|",
+        std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
+        jiff::Zoned::now().date(),
+    );
+    for s in &settings {
+        let mut ds = generate(SEED, a.size, day0);
+        state.set_data(ds.clone());
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut scim = rt.block_on(peers::ScimPeer::start());
+        let proxy = rt.block_on(start_proxy(scim.url(), s.rtt, s.limit));
+        let cfg = config(dir.path(), &emulator.base_url(), &proxy.url())?;
+        let first = measure_day(&rt, &binary, &cfg, day0, &proxy, s, "first import", true)?;
+        println!("{first}");
+        churn(&mut ds, 7, day1, 0, a.size / 100, a.size / 10);
+        state.set_data(ds);
+        proxy.log.lock().map_err(|_| "log")?.clear();
+        proxy.throttled.store(0, Ordering::Relaxed);
+        let day = measure_day(&rt, &binary, &cfg, day1, &proxy, s, "churn day", false)?;
+        println!("{day}");
+        rt.block_on(scim.stop());
+    }
+    Ok(())
+}
+
+fn config(dir: &std::path::Path, afas: &str, scim: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, secret) in [("afas-token", TOKEN_HEX), ("scim-token", peers::SCIM_TOKEN)] {
+        std::fs::write(dir.join(name), secret).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    }
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\n\n[delivery]\nsync_wait_secs = 3600\n\n[sink.scim]\nurl = \"{scim}\"\ntoken_file = \"scim-token\"\n",
+        dir.join("state.redb").display()
+    );
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_day(
+    rt: &tokio::runtime::Runtime,
+    binary: &PathBuf,
+    cfg: &std::path::Path,
+    day: Date,
+    proxy: &Proxy,
+    s: &Setting,
+    what: &str,
+    fresh_floor: bool,
+) -> Result<String, String> {
+    let out = Command::new(binary)
+        .arg("--config")
+        .arg(cfg)
+        .args(["--log-level", "warn", "sync", "--as-of", &day.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !matches!(out.status.code(), Some(0) | Some(4)) {
+        return Err(format!(
+            "sync exited {:?}: {stdout}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mutations: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("delivery: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("no delivery line: {stdout}"))?;
+    let all = proxy.log.lock().map(|l| l.len()).unwrap_or(0);
+    let (work, took) = proxy.work();
+    let throttled = proxy.throttled.load(Ordering::Relaxed);
+    // The floor: a fresh server for creates; the same one for updates.
+    let replayed: Vec<Logged> = work.iter().filter(|l| l.method != "GET").cloned().collect();
+    let floor = match s.limit {
+        // What the target allows is the floor itself.
+        Limit::Rate(r) => Duration::from_secs_f64(work.len() as f64 / f64::from(r.max(1))),
+        Limit::Concurrent(n) => rt.block_on(async {
+            let mut fresh = if fresh_floor {
+                Some(peers::ScimPeer::start().await)
+            } else {
+                None
+            };
+            let target = fresh.as_ref().map_or_else(|| proxy.target.clone(), |p| p.url());
+            let floor_proxy = start_proxy(target, s.rtt, s.limit).await;
+            let took = replay(&floor_proxy.url(), &replayed, n).await;
+            if let Some(p) = fresh.as_mut() {
+                p.stop().await;
+            }
+            took
+        }),
+    };
+    let secs = took.as_secs_f64().max(0.001);
+    Ok(format!(
+        "| {} | {what} | {mutations} | {all} | {:.3} | {throttled} ({:.1} %) | {:.1} s | {:.0} | {:.1} s | {:.2} |",
+        s.name,
+        all as f64 / mutations.max(1) as f64,
+        throttled as f64 * 100.0 / all.max(1) as f64,
+        secs,
+        mutations as f64 / secs,
+        floor.as_secs_f64(),
+        secs / floor.as_secs_f64().max(0.001),
+    ))
+}
