@@ -17,7 +17,6 @@
 //! for a churn day. No figure is asserted: this is a benchmark.
 
 #[path = "../tests/common/peers.rs"]
-#[allow(dead_code)]
 mod peers;
 
 use std::collections::VecDeque;
