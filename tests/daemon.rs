@@ -105,6 +105,7 @@ async fn the_daemon_runs_on_schedule_answers_while_running_and_stops_cleanly() {
         "afas_sync_afas_requests_total{connector=\"Profit_Employees_Alleo\",status=\"200\"}",
         "afas_sync_afas_request_duration_seconds_bucket",
         "afas_sync_outbox_pending{sink=\"files\"} 0",
+        "afas_sync_delivery_concurrency{sink=\"files\"}",
     ] {
         assert!(metrics.contains(series), "missing {series} in\n{metrics}");
     }

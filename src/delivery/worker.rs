@@ -237,20 +237,28 @@ async fn pass_over(
     let mut refused = Vec::new();
     let mut tick = tokio::time::interval(RECORD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            h = rx.recv() => match h {
-                Some(Handled::Result(seq, r)) => {
-                    recorder.batch.push((seq, r));
-                    if recorder.batch.len() >= RECORD_BATCH {
-                        recorder.flush().await?;
+    let recorded: Result<(), DeliveryError> = async {
+        loop {
+            tokio::select! {
+                h = rx.recv() => match h {
+                    Some(Handled::Result(seq, r)) => {
+                        recorder.batch.push((seq, r));
+                        if recorder.batch.len() >= RECORD_BATCH {
+                            recorder.flush().await?;
+                        }
                     }
-                }
-                Some(r @ Handled::Refused(..)) => refused.push(r),
-                None => break,
-            },
-            _ = tick.tick() => recorder.flush().await?,
+                    Some(r @ Handled::Refused(..)) => refused.push(r),
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => recorder.flush().await?,
+            }
         }
+    }
+    .await;
+    if let Err(e) = recorded {
+        // Nothing more is delivered that could not be recorded.
+        driver.abort();
+        return Err(e);
     }
     driver.await.map_err(|e| DeliveryError::Task(e.to_string()))??;
     Ok(SinkOutcome {
