@@ -5,8 +5,10 @@
 //! (more wait in its queue), or R requests per second with 429 and
 //! `Retry-After: 1` above that.
 //!
-//!     cargo bench --bench delivery -- [--size 10000] [--rate 200]
+//!     cargo bench --bench delivery -- [--size 10000] [--rate 200] [--rtt 100]
 //!         [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
+//!
+//! `--rtt MS` runs only the 32-at-once target at that round trip.
 //!     cargo bench --bench delivery -- --smoke     (the test command's check)
 //!
 //! The delivery time is the proxy's: from the first request after discovery
@@ -60,6 +62,8 @@ struct Proxy {
     target: String,
     log: Arc<Mutex<Vec<Logged>>>,
     throttled: Arc<AtomicU64>,
+    /// TCP connections accepted: few means the client keeps them alive.
+    connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -108,11 +112,14 @@ async fn start_proxy(target: String, rtt: Duration, limit: Limit) -> Proxy {
     ));
     let client = reqwest::Client::new();
     let (log2, thr, target2) = (log.clone(), throttled.clone(), target.clone());
+    let connections = Arc::new(AtomicU64::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::Relaxed);
             let (log, thr, slots, window, client, target) = (
                 log2.clone(),
                 thr.clone(),
@@ -199,6 +206,7 @@ async fn start_proxy(target: String, rtt: Duration, limit: Limit) -> Proxy {
         target,
         log,
         throttled,
+        connections,
         task,
     }
 }
@@ -253,6 +261,7 @@ async fn replay(proxy_url: &str, requests: &[Logged], concurrency: usize) -> Dur
 struct Args {
     size: u64,
     rate: u32,
+    rtt: Option<u64>,
     binary: Option<PathBuf>,
     smoke: bool,
 }
@@ -261,6 +270,7 @@ fn args() -> Result<Args, String> {
     let mut a = Args {
         size: 10_000,
         rate: 200,
+        rtt: None,
         binary: None,
         smoke: false,
     };
@@ -270,6 +280,7 @@ fn args() -> Result<Args, String> {
         match arg.as_str() {
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--rtt" => a.rtt = Some(value()?.parse().map_err(|e| format!("--rtt: {e}"))?),
             "--binary" => a.binary = Some(PathBuf::from(value()?)),
             "--smoke" => {
                 a.smoke = true;
@@ -333,11 +344,18 @@ fn real_main() -> Result<(), String> {
         rtt: Duration::from_millis(50),
         limit: Limit::Rate(a.rate),
     });
+    if let Some(ms) = a.rtt {
+        settings = vec![Setting {
+            name: format!("{ms} ms, {TARGET_CONCURRENCY} at once"),
+            rtt: Duration::from_millis(ms),
+            limit: Limit::Concurrent(TARGET_CONCURRENCY),
+        }];
+    }
     if a.smoke {
         settings.truncate(1);
     }
     println!(
-        "Command: `cargo bench --bench delivery -- {}`\nDate: {}\n\n| target | day | mutations | requests | requests / mutation | 429 | time | mutations / s | floor | time / floor |\n|---|---|---|---|---|---|---|---|---|---|",
+        "Command: `cargo bench --bench delivery -- {}`\nDate: {}\n\n| target | day | mutations | requests | requests / mutation | 429 | connections | time | mutations / s | floor | time / floor |\n|---|---|---|---|---|---|---|---|---|---|---|",
         std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
         jiff::Zoned::now().date(),
     );
@@ -350,10 +368,12 @@ fn real_main() -> Result<(), String> {
         let cfg = config(dir.path(), &emulator.base_url(), &proxy.url())?;
         let first = measure_day(&rt, &binary, &cfg, day0, &proxy, s, "first import", true)?;
         println!("{first}");
-        churn(&mut ds, 7, day1, 0, a.size / 100, a.size / 10);
+        // About 1 % leavers and 8 % movers.
+        churn(&mut ds, 7, day1, 0, a.size / 1000, a.size / 100);
         state.set_data(ds);
         proxy.log.lock().map_err(|_| "log")?.clear();
         proxy.throttled.store(0, Ordering::Relaxed);
+        proxy.connections.store(0, Ordering::Relaxed);
         let day = measure_day(&rt, &binary, &cfg, day1, &proxy, s, "churn day", false)?;
         println!("{day}");
         rt.block_on(scim.stop());
@@ -369,7 +389,7 @@ fn config(dir: &std::path::Path, afas: &str, scim: &str) -> Result<PathBuf, Stri
     }
     let path = dir.join("config.toml");
     let text = format!(
-        "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\n\n[delivery]\nsync_wait_secs = 3600\n\n[sink.scim]\nurl = \"{scim}\"\ntoken_file = \"scim-token\"\n",
+        "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\nmax_leavers_percent = 100.0\n\n[delivery]\nsync_wait_secs = 3600\n\n[sink.scim]\nurl = \"{scim}\"\ntoken_file = \"scim-token\"\n",
         dir.join("state.redb").display()
     );
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
@@ -432,10 +452,11 @@ fn measure_day(
     };
     let secs = took.as_secs_f64().max(0.001);
     Ok(format!(
-        "| {} | {what} | {mutations} | {all} | {:.3} | {throttled} ({:.1} %) | {:.1} s | {:.0} | {:.1} s | {:.2} |",
+        "| {} | {what} | {mutations} | {all} | {:.3} | {throttled} ({:.1} %) | {} | {:.1} s | {:.0} | {:.1} s | {:.2} |",
         s.name,
         all as f64 / mutations.max(1) as f64,
         throttled as f64 * 100.0 / all.max(1) as f64,
+        proxy.connections.load(Ordering::Relaxed),
         secs,
         mutations as f64 / secs,
         floor.as_secs_f64(),

@@ -509,7 +509,8 @@ pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreErro
 }
 
 /// Delivers until the outbox is empty, every sink is down, or `wait` has
-/// passed. Returns the last pass's report.
+/// passed. Returns what all passes delivered and dead-lettered, and the
+/// last pass's view of what is left.
 pub async fn deliver_until_done(
     config: &Config,
     store: &Arc<Store>,
@@ -518,10 +519,15 @@ pub async fn deliver_until_done(
 ) -> Result<PassReport, DeliveryError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut force = true;
+    let (mut delivered, mut dead_lettered) = (0, 0);
     loop {
         let now = jiff::Timestamp::now().as_second();
-        let report = deliver_pass(config, store, sinks, now, force).await?;
+        let mut report = deliver_pass(config, store, sinks, now, force).await?;
         force = false;
+        delivered += report.delivered;
+        dead_lettered += report.dead_lettered;
+        report.delivered = delivered;
+        report.dead_lettered = dead_lettered;
         if report.pending == 0 || report.down.len() == sinks.len() {
             return Ok(report);
         }

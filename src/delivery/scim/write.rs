@@ -138,42 +138,13 @@ impl ScimSink {
         version: Option<&str>,
         user: &Value,
     ) -> Result<Wrote, SinkError> {
-        let etag = ready.target.caps.etag;
-        let mut version = version.map(str::to_string);
-        for _ in 0..3 {
-            if etag && version.is_none() {
-                match self.version(id).await? {
-                    Some(v) => version = v,
-                    None => return Ok(Wrote::Gone),
-                }
-            }
-            let a = self
-                .send(
-                    Method::PUT,
-                    self.url(&["Users", id]),
-                    Some(user),
-                    if etag { version.as_deref() } else { None },
-                )
-                .await?;
-            match self.written(&a, "replace").await {
-                Some(done) => {
-                    if let Ok(Wrote::Done(v)) = &done {
-                        self.remember(None, id, v.as_deref());
-                    }
-                    return done;
-                }
-                None => version = None,
-            }
-        }
-        Err(SinkError::Retry {
-            reason: "the user kept changing at the SCIM server (412 three times)".into(),
-            after: None,
-        })
+        self.write_versioned(ready, Method::PUT, id, user, version.map(str::to_string), "replace")
+            .await
     }
 
     /// PATCH with `If-Match` when the server has ETags: the version from
-    /// the last answer about this user (`known`, else this sink's memory),
-    /// read first only when none is known; a 412 reads it again.
+    /// the last answer about this user (this sink's memory, else `known`
+    /// from the state file), read first only when none is known.
     pub(super) async fn patch(
         &self,
         ready: &Ready,
@@ -181,9 +152,25 @@ impl ScimSink {
         ops: Vec<Value>,
         known: Option<&str>,
     ) -> Result<Wrote, SinkError> {
-        let etag = ready.target.caps.etag;
         let body = json!({"schemas": [PATCH_URN], "Operations": ops});
-        let mut version = self.known_version(id).or(known.map(str::to_string));
+        let version = self.known_version(id).or(known.map(str::to_string));
+        self.write_versioned(ready, Method::PATCH, id, &body, version, "patch")
+            .await
+    }
+
+    /// One write of user `id`; with ETags it carries `If-Match` (read
+    /// first when no version is known), and a stale version (412) is read
+    /// again, a bounded number of times.
+    async fn write_versioned(
+        &self,
+        ready: &Ready,
+        method: Method,
+        id: &str,
+        body: &Value,
+        mut version: Option<String>,
+        what: &str,
+    ) -> Result<Wrote, SinkError> {
+        let etag = ready.target.caps.etag;
         for _ in 0..3 {
             if etag && version.is_none() {
                 match self.version(id).await? {
@@ -193,13 +180,13 @@ impl ScimSink {
             }
             let a = self
                 .send(
-                    Method::PATCH,
+                    method.clone(),
                     self.url(&["Users", id]),
-                    Some(&body),
+                    Some(body),
                     if etag { version.as_deref() } else { None },
                 )
                 .await?;
-            match self.written(&a, "patch").await {
+            match self.written(&a, what).await {
                 Some(done) => {
                     if let Ok(Wrote::Done(v)) = &done {
                         self.remember(None, id, v.as_deref());
