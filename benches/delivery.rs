@@ -8,7 +8,8 @@
 //!     cargo bench --bench delivery -- [--size 10000] [--rate 200] [--rtt 100]
 //!         [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
 //!
-//! `--rtt MS` runs only the 32-at-once target at that round trip.
+//! `--rtt MS` runs only the 32-at-once target at that round trip;
+//! `--only-rate` only the rate-limited one.
 //!     cargo bench --bench delivery -- --smoke     (the test command's check)
 //!
 //! The delivery time is the proxy's: from the first request after discovery
@@ -262,6 +263,7 @@ struct Args {
     size: u64,
     rate: u32,
     rtt: Option<u64>,
+    only_rate: bool,
     binary: Option<PathBuf>,
     smoke: bool,
 }
@@ -271,6 +273,7 @@ fn args() -> Result<Args, String> {
         size: 10_000,
         rate: 200,
         rtt: None,
+        only_rate: false,
         binary: None,
         smoke: false,
     };
@@ -281,6 +284,7 @@ fn args() -> Result<Args, String> {
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
             "--rtt" => a.rtt = Some(value()?.parse().map_err(|e| format!("--rtt: {e}"))?),
+            "--only-rate" => a.only_rate = true,
             "--binary" => a.binary = Some(PathBuf::from(value()?)),
             "--smoke" => {
                 a.smoke = true;
@@ -350,6 +354,9 @@ fn real_main() -> Result<(), String> {
             rtt: Duration::from_millis(ms),
             limit: Limit::Concurrent(TARGET_CONCURRENCY),
         }];
+    }
+    if a.only_rate {
+        settings.retain(|s| matches!(s.limit, Limit::Rate(_)));
     }
     if a.smoke {
         settings.truncate(1);

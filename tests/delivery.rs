@@ -566,7 +566,10 @@ async fn a_stale_version_412_is_read_again_and_retried_later_when_it_persists() 
     let text = std::fs::read_to_string(&env.cfg).expect("config");
     std::fs::write(
         &env.cfg,
-        text.replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1"),
+        // One request at a time and each change its own request (no Bulk),
+        // so the Nth request of a kind belongs to a known employee.
+        text.replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1")
+            .replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n"),
     )
     .expect("config");
     let (code, out) = env.sync(day0()).await;
@@ -633,7 +636,10 @@ async fn server_errors_lost_answers_timeouts_and_resets_are_retried_without_dupl
     let text = std::fs::read_to_string(&env.cfg).expect("config");
     std::fs::write(
         &env.cfg,
-        text.replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1"),
+        // One request at a time and each change its own request (no Bulk),
+        // so the Nth request of a kind belongs to a known employee.
+        text.replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1")
+            .replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n"),
     )
     .expect("config");
 

@@ -6,6 +6,7 @@ mod common;
 
 use common::peers::*;
 use common::sync_env::*;
+use common::*;
 
 /// Requests that are not discovery (read once per pass, whatever its size).
 fn without_discovery(requests: &[String]) -> Vec<&String> {
@@ -31,7 +32,9 @@ fn delivered(out: &str) -> usize {
 async fn a_first_import_and_a_churn_day_cost_one_request_per_change() {
     let scim = ScimPeer::start().await;
     let proxy = FaultProxy::start(scim.url(), vec![]).await;
-    let env = Env::new(300, &scim_sink(&proxy.url())).await;
+    // Each change its own request: the path to a target without Bulk.
+    let sink = scim_sink(&proxy.url()).replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n");
+    let env = Env::new(300, &sink).await;
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 0, "{out}");
     let requests = proxy.requests.lock().expect("log").clone();
@@ -81,7 +84,9 @@ async fn a_crash_in_the_middle_of_a_first_import_resends_at_most_one_batch() {
     let scim = ScimPeer::start().await;
     // 20 ms per answer at up to 8 at a time: the delivery takes seconds.
     let proxy = FaultProxy::start_slow(scim.url(), vec![], std::time::Duration::from_millis(20)).await;
-    let env = Env::new(1500, &scim_sink(&proxy.url())).await;
+    // Each change its own request: with Bulk a batch is one request.
+    let sink = scim_sink(&proxy.url()).replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n");
+    let env = Env::new(1500, &sink).await;
     let text = std::fs::read_to_string(&env.cfg).expect("config");
     std::fs::write(
         &env.cfg,
@@ -139,4 +144,93 @@ async fn a_crash_in_the_middle_of_a_first_import_resends_at_most_one_batch() {
     assert_server_matches(&scim, &env.snapshot()).await;
     let users = scim.users().await.len();
     assert_eq!(users, env.snapshot().len(), "no user twice");
+}
+
+/// scim2-server announces Bulk; here with 40 operations per request (the
+/// row says so: its default is 1000). Someone else holds one employee's
+/// address at the target: that operation fails inside its Bulk request and
+/// is handled as its single request would be (dead-lettered, naming the
+/// holder); every other change arrives.
+#[tokio::test]
+async fn bulk_carries_a_first_import_and_a_churn_day_and_a_failed_operation_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spc = service_provider_config_with_bulk(dir.path(), true, true, 40);
+    let scim = ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await;
+    let proxy = FaultProxy::start(scim.url(), vec![]).await;
+    let env = Env::new(300, &scim_sink(&proxy.url())).await;
+    let victim = env.emu.state.with_data(|d| {
+        d.connectors["Profit_Employees_Alleo"]
+            .rows
+            .iter()
+            .find(|r| {
+                r["EmploymentEnd"].is_null() && r["Mail"].is_string() && r["AlleoAccess"] == serde_json::json!(true)
+            })
+            .and_then(|r| r["Mail"].as_str().map(str::to_string))
+            .expect("an active employee")
+    });
+    let taken = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": victim, "externalId": "not-from-afas"});
+    assert_eq!(scim.post_user(&taken).await, 201);
+
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 5, "one change refused: {out}");
+    assert!(out.contains("1 dead-lettered"), "{out}");
+    let requests = proxy.requests.lock().expect("log").clone();
+    let work = without_discovery(&requests);
+    let bulks = work.iter().filter(|r| r.starts_with("POST /Bulk")).count();
+    let n = env.snapshot().len();
+    assert_eq!(bulks, n.div_ceil(40), "{n} creates, 40 per request: {work:?}");
+    // The failed one alone: a lookup, its create, the holder's lookup.
+    let alone: Vec<_> = work
+        .iter()
+        .filter(|r| !r.starts_with("POST /Bulk") && !r.contains("/Users?attributes"))
+        .collect();
+    assert!(alone.len() <= 4, "{alone:?}");
+    let users = scim.users().await;
+    assert_eq!(users.len(), n, "every employee but the refused one, and the holder");
+    assert!(
+        users
+            .iter()
+            .filter(|u| u["userName"] == serde_json::json!(victim))
+            .count()
+            == 1,
+        "the address stays with its holder"
+    );
+
+    // A churn day: PATCHes in Bulk requests, with the kept versions.
+    proxy.requests.lock().expect("log").clear();
+    let d1 = next(day0(), 1);
+    env.emu.state.with_data(|d| {
+        afas_sync::emulator::data::churn(d, 5, d1, 0, 15, 120);
+    });
+    let (code, out) = env.sync(d1).await;
+    assert!(code == 0 || code == 5, "{out}");
+    let requests = proxy.requests.lock().expect("log").clone();
+    let work = without_discovery(&requests);
+    let changes = delivered(&out);
+    assert!(changes >= 20, "{out}");
+    let bulks = work.iter().filter(|r| r.starts_with("POST /Bulk")).count();
+    assert!(
+        bulks <= changes.div_ceil(40) + 1,
+        "{bulks} Bulk requests for {changes} changes: {work:?}"
+    );
+    assert!(
+        !work
+            .iter()
+            .any(|r| r.starts_with("PATCH /Users/") || r.starts_with("GET /Users/")),
+        "no single reads or writes: {work:?}"
+    );
+    // The admin frees the address at the target and retries: the target
+    // then matches the snapshot exactly.
+    let holder = scim
+        .users()
+        .await
+        .into_iter()
+        .find(|u| u["externalId"] == "not-from-afas")
+        .expect("holder");
+    scim.delete_user(holder["id"].as_str().expect("id")).await;
+    let (code, out, _) = run_bin(&["--config", &env.cfg, "outbox", "retry"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = env.sync(d1).await;
+    assert!(code == 0 || code == 4, "{out}");
+    assert_server_matches(&scim, &env.snapshot()).await;
 }

@@ -42,6 +42,13 @@ pub(super) struct RawScim {
     attributes: BTreeMap<String, AttrTargets>,
     #[serde(default = "default_released_user_name")]
     released_user_name: String,
+    /// Use SCIM Bulk where the target announces it.
+    #[serde(default = "default_true")]
+    bulk: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One attribute path, several, or none (`[]` or `""`: not sent).
@@ -85,6 +92,9 @@ pub struct ScimConfig {
     /// The `userName` a user gets when its value must be freed for another
     /// employee (`{key}` = the AFAS employee key).
     pub released_user_name: String,
+    /// Changes travel in SCIM Bulk requests where the target announces
+    /// them (`bulk.supported`).
+    pub bulk: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +250,7 @@ fn validate_scim(r: RawScim, base_dir: &Path, warnings: &mut Vec<String>) -> Res
         timeout: std::time::Duration::from_secs(r.timeout_secs),
         attributes,
         released_user_name: r.released_user_name,
+        bulk: r.bulk,
     })
 }
 

@@ -6,6 +6,12 @@
 //!
 //! The limit is a semaphore whose permits are added as it grows and
 //! forgotten as it shrinks (a permit in use is forgotten when it returns).
+//!
+//! A 429 also says the target counts requests per time, which fewer at once
+//! does not fix when its answers are fast: the sink then paces itself at
+//! nine tenths of what it sent in the second before (lower again after
+//! another 429, at most once a second), and probes 2 % higher each quiet
+//! second.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +32,70 @@ pub struct Limiter {
     max: usize,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
+    pace: Mutex<Pace>,
+}
+
+/// Requests per second, once a 429 asked for fewer.
+struct Pace {
+    /// Starts of the last second.
+    starts: std::collections::VecDeque<Instant>,
+    /// The rate kept to, when one is.
+    rate: Option<f64>,
+    tokens: f64,
+    refilled: Instant,
+    last_cut: Option<Instant>,
+    last_probe: Instant,
+}
+
+impl Pace {
+    /// Takes a start now, or says how long to wait for one.
+    fn take(&mut self, now: Instant) -> Option<Duration> {
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.starts.pop_front();
+        }
+        if let Some(rate) = self.rate {
+            if now.duration_since(self.last_probe) >= Duration::from_secs(1)
+                && self
+                    .last_cut
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.rate = Some(rate * 1.02);
+                self.last_probe = now;
+            }
+            let rate = self.rate.unwrap_or(rate);
+            // A burst of a tenth of a second at most.
+            let burst = (rate / 10.0).max(1.0);
+            let elapsed = now.duration_since(self.refilled).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * rate).min(burst);
+            self.refilled = now;
+            if self.tokens < 1.0 {
+                return Some(Duration::from_secs_f64((1.0 - self.tokens) / rate));
+            }
+            self.tokens -= 1.0;
+        }
+        self.starts.push_back(now);
+        None
+    }
+
+    /// A 429: keep below what was sent in the last second.
+    fn throttled(&mut self, now: Instant) {
+        if self
+            .last_cut
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_cut = Some(now);
+        let sent = self.starts.len().max(1) as f64;
+        self.rate = Some(self.rate.map_or(sent, |r| r.min(sent)) * 0.9);
+        self.last_probe = now;
+        self.tokens = 0.0;
+        self.refilled = now;
+    }
 }
 
 struct State {
@@ -47,10 +117,25 @@ struct State {
 pub enum Load {
     /// Answered (delivered or refused) in this time.
     Answered(Duration),
-    /// 429, 503, a timeout: the target asks for less.
+    /// 503, a timeout: the target asks for less.
     Busy,
+    /// 429: the target asks for fewer per time.
+    Throttled,
     /// Nothing to learn (the target is down, the pass stopped).
     Unknown,
+}
+
+impl Load {
+    /// Which of several answers to one request speaks for it: the one that
+    /// asks the most of the limiter.
+    pub fn weight(&self) -> u8 {
+        match self {
+            Load::Unknown => 0,
+            Load::Answered(_) => 1,
+            Load::Busy => 2,
+            Load::Throttled => 3,
+        }
+    }
 }
 
 pub struct Permit {
@@ -100,6 +185,14 @@ impl Limiter {
                 last_cut: None,
                 paused_until: None,
             }),
+            pace: Mutex::new(Pace {
+                starts: Default::default(),
+                rate: None,
+                tokens: 0.0,
+                refilled: Instant::now(),
+                last_cut: None,
+                last_probe: Instant::now(),
+            }),
         });
         l.publish(start);
         l
@@ -121,6 +214,16 @@ impl Limiter {
             }
         }
         let permit = self.permits.clone().acquire_owned().await.ok();
+        loop {
+            let wait = match self.pace.lock() {
+                Ok(mut p) => p.take(Instant::now()),
+                Err(_) => None,
+            };
+            match wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => break,
+            }
+        }
         Permit {
             limiter: self.clone(),
             permit,
@@ -155,6 +258,12 @@ impl Limiter {
         match load {
             Load::Unknown => return,
             Load::Busy => self.cut(&mut s, now, 0.5),
+            Load::Throttled => {
+                if let Ok(mut p) = self.pace.lock() {
+                    p.throttled(now);
+                }
+                self.cut(&mut s, now, 0.5);
+            }
             Load::Answered(took) => {
                 s.samples += 1;
                 s.window_best = Some(s.window_best.map_or(took, |b| b.min(took)));
@@ -257,6 +366,24 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
         assert!(third.is_err(), "a third delivery must wait");
         drop((a, b));
+    }
+
+    #[tokio::test]
+    async fn after_a_429_the_sink_keeps_below_the_rate_it_had_sent() {
+        let l = Limiter::new("test", 64, 64);
+        for _ in 0..100 {
+            l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
+        }
+        // 100 started within the last second; the target said 429.
+        l.acquire().await.done(Load::Throttled);
+        let started = Instant::now();
+        for _ in 0..46 {
+            l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
+        }
+        // ~91 per second (9 as a burst): 46 take about 0.4 s, not 0.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(350), "{took:?}");
+        assert!(took < Duration::from_millis(900), "{took:?}");
     }
 
     #[tokio::test]

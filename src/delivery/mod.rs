@@ -7,6 +7,7 @@
 //! dead-lettered. Sinks make every operation idempotent, so a repeat after
 //! a crash changes nothing at the target.
 
+mod batch;
 mod events;
 pub mod files;
 mod limit;
@@ -35,10 +36,13 @@ pub enum SinkError {
     /// Temporary (5xx, connection): try again later.
     #[error("{reason}")]
     Retry { reason: String, after: Option<Duration> },
-    /// The target asks for less (429, 503, a timeout): the sink slows
-    /// down, waits `after` when given, and tries again.
+    /// The target asks for less (503, a timeout): the sink slows down,
+    /// waits `after` when given, and tries again soon.
     #[error("{reason}")]
     Busy { reason: String, after: Option<Duration> },
+    /// 429: as [`SinkError::Busy`], and the sink paces its requests.
+    #[error("{reason}")]
+    Throttled { reason: String, after: Option<Duration> },
     /// This entry can never succeed as it is (400, 409): dead-letter it.
     #[error("{reason}")]
     Permanent { reason: String },
@@ -59,7 +63,11 @@ pub fn classify(status: u16, after: Option<Duration>, what: &str, detail: &str) 
         401 | 403 => SinkError::Down {
             reason: format!("{what} refused the credentials (HTTP {status}){detail}; check the token or secret file"),
         },
-        408 | 429 | 503 => SinkError::Busy {
+        429 => SinkError::Throttled {
+            reason: format!("{what} answered HTTP {status}{detail}"),
+            after,
+        },
+        408 | 503 => SinkError::Busy {
             reason: format!("{what} answered HTTP {status}{detail}"),
             after,
         },
@@ -123,6 +131,14 @@ impl Sink {
             Sink::Scim(s) => s.deliver(job).await,
             Sink::Webhook(s) => s.deliver(job).await.map(|()| Delivered::default()),
             Sink::Files(s) => s.deliver(job).await.map(|()| Delivered::default()),
+        }
+    }
+
+    /// The SCIM sink, for what only it does (Bulk).
+    pub fn as_scim(&self) -> Option<&scim::ScimSink> {
+        match self {
+            Sink::Scim(s) => Some(s),
+            _ => None,
         }
     }
 

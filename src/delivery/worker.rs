@@ -2,7 +2,7 @@
 //! employee and employees in parallel, with backoff, `Retry-After`, dead
 //! letters, and a sink that stops when its target refuses everything.
 
-use super::limit::{Limiter, Load};
+use super::limit::{Limiter, Load, Permit};
 use super::*;
 
 /// What a pass over the outbox did.
@@ -159,8 +159,8 @@ fn limiter_for(sink: &'static str, c: &crate::config::DeliveryConfig) -> Arc<Lim
 }
 
 /// One sink's pass, shared by its chains' tasks.
-struct SinkPass {
-    sink: Arc<Sink>,
+pub(super) struct SinkPass {
+    pub(super) sink: Arc<Sink>,
     name: &'static str,
     now: i64,
     max_age: i64,
@@ -168,7 +168,7 @@ struct SinkPass {
     /// Why the sink stopped, once it has.
     down: std::sync::Mutex<Option<String>>,
     refusals: std::sync::Mutex<Refusals>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    pub(super) stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a sink's pass did that is settled only when it ends.
@@ -215,17 +215,25 @@ async fn pass_over(
         let first: Vec<&Job> = chains.values().filter_map(|c| c.first()).collect();
         pass.sink.prepare(&first).await;
     }
+    let bulk = match pass.sink.as_scim() {
+        Some(s) if !chains.is_empty() => s.bulk_plan().await,
+        _ => None,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handled>();
     let driver = {
         let pass = pass.clone();
         tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for chain in chains.into_values() {
-                let (pass, tx) = (pass.clone(), tx.clone());
-                tasks.spawn(async move { run_chain_of(&pass, chain, &tx).await });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r.map_err(|e| DeliveryError::Task(e.to_string()))?;
+            if let Some(plan) = bulk {
+                super::batch::rounds(&pass, plan, chains.into_values().collect(), &tx).await?;
+            } else {
+                let mut tasks = tokio::task::JoinSet::new();
+                for chain in chains.into_values() {
+                    let (pass, tx) = (pass.clone(), tx.clone());
+                    tasks.spawn(async move { run_chain_of(&pass, chain, &tx).await });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r.map_err(|e| DeliveryError::Task(e.to_string()))?;
+                }
             }
             // The first entry of a waiting chain holds the later ones back.
             if let Some(chain) = run_chain {
@@ -269,37 +277,68 @@ async fn pass_over(
 }
 
 /// Delivers one employee's entries in order, until one must wait.
-async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>, out: &tokio::sync::mpsc::UnboundedSender<Handled>) {
-    let mut stop = pass.stop.clone();
+async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>, out: &Out) {
     for job in chain {
-        if pass.down.lock().map(|d| d.is_some()).unwrap_or(true) || *stop.borrow() {
-            break;
-        }
-        let permit = tokio::select! {
-            p = pass.limiter.acquire() => p,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        if pass.down.lock().map(|d| d.is_some()).unwrap_or(true) {
-            break;
-        }
-        let delivered = tokio::select! {
-            r = pass.sink.deliver(&job) => r,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let load = match &delivered {
-            Ok(_) | Err(SinkError::Permanent { .. }) => Load::Answered(permit.elapsed()),
-            Err(SinkError::Busy { .. }) => Load::Busy,
-            Err(_) => Load::Unknown,
-        };
-        permit.done(load);
-        let (handled, go_on) = handled(pass, job, delivered);
-        if let Some(h) = handled {
-            let _ = out.send(h);
-        }
-        if !go_on {
+        if !deliver_one(pass, job, out).await {
             break;
         }
     }
+}
+
+pub(super) type Out = tokio::sync::mpsc::UnboundedSender<Handled>;
+
+/// True while the pass may go on: no SIGTERM, the sink not stopped.
+pub(super) fn going(pass: &SinkPass) -> bool {
+    !*pass.stop.borrow() && pass.down.lock().map(|d| d.is_none()).unwrap_or(false)
+}
+
+/// A slot from the sink's limiter, unless the pass stops first.
+pub(super) async fn slot(pass: &SinkPass) -> Option<Permit> {
+    let mut stop = pass.stop.clone();
+    let permit = tokio::select! {
+        p = pass.limiter.acquire() => p,
+        _ = stop.wait_for(|s| *s) => return None,
+    };
+    going(pass).then_some(permit)
+}
+
+/// What a delivery's outcome says about the target's load.
+pub(super) fn load_of(r: &Result<Delivered, SinkError>, took: Duration) -> Load {
+    match r {
+        Ok(_) | Err(SinkError::Permanent { .. }) => Load::Answered(took),
+        Err(SinkError::Throttled { .. }) => Load::Throttled,
+        Err(SinkError::Busy { .. }) => Load::Busy,
+        Err(_) => Load::Unknown,
+    }
+}
+
+/// Delivers one entry and reports it; true when the employee's next entry
+/// may follow.
+async fn deliver_one(pass: &SinkPass, job: Job, out: &Out) -> bool {
+    if !going(pass) {
+        return false;
+    }
+    let Some(permit) = slot(pass).await else {
+        return false;
+    };
+    let mut stop = pass.stop.clone();
+    let delivered = tokio::select! {
+        r = pass.sink.deliver(&job) => r,
+        _ = stop.wait_for(|s| *s) => return false,
+    };
+    let took = permit.elapsed();
+    permit.done(load_of(&delivered, took));
+    report(pass, job, delivered, out)
+}
+
+/// Sends what a delivery means for its entry to the recorder; true when
+/// the employee's next entry may follow.
+pub(super) fn report(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>, out: &Out) -> bool {
+    let (handled, go_on) = handled(pass, job, delivered);
+    if let Some(h) = handled {
+        let _ = out.send(h);
+    }
+    go_on
 }
 
 /// What one delivery's outcome means for its entry, and whether the
@@ -339,7 +378,7 @@ fn handled(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>) -
         Err(SinkError::Retry { reason, after }) => {
             (Some(retry_later(pass, job.seq, job.entry, reason, after, false)), false)
         }
-        Err(SinkError::Busy { reason, after }) => {
+        Err(SinkError::Busy { reason, after } | SinkError::Throttled { reason, after }) => {
             crate::metrics::metrics()
                 .delivery_throttled
                 .get_or_create(&crate::metrics::SinkLabels { sink: pass.name.into() })

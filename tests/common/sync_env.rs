@@ -157,12 +157,23 @@ pub fn not_delivered(check: &str) -> String {
 /// A ServiceProviderConfig file for scim2-server with PATCH and ETags as
 /// given (a row that switches a feature off says so by calling this).
 pub fn service_provider_config(dir: &std::path::Path, patch: bool, etag: bool) -> PathBuf {
+    service_provider_config_with_bulk(dir, patch, etag, 0)
+}
+
+/// As [`service_provider_config`], with Bulk of at most `bulk_operations`
+/// per request (0: no Bulk).
+pub fn service_provider_config_with_bulk(
+    dir: &std::path::Path,
+    patch: bool,
+    etag: bool,
+    bulk_operations: u32,
+) -> PathBuf {
     let spc = dir.join("spc.json");
     std::fs::write(
         &spc,
         json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-            "patch": {"supported": patch}, "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+            "patch": {"supported": patch}, "bulk": {"supported": bulk_operations > 0, "maxOperations": bulk_operations, "maxPayloadSize": 1_048_576},
             "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
             "sort": {"supported": false}, "etag": {"supported": etag},
             "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]

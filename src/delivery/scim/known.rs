@@ -94,6 +94,10 @@ impl ScimSink {
         }
     }
 
+    pub(super) fn forget_version(&self, id: &str) {
+        self.memory().versions.remove(id);
+    }
+
     pub(super) fn trying_to_create(&self, key: &str) {
         self.memory().ask.insert(key.to_string());
     }

@@ -463,6 +463,8 @@ mod tests {
         patch: true,
         etag: true,
         max_results: 0,
+        bulk_max_operations: 0,
+        bulk_max_payload: 0,
     };
 
     fn rfc_target(enterprise: bool) -> Target {

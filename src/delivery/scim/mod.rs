@@ -7,6 +7,7 @@
 //! create never makes a duplicate); an update that meets a 404 (the server
 //! lost the user) looks up again and re-creates.
 
+pub mod bulk;
 mod check;
 mod conflict;
 mod known;
@@ -51,6 +52,7 @@ pub struct ScimSink {
     deprovision: Deprovision,
     attributes: BTreeMap<String, Vec<String>>,
     released_user_name: String,
+    bulk: bool,
     /// Who holds a value: the snapshot and this sink's target ids.
     store: Option<Arc<Store>>,
     /// Discovered on first use; dropped after a refusal that points at the
@@ -127,6 +129,7 @@ impl ScimSink {
             deprovision: c.deprovision,
             attributes: c.attributes.clone(),
             released_user_name: c.released_user_name.clone(),
+            bulk: c.bulk,
             store,
             ready: tokio::sync::Mutex::new(None),
             memory: Default::default(),
@@ -254,12 +257,22 @@ impl ScimSink {
                     .pointer("/filter/maxResults")
                     .and_then(Value::as_u64)
                     .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+                bulk_max_operations: match b.pointer("/bulk/supported").and_then(Value::as_bool) {
+                    Some(true) => b
+                        .pointer("/bulk/maxOperations")
+                        .and_then(Value::as_u64)
+                        .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+                    _ => 0,
+                },
+                bulk_max_payload: b.pointer("/bulk/maxPayloadSize").and_then(Value::as_u64).unwrap_or(0),
             },
             // The common case for a server that does not say.
             None => Capabilities {
                 patch: true,
                 etag: false,
                 max_results: 0,
+                bulk_max_operations: 0,
+                bulk_max_payload: 0,
             },
         };
         let resource_types = self.discover("ResourceTypes").await?;
@@ -356,6 +369,33 @@ impl ScimSink {
         })
     }
 
+    /// A mover's or leaver's whole user, and the PATCH operations that
+    /// carry its change: the changed fields the target receives, the
+    /// `userName` when it follows the e-mail (or is released), and for a
+    /// leaver `active = false` with the termination date that made it one.
+    fn update_of(
+        &self,
+        ready: &Ready,
+        m: &Mutation,
+        e: &Employee,
+        user_name: &str,
+        released: bool,
+    ) -> (Value, Vec<Value>) {
+        let changed: Vec<&str> = m.changes.iter().map(|c| c.field.as_str()).collect();
+        let user_name_changed = self.user_name == UserNameSource::Email && changed.contains(&"email");
+        let leaver = m.kind == MutationKind::Leaver;
+        let user = ready.mapping.user(e, !leaver, user_name);
+        let mut ops = Vec::new();
+        if leaver {
+            ops.push(json!({"op": "replace", "path": "active", "value": false}));
+        }
+        ops.extend(ready.mapping.patch_ops(&user, &changed));
+        if user_name_changed || (leaver && released) {
+            ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
+        }
+        (user, ops)
+    }
+
     async fn apply(&self, ready: &Ready, job: &Job, m: &Mutation, released: bool) -> Result<Applied, SinkError> {
         let key = m.key.as_str();
         let caps = ready.target.caps;
@@ -379,8 +419,6 @@ impl ScimSink {
         } else {
             self.user_name_of(e)
         };
-        let changed: Vec<&str> = m.changes.iter().map(|c| c.field.as_str()).collect();
-        let user_name_changed = self.user_name == UserNameSource::Email && changed.contains(&"email");
         let wrote = |w: Wrote, id: String| match w {
             Wrote::Done(v) => Some(done(id, v)),
             Wrote::Conflict => Some(Applied::Conflict),
@@ -396,11 +434,7 @@ impl ScimSink {
                 self.upsert(ready, key, &ready.mapping.user(e, true, &user_name)).await
             }
             MutationKind::Mover => {
-                let user = ready.mapping.user(e, true, &user_name);
-                let mut ops = ready.mapping.patch_ops(&user, &changed);
-                if user_name_changed {
-                    ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
-                }
+                let (user, ops) = self.update_of(ready, m, e, &user_name, released);
                 let Some(f) = self.target(job, key).await? else {
                     return self.upsert(ready, key, &user).await;
                 };
@@ -433,20 +467,13 @@ impl ScimSink {
                     }
                     return Ok(Applied::Done(Delivered::default()));
                 }
-                let user = ready.mapping.user(e, false, &user_name);
+                let (user, ops) = self.update_of(ready, m, e, &user_name, released);
                 let Some(f) = found else {
                     // Keep the target's picture complete: the leaver exists,
                     // inactive.
                     return self.upsert(ready, key, &user).await;
                 };
                 let w = if caps.patch {
-                    // The termination date (or access flag) that made the
-                    // leaver travels with the deactivation.
-                    let mut ops = vec![json!({"op": "replace", "path": "active", "value": false})];
-                    ops.extend(ready.mapping.patch_ops(&user, &changed));
-                    if user_name_changed || released {
-                        ops.push(json!({"op": "replace", "path": "userName", "value": user_name}));
-                    }
                     self.patch(ready, &f.id, ops, f.version.as_deref()).await?
                 } else {
                     self.replace(ready, &f.id, f.version.as_deref(), &user).await?

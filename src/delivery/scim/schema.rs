@@ -22,6 +22,10 @@ pub struct Capabilities {
     /// `filter.maxResults`: the most users one listing page returns
     /// (0 when the server does not say).
     pub max_results: u32,
+    /// `bulk.maxOperations` and `bulk.maxPayloadSize` when the server
+    /// supports Bulk; 0 when it does not.
+    pub bulk_max_operations: u32,
+    pub bulk_max_payload: u64,
 }
 
 /// A SCIM attribute type (RFC 7643 §2.3).
@@ -329,6 +333,8 @@ mod tests {
         patch: true,
         etag: false,
         max_results: 0,
+        bulk_max_operations: 0,
+        bulk_max_payload: 0,
     };
 
     #[test]
