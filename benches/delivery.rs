@@ -8,8 +8,11 @@
 //!     cargo bench --bench delivery -- [--size 10000] [--rate 200] [--rtt 100]
 //!         [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
 //!
+//! `DELIVERY_BENCH_TRACE=1` prints the answers per second of each run.
 //! `--rtt MS` runs only the 32-at-once target at that round trip;
-//! `--only-rate` only the rate-limited one.
+//! `--only rate` only the rate-limited one, `--only bulk` only the one
+//! with Bulk (maxOperations 100, 100 ms). The others have afas-sync send
+//! each change on its own (`sink.scim.bulk = false`).
 //!     cargo bench --bench delivery -- --smoke     (the test command's check)
 //!
 //! The delivery time is the proxy's: from the first request after discovery
@@ -263,7 +266,7 @@ struct Args {
     size: u64,
     rate: u32,
     rtt: Option<u64>,
-    only_rate: bool,
+    only: Option<String>,
     binary: Option<PathBuf>,
     smoke: bool,
 }
@@ -273,7 +276,7 @@ fn args() -> Result<Args, String> {
         size: 10_000,
         rate: 200,
         rtt: None,
-        only_rate: false,
+        only: None,
         binary: None,
         smoke: false,
     };
@@ -284,7 +287,7 @@ fn args() -> Result<Args, String> {
             "--size" => a.size = value()?.parse().map_err(|e| format!("--size: {e}"))?,
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
             "--rtt" => a.rtt = Some(value()?.parse().map_err(|e| format!("--rtt: {e}"))?),
-            "--only-rate" => a.only_rate = true,
+            "--only" => a.only = Some(value()?),
             "--binary" => a.binary = Some(PathBuf::from(value()?)),
             "--smoke" => {
                 a.smoke = true;
@@ -315,6 +318,10 @@ struct Setting {
     name: String,
     rtt: Duration,
     limit: Limit,
+    /// The target announces Bulk with this many operations per request
+    /// (afas-sync uses it); `None`: each change its own request
+    /// (`sink.scim.bulk = false`).
+    bulk: Option<u32>,
 }
 
 fn real_main() -> Result<(), String> {
@@ -341,22 +348,33 @@ fn real_main() -> Result<(), String> {
             name: format!("{ms} ms, {TARGET_CONCURRENCY} at once"),
             rtt: Duration::from_millis(*ms),
             limit: Limit::Concurrent(TARGET_CONCURRENCY),
+            bulk: None,
         })
         .collect();
     settings.push(Setting {
         name: format!("50 ms, {} per second", a.rate),
         rtt: Duration::from_millis(50),
         limit: Limit::Rate(a.rate),
+        bulk: None,
+    });
+    settings.push(Setting {
+        name: format!("100 ms, {TARGET_CONCURRENCY} at once, Bulk of 100"),
+        rtt: Duration::from_millis(100),
+        limit: Limit::Concurrent(TARGET_CONCURRENCY),
+        bulk: Some(100),
     });
     if let Some(ms) = a.rtt {
         settings = vec![Setting {
             name: format!("{ms} ms, {TARGET_CONCURRENCY} at once"),
             rtt: Duration::from_millis(ms),
             limit: Limit::Concurrent(TARGET_CONCURRENCY),
+            bulk: None,
         }];
     }
-    if a.only_rate {
-        settings.retain(|s| matches!(s.limit, Limit::Rate(_)));
+    match a.only.as_deref() {
+        Some("rate") => settings.retain(|s| matches!(s.limit, Limit::Rate(_))),
+        Some("bulk") => settings.retain(|s| s.bulk.is_some()),
+        _ => {}
     }
     if a.smoke {
         settings.truncate(1);
@@ -370,9 +388,20 @@ fn real_main() -> Result<(), String> {
         let mut ds = generate(SEED, a.size, day0);
         state.set_data(ds.clone());
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut scim = rt.block_on(peers::ScimPeer::start());
+        let mut scim = match s.bulk {
+            Some(ops) => {
+                let spc = dir.path().join("spc.json");
+                std::fs::write(&spc, bulk_config(ops)).map_err(|e| e.to_string())?;
+                let spc = spc.to_string_lossy().into_owned();
+                rt.block_on(peers::ScimPeer::start_with(
+                    peers::free_port(),
+                    &["--service-provider-config", &spc],
+                ))
+            }
+            None => rt.block_on(peers::ScimPeer::start()),
+        };
         let proxy = rt.block_on(start_proxy(scim.url(), s.rtt, s.limit));
-        let cfg = config(dir.path(), &emulator.base_url(), &proxy.url())?;
+        let cfg = config(dir.path(), &emulator.base_url(), &proxy.url(), s.bulk.is_some())?;
         let first = measure_day(&rt, &binary, &cfg, day0, &proxy, s, "first import", true)?;
         println!("{first}");
         // About 1 % leavers and 8 % movers.
@@ -388,7 +417,19 @@ fn real_main() -> Result<(), String> {
     Ok(())
 }
 
-fn config(dir: &std::path::Path, afas: &str, scim: &str) -> Result<PathBuf, String> {
+/// scim2-server's ServiceProviderConfig with Bulk of `ops` operations.
+fn bulk_config(ops: u32) -> String {
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "patch": {"supported": true}, "bulk": {"supported": true, "maxOperations": ops, "maxPayloadSize": 1_048_576},
+        "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
+        "sort": {"supported": false}, "etag": {"supported": true},
+        "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
+    })
+    .to_string()
+}
+
+fn config(dir: &std::path::Path, afas: &str, scim: &str, bulk: bool) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     for (name, secret) in [("afas-token", TOKEN_HEX), ("scim-token", peers::SCIM_TOKEN)] {
         std::fs::write(dir.join(name), secret).map_err(|e| e.to_string())?;
@@ -396,7 +437,7 @@ fn config(dir: &std::path::Path, afas: &str, scim: &str) -> Result<PathBuf, Stri
     }
     let path = dir.join("config.toml");
     let text = format!(
-        "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\nmax_leavers_percent = 100.0\n\n[delivery]\nsync_wait_secs = 3600\n\n[sink.scim]\nurl = \"{scim}\"\ntoken_file = \"scim-token\"\n",
+        "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\nmax_leavers_percent = 100.0\n\n[delivery]\nsync_wait_secs = 3600\n\n[sink.scim]\nurl = \"{scim}\"\ntoken_file = \"scim-token\"\nbulk = {bulk}\n",
         dir.join("state.redb").display()
     );
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
@@ -437,6 +478,18 @@ fn measure_day(
     let all = proxy.log.lock().map(|l| l.len()).unwrap_or(0);
     let (work, took) = proxy.work();
     let throttled = proxy.throttled.load(Ordering::Relaxed);
+    if std::env::var_os("DELIVERY_BENCH_TRACE").is_some() {
+        // Requests answered per second of the run, to see where time goes.
+        if let Some(t0) = work.iter().map(|l| l.at).min() {
+            let mut per = vec![0u32; took.as_secs() as usize + 1];
+            for l in &work {
+                if let Some(c) = per.get_mut(l.answered.duration_since(t0).as_secs() as usize) {
+                    *c += 1;
+                }
+            }
+            eprintln!("{what}: per second {per:?}");
+        }
+    }
     // The floor: a fresh server for creates; the same one for updates.
     let replayed: Vec<Logged> = work.iter().filter(|l| l.method != "GET").cloned().collect();
     let floor = match s.limit {

@@ -9,9 +9,12 @@
 //!
 //! A 429 also says the target counts requests per time, which fewer at once
 //! does not fix when its answers are fast: the sink then paces itself at
-//! nine tenths of what it sent in the second before (lower again after
-//! another 429, at most once a second), and probes 2 % higher each quiet
-//! second.
+//! nine tenths of what the target accepted in the second before (lower
+//! again after another 429, at most once a second). Each quiet second it
+//! probes higher: 5 % while below 97 % of that accepted rate, then 2 %
+//! until a second 429 has measured the limit at a steady pace, then 0.5 % —
+//! so it settles just under the target's limit instead of meeting it again
+//! every few seconds (each time costing a `Retry-After` pause).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,10 +40,14 @@ pub struct Limiter {
 
 /// Requests per second, once a 429 asked for fewer.
 struct Pace {
-    /// Starts of the last second.
-    starts: std::collections::VecDeque<Instant>,
+    /// Answers the target accepted in the last second.
+    accepted: std::collections::VecDeque<Instant>,
     /// The rate kept to, when one is.
     rate: Option<f64>,
+    /// What the target accepted in the second before the last 429.
+    ceiling: f64,
+    /// 429s that set the pace so far.
+    cuts: u32,
     tokens: f64,
     refilled: Instant,
     last_cut: Option<Instant>,
@@ -50,38 +57,58 @@ struct Pace {
 impl Pace {
     /// Takes a start now, or says how long to wait for one.
     fn take(&mut self, now: Instant) -> Option<Duration> {
-        while self
-            .starts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        let rate = self.rate?;
+        if now.duration_since(self.last_probe) >= Duration::from_secs(1)
+            && self
+                .last_cut
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
-            self.starts.pop_front();
+            // Quickly back to just under what the target accepted, then
+            // slowly above it: the target may allow more now.
+            let near = self.ceiling * 0.97;
+            // The first 429 comes while the sink is still speeding up, so
+            // what was accepted then understates the limit: probe faster
+            // until a second 429 has measured it at a steady pace.
+            let above = if self.cuts < 2 { 1.02 } else { 1.005 };
+            self.rate = Some(if rate < near {
+                (rate * 1.05).min(near)
+            } else {
+                rate * above
+            });
+            self.last_probe = now;
         }
-        if let Some(rate) = self.rate {
-            if now.duration_since(self.last_probe) >= Duration::from_secs(1)
-                && self
-                    .last_cut
-                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
-                self.rate = Some(rate * 1.02);
-                self.last_probe = now;
-            }
-            let rate = self.rate.unwrap_or(rate);
-            // A burst of a tenth of a second at most.
-            let burst = (rate / 10.0).max(1.0);
-            let elapsed = now.duration_since(self.refilled).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * rate).min(burst);
-            self.refilled = now;
-            if self.tokens < 1.0 {
-                return Some(Duration::from_secs_f64((1.0 - self.tokens) / rate));
-            }
-            self.tokens -= 1.0;
+        let rate = self.rate.unwrap_or(rate);
+        // A burst of a twentieth of a second at most.
+        let burst = (rate / 20.0).max(1.0);
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return Some(Duration::from_secs_f64((1.0 - self.tokens) / rate));
         }
-        self.starts.push_back(now);
+        self.tokens -= 1.0;
         None
     }
 
-    /// A 429: keep below what was sent in the last second.
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .accepted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.accepted.pop_front();
+        }
+    }
+
+    /// A request started at `started` was accepted (counted by when it
+    /// was sent, as the target counts it).
+    fn accepted(&mut self, now: Instant, started: Instant) {
+        self.forget_old(now);
+        let at = self.accepted.partition_point(|t| *t <= started);
+        self.accepted.insert(at, started);
+    }
+
+    /// A 429: keep below what the target accepted in the last second.
     fn throttled(&mut self, now: Instant) {
         if self
             .last_cut
@@ -90,8 +117,11 @@ impl Pace {
             return;
         }
         self.last_cut = Some(now);
-        let sent = self.starts.len().max(1) as f64;
-        self.rate = Some(self.rate.map_or(sent, |r| r.min(sent)) * 0.9);
+        self.cuts += 1;
+        self.forget_old(now);
+        let accepted = self.accepted.len().max(1) as f64;
+        self.ceiling = accepted;
+        self.rate = Some(self.rate.map_or(accepted, |r| r.min(accepted)) * 0.9);
         self.last_probe = now;
         self.tokens = 0.0;
         self.refilled = now;
@@ -186,8 +216,10 @@ impl Limiter {
                 paused_until: None,
             }),
             pace: Mutex::new(Pace {
-                starts: Default::default(),
+                accepted: Default::default(),
                 rate: None,
+                ceiling: 0.0,
+                cuts: 0,
                 tokens: 0.0,
                 refilled: Instant::now(),
                 last_cut: None,
@@ -262,9 +294,13 @@ impl Limiter {
                 if let Ok(mut p) = self.pace.lock() {
                     p.throttled(now);
                 }
-                self.cut(&mut s, now, 0.5);
+                // The pace does most of the slowing down.
+                self.cut(&mut s, now, 0.75);
             }
             Load::Answered(took) => {
+                if let Ok(mut p) = self.pace.lock() {
+                    p.accepted(now, now.checked_sub(took).unwrap_or(now));
+                }
                 s.samples += 1;
                 s.window_best = Some(s.window_best.map_or(took, |b| b.min(took)));
                 let best = *s.best.get_or_insert(took);
@@ -374,13 +410,13 @@ mod tests {
         for _ in 0..100 {
             l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
         }
-        // 100 started within the last second; the target said 429.
+        // 100 accepted within the last second; then the target said 429.
         l.acquire().await.done(Load::Throttled);
         let started = Instant::now();
         for _ in 0..46 {
             l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
         }
-        // ~91 per second (9 as a burst): 46 take about 0.4 s, not 0.
+        // ~91 per second (4 as a burst): 46 take about 0.45 s, not 0.
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(350), "{took:?}");
         assert!(took < Duration::from_millis(900), "{took:?}");

@@ -19,10 +19,15 @@ impl ScimSink {
         out.push((
             "SCIM reachable".to_string(),
             Ok(format!(
-                "{} (PATCH {}, ETags {})",
+                "{} (PATCH {}, ETags {}, Bulk {})",
                 self.base,
                 yes(target.caps.patch),
-                yes(target.caps.etag)
+                yes(target.caps.etag),
+                match (target.caps.bulk_max_operations, self.bulk) {
+                    (0 | 1, _) => "no".to_string(),
+                    (n, true) => format!("yes, up to {n} changes per request"),
+                    (_, false) => "offered, not used (sink.scim.bulk = false)".to_string(),
+                }
             )),
         ));
         let names: Vec<&str> = target.schemas.keys().map(String::as_str).collect();
