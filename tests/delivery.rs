@@ -453,8 +453,14 @@ async fn file_sink_writes_whole_files_per_run() {
 
 #[tokio::test]
 async fn sigkill_during_delivery_loses_nothing_and_duplicates_nothing() {
-    let scim = ScimPeer::start().await;
-    let env = Env::new(400, &scim_sink(&scim.url())).await;
+    // Bulk of 10 operations per request (the row says so: scim2-server's
+    // default is 1000) behind 50 ms, so a delivery lasts long enough to be
+    // killed in the middle.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spc = service_provider_config_with_bulk(dir.path(), true, true, 10);
+    let scim = ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await;
+    let proxy = FaultProxy::start_slow(scim.url(), vec![], std::time::Duration::from_millis(50)).await;
+    let env = Env::new(400, &scim_sink(&proxy.url())).await;
     let seed = jiff::Timestamp::now().as_nanosecond() as u64;
     eprintln!("delivery crash test seed {seed}");
     let mut rng = afas_sync::emulator::data::Rng::new(seed);

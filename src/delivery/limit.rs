@@ -38,6 +38,10 @@ pub struct Limiter {
     pace: Mutex<Pace>,
 }
 
+/// A 429 sets a pace only when at least this many requests were accepted
+/// in the second before it.
+const MIN_PACED: f64 = 10.0;
+
 /// Requests per second, once a 429 asked for fewer.
 struct Pace {
     /// Answers the target accepted in the last second.
@@ -119,7 +123,12 @@ impl Pace {
         self.last_cut = Some(now);
         self.cuts += 1;
         self.forget_old(now);
-        let accepted = self.accepted.len().max(1) as f64;
+        let accepted = self.accepted.len() as f64;
+        if accepted < MIN_PACED {
+            // Too few answers to measure a rate from (the start of a pass,
+            // a slow target): the pause and fewer at once do it.
+            return;
+        }
         self.ceiling = accepted;
         self.rate = Some(self.rate.map_or(accepted, |r| r.min(accepted)) * 0.9);
         self.last_probe = now;
