@@ -2,14 +2,27 @@
 //! pass/fail line, so an admin following the setup sees exactly which step
 //! is missing.
 
+use crate::afas::expiry::Expiry;
 use crate::afas::{self, AfasClient, AfasError, ClientOptions};
-use crate::config::Config;
+use crate::config::{AfasAuth, Config};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckItem {
     pub name: String,
     pub ok: bool,
+    /// Passes, but needs attention soon (an expiring credential).
+    pub warn: bool,
     pub detail: String,
+}
+
+impl CheckItem {
+    pub fn label(&self) -> &'static str {
+        match (self.ok, self.warn) {
+            (false, _) => "FAIL",
+            (true, true) => "WARN",
+            (true, false) => "PASS",
+        }
+    }
 }
 
 fn item(name: &str, result: Result<String, String>) -> CheckItem {
@@ -17,11 +30,13 @@ fn item(name: &str, result: Result<String, String>) -> CheckItem {
         Ok(detail) => CheckItem {
             name: name.into(),
             ok: true,
+            warn: false,
             detail,
         },
         Err(detail) => CheckItem {
             name: name.into(),
             ok: false,
+            warn: false,
             detail,
         },
     }
@@ -32,11 +47,11 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
     let mut items = vec![item("config", Ok("valid".into()))];
     let opts = match ClientOptions::from_config(&config.afas) {
         Ok(o) => {
-            items.push(item("token format", Ok("well-formed".into())));
+            items.push(item("AFAS authentication", Ok(describe_auth(&config.afas.auth))));
             o
         }
         Err(e) => {
-            items.push(item("token format", Err(e.to_string())));
+            items.push(item("AFAS authentication", Err(e.to_string())));
             return items;
         }
     };
@@ -69,6 +84,8 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
                 "AFAS token accepted",
                 Ok(meta.info.app_name.clone().unwrap_or_else(|| "app connector".into())),
             ));
+            let expiry = afas::expiry::publish_for(&config.afas, meta.info.token_expiry.as_deref());
+            items.extend(expiry_item(expiry));
             for (_, conn) in afas::connectors(config) {
                 let listed = meta
                     .get_connectors
@@ -97,6 +114,38 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
     items.extend(connector_fields(config, &client).await);
     items.extend(scim_items(config).await);
     items
+}
+
+/// How afas-sync signs in to AFAS, in the words of AFAS's screens.
+fn describe_auth(auth: &AfasAuth) -> String {
+    match auth {
+        AfasAuth::Token(_) => "App Connector token (classic), well-formed".into(),
+        AfasAuth::OAuth { client, .. } => {
+            format!("OAuth client `{}`, {}", client.id, client.auth.describe())
+        }
+    }
+}
+
+/// When the credentials stop working: a WARN line in time.
+fn expiry_item(expiry: Expiry) -> Option<CheckItem> {
+    let today = jiff::Zoned::now().date();
+    let name = "AFAS credentials expiry";
+    let warn = |detail: String| CheckItem {
+        name: name.into(),
+        ok: true,
+        warn: true,
+        detail,
+    };
+    if let Some(w) = expiry.warning(today) {
+        return Some(warn(w));
+    }
+    match expiry {
+        Expiry::ClientSecret(Some(end)) => Some(item(name, Ok(format!("the client secret expires on {end}")))),
+        Expiry::ClientSecret(None) => Some(warn(
+            "the client secret's expiry date is not set: put the date AFAS showed when the secret was made (180 days later by default) in afas.oauth_client_secret_expires, so an alert warns 14 days before".into(),
+        )),
+        _ => None,
+    }
 }
 
 /// Each connector has every mapped field (and its key) with a compatible type.

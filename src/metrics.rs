@@ -88,6 +88,7 @@ pub struct Metrics {
     pub held_plans: Gauge,
     pub guard_held: Counter,
     pub token_expiry: FGauge,
+    pub oauth_secret_expiry: FGauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +125,7 @@ impl Metrics {
             held_plans: Gauge::default(),
             guard_held: Counter::default(),
             token_expiry: FGauge::default(),
+            oauth_secret_expiry: FGauge::default(),
             registry: Registry::default(),
         };
         r.register_with_unit(
@@ -219,9 +221,15 @@ impl Metrics {
         r.register("afas_sync_guard_held", "Runs held by a guard", m.guard_held.clone());
         r.register_with_unit(
             "afas_sync_afas_token_expiry_timestamp",
-            "When AFAS says the token expires (Unix time; 0 when AFAS does not tell)",
+            "When the classic App Connector token stops working: what AFAS reports, and at the latest 2027-08-31 (Unix time; 0 when no classic token is used)",
             Unit::Seconds,
             m.token_expiry.clone(),
+        );
+        r.register_with_unit(
+            "afas_sync_afas_oauth_secret_expiry_timestamp",
+            "When the AFAS OAuth client secret expires, from afas.oauth_client_secret_expires (Unix time; 0 when unknown or not used)",
+            Unit::Seconds,
+            m.oauth_secret_expiry.clone(),
         );
         Metrics { registry: r, ..m }
     }

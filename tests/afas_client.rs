@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use afas_sync::afas::client::Credentials;
 use afas_sync::afas::{AfasClient, AfasError, ReadSpec};
-use afas_sync::config::{PagingMode, Secret};
-use afas_sync::emulator::{AuthSetup, DataChange, EmulatorState, FaultAction, FaultRule};
+use afas_sync::config::PagingMode;
+use afas_sync::emulator::{DataChange, FaultAction, FaultRule};
 use common::*;
 use serde_json::{json, Value};
 
@@ -484,52 +484,6 @@ async fn all_three_token_forms_authenticate_and_malformed_ones_never_reach_afas(
         .await
         .expect_err("401");
     assert!(matches!(err, AfasError::Unauthorized { .. }));
-}
-
-#[tokio::test]
-async fn oauth_tokens_are_cached_and_refreshed_once_on_401() {
-    let mut auth = AuthSetup::token(token());
-    auth.oauth = Some(("alleo".into(), "s3cret-value".into()));
-    let state = EmulatorState::new(vec![("d".into(), items(25))], auth);
-    let emu = spawn_emulator_with(state).await;
-    let mut opts = options(&emu.base_url());
-    opts.credentials = Credentials::OAuth {
-        client_id: "alleo".into(),
-        secret: Secret::new("s3cret-value"),
-    };
-    let client = AfasClient::new(opts.clone()).expect("client");
-    let (ids, _, err) = read_all(&client, spec(&["Id"], PagingMode::Keyset, 10)).await;
-    assert!(err.is_none(), "{err:?}");
-    assert_eq!(ids.len(), 25);
-    let token_calls = |emu: &afas_sync::emulator::Emulator| {
-        emu.state
-            .requests()
-            .iter()
-            .filter(|r| r.path.ends_with("/oauth/token"))
-            .count()
-    };
-    assert_eq!(token_calls(&emu), 1, "one token for all pages");
-
-    // The server forgets the token: one 401, one new token, then success.
-    emu.state.expire_oauth_tokens();
-    assert_eq!(client.profit_version().await.expect("refreshed"), "7.7.10");
-    assert_eq!(token_calls(&emu), 2);
-
-    // A wrong secret: a clear OAuth error naming the config keys.
-    opts.credentials = Credentials::OAuth {
-        client_id: "alleo".into(),
-        secret: Secret::new("wrong"),
-    };
-    let err = AfasClient::new(opts)
-        .expect("client")
-        .profit_version()
-        .await
-        .expect_err("invalid client");
-    assert!(
-        matches!(&err, AfasError::OAuth { error, .. } if error == "invalid_client"),
-        "{err:?}"
-    );
-    assert!(!err.to_string().contains("wrong"));
 }
 
 #[tokio::test]

@@ -20,6 +20,15 @@ async fn check_passes_against_the_emulator() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(!out.contains("FAIL"), "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with("PASS")).count(), 8, "{out}");
+    // A classic token always warns: AFAS retires it. The emulator reports
+    // 2027-05-01 as AFAS does for existing tokens.
+    let warn: Vec<&str> = out.lines().filter(|l| l.starts_with("WARN")).collect();
+    assert_eq!(warn.len(), 1, "{out}");
+    assert!(
+        warn[0].contains("stops working on 2027-05-01")
+            && warn[0].contains("Moving from the App Connector token to OAuth"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -75,7 +84,7 @@ async fn check_fails_with_its_own_message_for_each_problem() {
     let (code, out, _) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
     assert_eq!(code, 1);
     assert!(
-        out.contains("FAIL token format") && out.contains("64 hexadecimal"),
+        out.contains("FAIL AFAS authentication") && out.contains("64 hexadecimal"),
         "{out}"
     );
 }
@@ -114,7 +123,32 @@ async fn config_errors_name_the_key_and_exit_2() {
             "[afas]\nprofit_id = \"12345\"\ntoken_file = \"afas-token\"\n[surprise]\nx = 1\n",
             "surprise",
         ),
+        (
+            "[afas]\nprofit_id = \"12345\"\nauth = \"oauth\"\noauth_client_id = \"c\"\noauth_client_auth = \"private_key_jwt\"\noauth_private_key_file = \"afas-token\"\n",
+            "afas.oauth_private_key_file",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\nauth = \"oauth\"\noauth_client_id = \"c\"\noauth_client_auth = \"private_key_jwt\"\noauth_private_key_file = \"ec.pem\"\noauth_signing_alg = \"PS256\"\n",
+            "PS256 needs an RSA key",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\nauth = \"oauth\"\noauth_client_id = \"c\"\noauth_client_secret_file = \"afas-token\"\noauth_signing_alg = \"ES256\"\n",
+            "afas.oauth_signing_alg",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\nauth = \"oauth\"\noauth_client_id = \"c\"\noauth_client_secret_file = \"afas-token\"\noauth_client_secret_expires = \"next year\"\n",
+            "afas.oauth_client_secret_expires",
+        ),
+        (
+            "[afas]\nprofit_id = \"12345\"\nauth = \"oauth\"\noauth_client_id = \"c\"\noauth_client_auth = \"client_secret_jwt\"\noauth_client_secret_file = \"afas-token\"\n",
+            "client_secret_jwt",
+        ),
     ];
+    std::fs::copy(
+        format!("{}/tests/fixtures/keys/ec.pem", env!("CARGO_MANIFEST_DIR")),
+        dir.path().join("ec.pem"),
+    )
+    .expect("key");
     for (text, key) in cases {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, text).expect("write");
@@ -282,6 +316,13 @@ async fn no_secret_appears_in_any_output_at_trace_level() {
     let mut auth = afas_sync::emulator::AuthSetup::token(token());
     let oauth_secret = "oauth-Secret-0123456789abcdef";
     auth.oauth = Some(("alleo".into(), oauth_secret.into()));
+    let keys = format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR"));
+    let public = std::fs::read(format!("{keys}/rsa.pub.pem")).expect("public key");
+    let private = std::fs::read_to_string(format!("{keys}/rsa.pem")).expect("private key");
+    auth.oauth_key = Some((
+        "alleo-jwt".into(),
+        afas_sync::oauth::jwt::VerifyingKey::from_pem(&public).expect("key"),
+    ));
     let state = afas_sync::emulator::EmulatorState::new(vec![("d".into(), company())], auth);
     let emu = spawn_emulator_with(state).await;
     let b64 = base64::engine::general_purpose::STANDARD.encode(token().to_xml());
@@ -333,6 +374,33 @@ async fn no_secret_appears_in_any_output_at_trace_level() {
     assert!(out.contains("invalid_client"), "{out}");
     outputs.push_str(&out);
     outputs.push_str(&err);
+
+    // private_key_jwt: neither the key nor an assertion shows.
+    let dir3 = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir3.path().join("key.pem"), &private).expect("key");
+    let jwt_cfg = write_config(
+        dir3.path(),
+        &emu.base_url(),
+        TOKEN_HEX,
+        "auth = \"oauth\"\noauth_client_id = \"alleo-jwt\"\noauth_client_auth = \"private_key_jwt\"\noauth_private_key_file = \"key.pem\"\n",
+    );
+    let (code, out, err) = run_bin(&[
+        "--log-level",
+        "trace",
+        "--config",
+        jwt_cfg.to_str().expect("path"),
+        "check",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("private_key_jwt (RS256)"), "{out}");
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+    let key_lines: Vec<&str> = private.lines().filter(|l| !l.starts_with("-----")).collect();
+    for line in key_lines {
+        assert!(!outputs.contains(line), "private key leaked");
+    }
+    assert!(!outputs.contains("eyJ"), "a client assertion leaked");
 
     assert!(outputs.contains("AFAS request"), "trace output was captured");
     for secret in [

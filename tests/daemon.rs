@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use afas_sync::emulator::data::generate;
 use afas_sync::store::Store;
@@ -14,21 +14,6 @@ use serde_json::Value;
 
 fn promtool() -> String {
     std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into())
-}
-
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
@@ -143,26 +128,10 @@ async fn the_daemon_runs_on_schedule_answers_while_running_and_stops_cleanly() {
     };
     assert!(hup(pid).success());
     let log_path = dir.path().join("daemon.log");
-    wait_for("the refused reload", 10, || {
-        let l = log_path.clone();
-        async move {
-            std::fs::read_to_string(&l)
-                .unwrap_or_default()
-                .contains("reload refused")
-        }
-    })
-    .await;
+    wait_for_log(&log_path, "reload refused", 10).await;
     std::fs::write(&cfg, &good).expect("write");
     assert!(hup(pid).success());
-    wait_for("the reload", 10, || {
-        let l = log_path.clone();
-        async move {
-            std::fs::read_to_string(&l)
-                .unwrap_or_default()
-                .contains("configuration reloaded")
-        }
-    })
-    .await;
+    wait_for_log(&log_path, "configuration reloaded", 10).await;
 
     // SIGTERM: exit 0, the state file intact.
     let term = std::process::Command::new("kill")

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::error::{classify_500, AfasError};
 use super::rows::{Entry, EntrySeed, Fields, Row};
 use super::token::AppToken;
-use crate::config::{AfasAuth, AfasConfig, PagingMode, Secret};
+use crate::config::{AfasAuth, AfasConfig, PagingMode};
 
 /// AFAS documents a query-string limit of about 2,049 characters; past it
 /// the request fails with an opaque 404, so refuse it locally instead.
@@ -99,7 +99,7 @@ impl Drop for PageTask {
 #[derive(Clone)]
 pub enum Credentials {
     Token(AppToken),
-    OAuth { client_id: String, secret: Secret },
+    OAuth(crate::oauth::Client),
 }
 
 #[derive(Clone)]
@@ -122,13 +122,7 @@ impl ClientOptions {
     pub fn from_config(cfg: &AfasConfig) -> Result<Self, AfasError> {
         let credentials = match &cfg.auth {
             AfasAuth::Token(raw) => Credentials::Token(AppToken::parse(raw.expose())?),
-            AfasAuth::OAuth {
-                client_id,
-                client_secret,
-            } => Credentials::OAuth {
-                client_id: client_id.clone(),
-                secret: client_secret.clone(),
-            },
+            AfasAuth::OAuth { client, .. } => Credentials::OAuth(client.clone()),
         };
         Ok(ClientOptions {
             base_url: cfg.base_url.clone(),
@@ -213,14 +207,14 @@ impl AfasClient {
         .map_err(AfasError::Setup)?;
         let auth = match opts.credentials {
             Credentials::Token(t) => Auth::Token(sensitive(&t.header_value())?),
-            Credentials::OAuth { client_id, secret } => {
+            Credentials::OAuth(client) => {
                 let mut token_url = opts.base_url.clone();
                 token_url
                     .path_segments_mut()
                     .map_err(|_| AfasError::Setup("afas.base_url cannot take a path".into()))?
                     .pop_if_empty()
                     .extend(["oauth", "token"]);
-                Auth::OAuth(crate::oauth::TokenSource::new(token_url, client_id, secret))
+                Auth::OAuth(crate::oauth::TokenSource::new(token_url, client))
             }
         };
         let concurrency = opts.concurrency.clamp(1, 8);
@@ -275,10 +269,7 @@ impl AfasClient {
                 let bearer = source
                     .bearer(&self.inner.http, force_refresh)
                     .await
-                    .map_err(|f| AfasError::OAuth {
-                        error: f.error,
-                        description: f.description,
-                    })?;
+                    .map_err(|f| AfasError::oauth(f, &source.client().auth))?;
                 sensitive(&bearer)
             }
         }

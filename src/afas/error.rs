@@ -9,7 +9,7 @@ use super::token::TokenError;
 pub enum AfasError {
     #[error("{0}")]
     Token(#[from] TokenError),
-    #[error("AFAS rejected the credentials (HTTP 401) on {path}. The App Connector token is wrong, was regenerated, or expired: copy a fresh token from General > Management > App connector (setup steps 6-7) into the token file")]
+    #[error("AFAS rejected the credentials (HTTP 401) on {path}. The App Connector token is wrong, was regenerated or expired, or the App connector was switched to OAuth: copy a fresh token from General > Management > App connector (setup steps 6-7) into the token file, or move to OAuth (README, \"Moving from the App Connector token to OAuth\")")]
     Unauthorized { path: String },
     #[error("AFAS refused access (HTTP 403) on {path}: the App Connector's IP restriction does not allow this machine's address. Add it in the App Connector settings, or remove the restriction")]
     Forbidden { path: String },
@@ -35,13 +35,44 @@ pub enum AfasError {
     Decode { path: String, reason: String },
     #[error("paging through `{connector}` stopped: {reason}")]
     Paging { connector: String, reason: String },
-    #[error("OAuth token request to AFAS failed: {error}{}. Check afas.oauth_client_id and the client secret file", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    OAuth { error: String, description: Option<String> },
+    #[error("AFAS's OAuth token endpoint refused afas-sync: {error}{}. {hint}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    OAuth {
+        error: String,
+        description: Option<String>,
+        /// The token endpoint could not answer (unreachable, 5xx).
+        transient: bool,
+        hint: &'static str,
+    },
     #[error("the AFAS emulator / client setup failed: {0}")]
     Setup(String),
 }
 
 impl AfasError {
+    /// A refused or failed token request, with what to do about it for
+    /// the client authentication method in use.
+    pub fn oauth(f: crate::oauth::OAuthFailure, auth: &crate::oauth::ClientAuth) -> Self {
+        use crate::oauth::ClientAuth;
+        let hint = match (f.error.as_str(), auth) {
+            _ if f.transient => "The token endpoint is unavailable for now; afas-sync retries with backoff",
+            ("invalid_client", ClientAuth::PrivateKeyJwt(_)) => {
+                "AFAS did not accept the signed client assertion: the private key in afas.oauth_private_key_file does not match the public key registered for this OAuth client in AFAS, or afas.oauth_client_id is wrong. Register the key's public half (`openssl pkey -in KEY -pubout`) with the App connector's OAuth client in AFAS, or point afas.oauth_private_key_file at the matching key, then reload"
+            }
+            ("invalid_client", _) => {
+                "The client secret is wrong or has expired (AFAS client secrets expire, after 180 days by default), or afas.oauth_client_id is wrong. In AFAS, make a new secret for the App connector's OAuth client, write it to afas.oauth_client_secret_file, set afas.oauth_client_secret_expires to the expiry date AFAS shows, and reload (systemctl reload afas-sync)"
+            }
+            ("unauthorized_client", _) => {
+                "This OAuth client may not use the client credentials grant, or the App connector is not switched to Hybrid or OAuth in AFAS yet (README, \"Moving from the App Connector token to OAuth\")"
+            }
+            _ => "Check afas.oauth_client_id, afas.oauth_client_auth and the client secret or key file",
+        };
+        AfasError::OAuth {
+            error: f.error,
+            description: f.description,
+            transient: f.transient,
+            hint,
+        }
+    }
+
     /// Whether retrying the same request may help. Credentials, permissions,
     /// wrong names and broken paging never get better by asking again.
     pub fn is_transient(&self) -> bool {
@@ -51,6 +82,7 @@ impl AfasError {
             | AfasError::Timeout { .. }
             | AfasError::Decode { .. } => true,
             AfasError::Functional { temporary, .. } => *temporary,
+            AfasError::OAuth { transient, .. } => *transient,
             AfasError::Status { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504),
             _ => false,
         }

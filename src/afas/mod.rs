@@ -5,6 +5,7 @@ pub mod client;
 
 pub mod decode;
 pub mod error;
+pub mod expiry;
 pub mod rows;
 pub mod token;
 

@@ -205,12 +205,7 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
     }
     println!();
     for item in crate::check::run(&cfg).await {
-        println!(
-            "  {} {:<40} {}",
-            if item.ok { "PASS" } else { "FAIL" },
-            item.name,
-            item.detail
-        );
+        println!("  {} {:<40} {}", item.label(), item.name, item.detail);
     }
 
     // The real daemon: it opens the state file, serves HTTP and the control

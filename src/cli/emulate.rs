@@ -66,16 +66,14 @@ pub(super) async fn emulate(args: &EmulateArgs) -> i32 {
         eprintln!("wrote a new emulator token to {}", args.token_file.display());
         t
     };
-    let mut auth = AuthSetup::token(token);
-    if let (Some(id), Some(file)) = (&args.oauth_client_id, &args.oauth_secret_file) {
-        match std::fs::read_to_string(file) {
-            Ok(s) => auth.oauth = Some((id.clone(), s.trim().to_string())),
-            Err(e) => {
-                eprintln!("error: cannot read --oauth-secret-file {}: {e}", file.display());
-                return exit::CONFIG;
-            }
+    let mut auth = match emulator_auth(args, token) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
         }
-    }
+    };
+    auth.mode = emulator::ConnectorMode::parse(&args.connector_mode).unwrap_or(emulator::ConnectorMode::Hybrid);
     let days = match &args.fixtures {
         Some(dir) => match data::Dataset::load_scenario(dir) {
             Ok(d) => d,
@@ -124,4 +122,30 @@ pub(super) async fn emulate(args: &EmulateArgs) -> i32 {
     })
     .await;
     exit::OK
+}
+
+/// The emulator's App connector from the command line's OAuth options.
+fn emulator_auth(args: &EmulateArgs, token: afas::token::AppToken) -> Result<AuthSetup, String> {
+    let mut auth = AuthSetup::token(token);
+    let Some(id) = &args.oauth_client_id else {
+        return Ok(auth);
+    };
+    if args.oauth_secret_file.is_none() && args.oauth_public_key.is_none() {
+        return Err("--oauth-client-id needs --oauth-secret-file or --oauth-public-key".into());
+    }
+    if let Some(file) = &args.oauth_secret_file {
+        let s = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read --oauth-secret-file {}: {e}", file.display()))?;
+        auth.oauth = Some((id.clone(), s.trim().to_string()));
+    }
+    if let Some(file) = &args.oauth_public_key {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read --oauth-public-key {}: {e}", file.display()))?;
+        let key = crate::oauth::jwt::VerifyingKey::from_pem(&pem)
+            .map_err(|e| format!("--oauth-public-key {}: {e}", file.display()))?;
+        auth.oauth_key = Some((id.clone(), key));
+    }
+    if let Some(date) = args.oauth_secret_expires {
+        auth.oauth_secret_expires = date.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp());
+    }
+    Ok(auth)
 }

@@ -171,12 +171,23 @@ pub struct EmulateArgs {
     /// with a random token when the file does not exist.
     #[arg(long)]
     pub token_file: PathBuf,
-    /// Also accept OAuth client credentials with this client id; the secret
-    /// is read from --oauth-secret-file.
-    #[arg(long, requires = "oauth_secret_file")]
-    pub oauth_client_id: Option<String>,
+    /// Also accept OAuth client credentials with this client id: its
+    /// secret from --oauth-secret-file, and/or (private_key_jwt) the public
+    /// key its assertions are signed for, from --oauth-public-key.
     #[arg(long)]
+    pub oauth_client_id: Option<String>,
+    #[arg(long, requires = "oauth_client_id")]
     pub oauth_secret_file: Option<PathBuf>,
+    /// A PEM public key (`openssl pkey -in KEY -pubout`).
+    #[arg(long, requires = "oauth_client_id")]
+    pub oauth_public_key: Option<PathBuf>,
+    /// The client secret stops working on this date (YYYY-MM-DD).
+    #[arg(long, requires = "oauth_secret_file")]
+    pub oauth_secret_expires: Option<jiff::civil::Date>,
+    /// What the App connector accepts: token, hybrid (both) or oauth.
+    /// Switch it while running with `POST /ProfitRestServices/_emulator/connector/MODE`.
+    #[arg(long, default_value = "hybrid", value_parser = ["token", "hybrid", "oauth"])]
+    pub connector_mode: String,
     /// Latency added to every request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -348,12 +359,12 @@ async fn check(cli: &Cli) -> i32 {
     if cli.json {
         let list: Vec<_> = items
             .iter()
-            .map(|i| json!({"check": i.name, "ok": i.ok, "detail": i.detail}))
+            .map(|i| json!({"check": i.name, "ok": i.ok, "warning": i.warn, "detail": i.detail}))
             .collect();
         println!("{}", json!({"ok": ok, "checks": list}));
     } else {
         for i in &items {
-            println!("{} {:<40} {}", if i.ok { "PASS" } else { "FAIL" }, i.name, i.detail);
+            println!("{} {:<40} {}", i.label(), i.name, i.detail);
         }
     }
     if ok {

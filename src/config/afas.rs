@@ -32,6 +32,19 @@ pub enum AuthMethod {
     Oauth,
 }
 
+/// How the OAuth client authenticates at AFAS's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    ClientSecretPost,
+    /// The client id and secret as HTTP Basic credentials.
+    ClientSecretBasic,
+    /// A JWT signed with a private key; no shared secret.
+    PrivateKeyJwt,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PagingMode {
@@ -71,6 +84,11 @@ pub(super) struct RawAfas {
     token_file: Option<PathBuf>,
     oauth_client_id: Option<String>,
     oauth_client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    oauth_client_auth: ClientAuthMethod,
+    oauth_private_key_file: Option<PathBuf>,
+    oauth_signing_alg: Option<crate::oauth::jwt::Alg>,
+    oauth_client_secret_expires: Option<DateInput>,
     integration_id: Option<String>,
     #[serde(default = "default_page_size")]
     page_size: u32,
@@ -171,8 +189,10 @@ pub enum AfasAuth {
     /// parsed by [`crate::afas::token::AppToken::parse`].
     Token(Secret),
     OAuth {
-        client_id: String,
-        client_secret: Secret,
+        client: crate::oauth::Client,
+        /// When the client secret stops working, as AFAS showed it when
+        /// the secret was made (`afas.oauth_client_secret_expires`).
+        secret_expires: Option<jiff::civil::Date>,
     },
 }
 
@@ -296,24 +316,7 @@ pub(super) fn validate_afas(
             )?;
             AfasAuth::Token(secret)
         }
-        AuthMethod::Oauth => {
-            let client_id = raw
-                .oauth_client_id
-                .clone()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| invalid("afas.oauth_client_id", "required when afas.auth = \"oauth\""))?;
-            let client_secret = load_secret(
-                "afas.oauth_client_secret_file",
-                raw.oauth_client_secret_file.as_deref(),
-                "afas_oauth_client_secret",
-                base_dir,
-                warnings,
-            )?;
-            AfasAuth::OAuth {
-                client_id,
-                client_secret,
-            }
-        }
+        AuthMethod::Oauth => oauth_auth(&raw, base_dir, warnings)?,
     };
     Ok(AfasConfig {
         profit_id: raw.profit_id,
@@ -334,4 +337,88 @@ pub(super) fn validate_afas(
         wage_components: raw.wage_components.filter(|c| c.enabled),
         leave: raw.leave.filter(|c| c.enabled),
     })
+}
+
+fn oauth_auth(raw: &RawAfas, base_dir: &Path, warnings: &mut Vec<String>) -> Result<AfasAuth, ConfigError> {
+    use crate::oauth::{jwt, Client, ClientAuth};
+    let id = raw
+        .oauth_client_id
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| invalid("afas.oauth_client_id", "required when afas.auth = \"oauth\""))?;
+    let secret = |warnings: &mut Vec<String>| {
+        load_secret(
+            "afas.oauth_client_secret_file",
+            raw.oauth_client_secret_file.as_deref(),
+            "afas_oauth_client_secret",
+            base_dir,
+            warnings,
+        )
+    };
+    let jwt_only = |key: &str, set: bool| {
+        if set && raw.oauth_client_auth != ClientAuthMethod::PrivateKeyJwt {
+            Err(invalid(
+                key,
+                "only used with afas.oauth_client_auth = \"private_key_jwt\"",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    jwt_only("afas.oauth_private_key_file", raw.oauth_private_key_file.is_some())?;
+    jwt_only("afas.oauth_signing_alg", raw.oauth_signing_alg.is_some())?;
+    let auth = match raw.oauth_client_auth {
+        ClientAuthMethod::ClientSecretPost => ClientAuth::SecretPost(secret(warnings)?),
+        ClientAuthMethod::ClientSecretBasic => ClientAuth::SecretBasic(secret(warnings)?),
+        ClientAuthMethod::PrivateKeyJwt => {
+            if raw.oauth_client_secret_file.is_some() || raw.oauth_client_secret_expires.is_some() {
+                return Err(invalid(
+                    "afas.oauth_client_secret_file",
+                    "private_key_jwt uses no client secret: remove afas.oauth_client_secret_file and afas.oauth_client_secret_expires",
+                ));
+            }
+            let pem = load_secret(
+                "afas.oauth_private_key_file",
+                raw.oauth_private_key_file.as_deref(),
+                "afas_oauth_private_key",
+                base_dir,
+                warnings,
+            )?;
+            let key = jwt::SigningKey::from_pem(pem.expose().as_bytes(), raw.oauth_signing_alg).map_err(|e| {
+                ConfigError::Secret {
+                    key: "afas.oauth_private_key_file".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+            ClientAuth::PrivateKeyJwt(std::sync::Arc::new(key))
+        }
+    };
+    Ok(AfasAuth::OAuth {
+        client: Client { id, auth },
+        secret_expires: raw
+            .oauth_client_secret_expires
+            .as_ref()
+            .map(|d| d.date("afas.oauth_client_secret_expires"))
+            .transpose()?,
+    })
+}
+
+/// A date written as a TOML date (`2027-05-28`) or a string (`"2027-05-28"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum DateInput {
+    Toml(toml::value::Datetime),
+    Text(String),
+}
+
+impl DateInput {
+    fn date(&self, key: &str) -> Result<jiff::civil::Date, ConfigError> {
+        let text = match self {
+            DateInput::Toml(d) => d.to_string(),
+            DateInput::Text(t) => t.clone(),
+        };
+        text.trim()
+            .parse::<jiff::civil::Date>()
+            .map_err(|_| invalid(key, format!("{text:?} is not a date; write it as YYYY-MM-DD")))
+    }
 }

@@ -9,7 +9,6 @@
 //! from systemd credentials (`$CREDENTIALS_DIRECTORY/<name>`).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,32 +26,7 @@ pub use sinks::*;
 /// Where the service looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/afas-sync/config.toml";
 
-/// A secret value (token, client secret). Its `Debug` and `Display` never show
-/// the content, so a stray `{:?}` in a log line cannot leak it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The only way to read the value; grep for it to audit every use.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::model::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

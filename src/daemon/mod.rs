@@ -148,6 +148,15 @@ async fn control_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     }
 }
 
+/// Publishes when the AFAS credentials stop working, and warns in the log
+/// when that is near (a classic token always: it has an end date).
+fn warn_expiry(config: &Config) {
+    let expiry = crate::afas::expiry::publish_for(&config.afas, None);
+    if let Some(w) = expiry.warning(jiff::Zoned::now().date()) {
+        tracing::warn!("{w}");
+    }
+}
+
 /// Reloads the configuration; an invalid one is refused and the old one
 /// stays. Settings that need a restart are named.
 async fn reload(shared: &Shared, config_path: &std::path::Path) {
@@ -166,6 +175,7 @@ async fn reload(shared: &Shared, config_path: &std::path::Path) {
                 .store(loaded.config.http.max_staleness_hours * 3600, Ordering::SeqCst);
             *current = loaded.config;
             tracing::info!("configuration reloaded from {}", config_path.display());
+            warn_expiry(&current);
         }
         Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
     }
@@ -335,6 +345,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let (store, health) = open_state(&config).await?;
+    warn_expiry(&config);
     let socket = control::socket_path(&config);
     let control_listener =
         control::bind(&socket).map_err(|e| format!("cannot create the control socket {}: {e}", socket.display()))?;

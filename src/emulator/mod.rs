@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::afas::rows::JsonRow;
 use crate::afas::token::AppToken;
+mod auth;
 mod server;
+pub use auth::{AuthSetup, ConnectorMode};
 pub use data::{ConnectorData, Dataset};
 pub use server::*;
 
@@ -132,26 +134,8 @@ pub struct LoggedRequest {
     pub path: String,
     pub query: Vec<(String, String)>,
     pub status: u16,
-}
-
-/// How the emulator authenticates callers.
-#[derive(Debug, Clone)]
-pub struct AuthSetup {
-    /// The App Connector token it accepts.
-    pub token: Option<AppToken>,
-    /// OAuth client id and secret it accepts.
-    pub oauth: Option<(String, String)>,
-    pub oauth_lifetime: Duration,
-}
-
-impl AuthSetup {
-    pub fn token(token: AppToken) -> Self {
-        AuthSetup {
-            token: Some(token),
-            oauth: None,
-            oauth_lifetime: Duration::from_secs(3600),
-        }
-    }
+    /// The `Authorization` scheme sent (`AfasToken`, `Bearer`, `Basic`), or empty.
+    pub auth_scheme: String,
 }
 
 /// The emulator's shared state; tests hold an `Arc` to it to change days,
@@ -161,6 +145,9 @@ pub struct EmulatorState {
     data: RwLock<Dataset>,
     day: AtomicU64,
     auth: AuthSetup,
+    mode: Mutex<ConnectorMode>,
+    /// `jti`s of client assertions already used (replays are refused).
+    seen_jti: Mutex<std::collections::HashSet<String>>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<LoggedRequest>>,
     bearer: Mutex<HashMap<String, Instant>>,
@@ -185,7 +172,9 @@ impl EmulatorState {
             days,
             data: RwLock::new(first),
             day: AtomicU64::new(0),
+            mode: Mutex::new(auth.mode),
             auth,
+            seen_jti: Mutex::new(Default::default()),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
             bearer: Mutex::new(HashMap::new()),

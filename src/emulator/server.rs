@@ -95,83 +95,6 @@ pub(super) fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl EmulatorState {
-    fn check_auth(&self, req: &Request<Incoming>) -> Option<Response<BoxBody>> {
-        let header = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if let Some(rest) = header.strip_prefix("AfasToken ") {
-            if let Some(token) = &self.auth.token {
-                let expected = base64::engine::general_purpose::STANDARD.encode(token.to_xml());
-                if rest == expected {
-                    return None;
-                }
-                // AFAS answers an un-encoded token with a 500, not a 401.
-                if rest.trim_start().starts_with('<') {
-                    return Some(functional("Invalid token: the token must be base64 encoded"));
-                }
-            }
-            return Some(respond(401, ""));
-        }
-        if let Some(rest) = header.strip_prefix("Bearer ") {
-            let ok = lock(&self.bearer).get(rest).is_some_and(|exp| Instant::now() < *exp);
-            if ok {
-                return None;
-            }
-            let mut r = respond(401, "");
-            r.headers_mut().insert(
-                hyper::header::WWW_AUTHENTICATE,
-                hyper::header::HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-            return Some(r);
-        }
-        Some(respond(401, ""))
-    }
-
-    async fn oauth_token(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        let basic = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())));
-        let body = match req.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return respond(400, json!({"error": "invalid_request"}).to_string()),
-        };
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-        if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-            return respond(400, json!({"error": "unsupported_grant_type"}).to_string());
-        }
-        let (id, secret) = match (form.get("client_id"), form.get("client_secret"), basic) {
-            (Some(i), Some(s), _) => (i.clone(), s.clone()),
-            (_, _, Some((i, s))) => (i, s),
-            _ => return respond(
-                400,
-                json!({"error": "invalid_request", "error_description": "client_id and client_secret are required"})
-                    .to_string(),
-            ),
-        };
-        match &self.auth.oauth {
-            Some((want_id, want_secret)) if *want_id == id && *want_secret == secret => {
-                let n = self.counter.fetch_add(1, Ordering::SeqCst);
-                let token = format!("emu-{:016x}", data::Rng::new(n ^ 0x5eed).next_u64());
-                lock(&self.bearer).insert(token.clone(), Instant::now() + self.auth.oauth_lifetime);
-                respond(
-                    200,
-                    json!({"access_token": token, "token_type": "Bearer", "expires_in": self.auth.oauth_lifetime.as_secs()}).to_string(),
-                )
-            }
-            _ => respond(
-                401,
-                json!({"error": "invalid_client", "error_description": "Client authentication failed"}).to_string(),
-            ),
-        }
-    }
-
     fn connector_rows(&self, connector: &str, params: &[(String, String)]) -> Response<BoxBody> {
         let q = match query::parse(params) {
             Ok(q) => q,
@@ -220,7 +143,7 @@ impl EmulatorState {
             json!({
                 "updateConnectors": [],
                 "getConnectors": list,
-                "info": {"envid": "O12345AA", "appName": "Alleo App connector", "group": "Alleo Group", "tokenExpiry": null}
+                "info": {"envid": "O12345AA", "appName": "Alleo App connector", "group": "Alleo Group", "tokenExpiry": self.reported_token_expiry()}
             })
             .to_string(),
         )
@@ -249,6 +172,13 @@ impl EmulatorState {
         let path = req.uri().path().to_string();
         let query_text = req.uri().query().map(str::to_string);
         let method = req.method().clone();
+        let auth_scheme = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(' ').next())
+            .unwrap_or("")
+            .to_string();
         let params = parse_query(query_text.as_deref());
         let (latency, fault) = self.pick_fault(&path);
         if !latency.is_zero() {
@@ -265,6 +195,7 @@ impl EmulatorState {
             path: path.clone(),
             query: params,
             status: response.status().as_u16(),
+            auth_scheme,
         });
         self.after_answer(&path);
         response
@@ -302,7 +233,17 @@ impl EmulatorState {
         }
         if req.method() == hyper::Method::POST {
             return match lower_refs.as_slice() {
-                ["oauth", "token"] => self.oauth_token(req).await,
+                ["oauth", "token"] => match fault {
+                    Some(FaultAction::Status { status, body }) => respond(*status, body.clone()),
+                    _ => self.oauth_token(req).await,
+                },
+                ["_emulator", "connector", mode] => match ConnectorMode::parse(mode) {
+                    Some(m) => {
+                        self.set_connector_mode(m);
+                        respond(200, json!({"connector": mode}).to_string())
+                    }
+                    None => respond(404, json!({"error": "token, hybrid or oauth"}).to_string()),
+                },
                 ["_emulator", "day", day] => {
                     let index = day
                         .parse::<usize>()

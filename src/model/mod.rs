@@ -7,6 +7,7 @@ mod decimal;
 mod employee;
 pub mod plan;
 pub mod run;
+mod secret;
 
 pub use decimal::Decimal;
 pub use employee::*;
@@ -14,3 +15,4 @@ pub use plan::{
     Change, Guards, Mutation, MutationKind, Plan, Provisioned, ProvisionedHead, Rules, SourceStats, Status, Write,
 };
 pub use run::{Outcome, RunRecord};
+pub use secret::Secret;

@@ -107,16 +107,7 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
     // AFAS tells the token's expiry in /metainfo; it feeds the alert that
     // warns before the integration silently stops.
     if let Ok(meta) = client.metainfo().await {
-        let expiry = meta.info.token_expiry.as_deref().and_then(|t| {
-            t.parse::<jiff::Timestamp>().ok().or_else(|| {
-                afas::rows::parse_afas_date(t)
-                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-                    .map(|z| z.timestamp())
-            })
-        });
-        if let Some(ts) = expiry {
-            crate::metrics::metrics().token_expiry.set(ts.as_second() as f64);
-        }
+        afas::expiry::publish_for(&config.afas, meta.info.token_expiry.as_deref());
     }
     let mut problems = Vec::new();
     for (source, conn) in afas::connectors(config) {

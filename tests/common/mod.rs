@@ -121,3 +121,28 @@ pub async fn run_bin_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, S
 }
 pub mod peers;
 pub mod sync_env;
+
+/// Polls `f` every 200 ms until it holds; panics naming `what` after `secs`.
+pub async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Waits until the file at `path` (a daemon's log) contains `needle`.
+pub async fn wait_for_log(path: &Path, needle: &str, secs: u64) {
+    wait_for(needle, secs, || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        async move { text.contains(needle) }
+    })
+    .await;
+}

@@ -117,8 +117,10 @@ impl ScimSink {
                 client_secret,
             } => Auth::OAuth(crate::oauth::TokenSource::new(
                 token_url.clone(),
-                client_id.clone(),
-                client_secret.clone(),
+                crate::oauth::Client {
+                    id: client_id.clone(),
+                    auth: crate::oauth::ClientAuth::SecretPost(client_secret.clone()),
+                },
             )),
         };
         Ok(ScimSink {
