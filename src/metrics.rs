@@ -231,7 +231,27 @@ impl Metrics {
             Unit::Seconds,
             m.oauth_secret_expiry.clone(),
         );
+        // Every rejection reason at zero, so "none" is 0, not absent.
+        for reason in REASON_CLASSES {
+            let _ = m.rejected.get_or_create(&ReasonLabels {
+                reason: (*reason).into(),
+            });
+        }
         Metrics { registry: r, ..m }
+    }
+
+    /// Makes a sink's series exist at zero from its first pass, so that
+    /// dashboards and alerts see 0 rather than no data.
+    pub fn sink_seen(&self, sink: &str) {
+        let label = SinkLabels { sink: sink.into() };
+        let _ = self.delivery_throttled.get_or_create(&label);
+        let _ = self.sink_latency.get_or_create(&label);
+        for outcome in ["delivered", "retried", "dead_lettered"] {
+            let _ = self.deliveries.get_or_create(&DeliveryLabels {
+                sink: sink.into(),
+                outcome: outcome.into(),
+            });
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -280,6 +300,18 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Every class [`reason_class`] returns.
+pub const REASON_CLASSES: &[&str] = &[
+    "duplicate_key",
+    "missing_field",
+    "invalid_email",
+    "contract",
+    "pay",
+    "invalid_date",
+    "not_a_row",
+    "invalid_value",
+];
+
 /// A short, fixed class for a rejection reason (never the row's data).
 pub fn reason_class(reason: &str) -> &'static str {
     let r = reason.to_ascii_lowercase();
@@ -315,5 +347,27 @@ mod tests {
         let open = "# HELP x_runs Runs.\n# TYPE x_runs counter\nx_runs_total{a=\"b\"} 1\n# HELP x_t T.\n# TYPE x_t gauge\n# UNIT x_t seconds\nx_t 2\n# EOF\n";
         let text = to_prometheus_text(open);
         assert_eq!(text, "# HELP x_runs_total Runs.\n# TYPE x_runs_total counter\nx_runs_total{a=\"b\"} 1\n# HELP x_t T.\n# TYPE x_t gauge\nx_t 2\n");
+    }
+
+    #[test]
+    fn every_reason_class_is_exposed_from_the_start() {
+        let text = metrics().encode();
+        for reason in [
+            "duplicate key 12",
+            "mail is required but empty",
+            "not an e-mail address: mail",
+            "contract row 3",
+            "salary row 2",
+            "date 2026-13-01",
+            "not an object",
+            "something else",
+        ] {
+            let class = reason_class(reason);
+            assert!(REASON_CLASSES.contains(&class), "{class}");
+            assert!(
+                text.contains(&format!("afas_sync_rows_rejected_total{{reason=\"{class}\"}} 0")),
+                "{class} at zero in\n{text}"
+            );
+        }
     }
 }

@@ -115,6 +115,8 @@ async fn the_daemon_runs_on_schedule_answers_while_running_and_stops_cleanly() {
         String::from_utf8_lossy(&result.stderr)
     );
 
+    queries_use_only_exposed_series(&metrics).await;
+
     // SIGHUP: an invalid config is refused and the old one kept; a valid
     // one is taken.
     let pid = daemon.id().expect("pid") as i32;
@@ -153,4 +155,144 @@ async fn the_daemon_runs_on_schedule_answers_while_running_and_stops_cleanly() {
     assert!(!dir.path().join("afas-sync.sock").exists(), "socket removed");
     let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(!log.contains(TOKEN_HEX), "no secret in the log");
+}
+
+/// Every PromQL expression of the Grafana dashboard and the alert rules
+/// parses (promtool, through a generated rules file) and names only series
+/// that this daemon's `/metrics` exposes, so a renamed metric fails here.
+async fn queries_use_only_exposed_series(scrape: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/packaging/grafana/afas-sync.json")).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", Value::String(e)) => out.push(e.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut exprs = Vec::new();
+    walk(&dashboard["panels"], &mut exprs);
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        assert!(
+            p["description"].as_str().is_some_and(|d| d.len() > 40),
+            "panel {} says what to do",
+            p["title"]
+        );
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "panel {} uses the variable",
+            p["title"]
+        );
+    }
+    let vars: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "instance"]);
+    let instance_query = dashboard["templating"]["list"][1]["definition"]
+        .as_str()
+        .expect("query");
+    let dashboard_exprs = exprs.len();
+    let alerts = std::fs::read_to_string(format!("{root}/packaging/prometheus/alerts.yml")).expect("alerts");
+    exprs.extend(
+        alerts
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr: "))
+            .map(str::to_string),
+    );
+    assert!(dashboard_exprs >= 15 && exprs.len() > dashboard_exprs + 5, "{exprs:?}");
+
+    // Grafana's variables become what Prometheus would see.
+    let promql: Vec<String> = exprs
+        .iter()
+        .map(|e| e.replace("$__rate_interval", "5m").replace("$instance", ".*"))
+        .collect();
+    let mut rules = String::from("groups:\n  - name: dashboard-and-alerts\n    rules:\n");
+    for (i, e) in promql.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: afas_sync_check:q{i}\n        expr: {}\n",
+            serde_json::to_string(e).expect("quoted")
+        ));
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("queries.yml");
+    std::fs::write(&file, rules).expect("rules");
+    let out = std::process::Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "a dashboard or alert query does not parse:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The series the daemon exposes, from its TYPE lines (a family shows
+    // them before it has any sample).
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exposed.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            exposed.insert(name.to_string());
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for e in exprs.iter().map(String::as_str).chain([instance_query]) {
+        let mut rest = e;
+        while let Some(at) = rest.find("afas_sync_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            used.insert(name);
+        }
+    }
+    let missing: Vec<&String> = used.iter().filter(|n| !exposed.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "queries use series /metrics does not have: {missing:?}\nexposed: {exposed:?}"
+    );
+    // What the dashboard is for: each of these is graphed.
+    for wanted in [
+        "afas_sync_runs_total",
+        "afas_sync_last_success_timestamp_seconds",
+        "afas_sync_mutations_total",
+        "afas_sync_rows_rejected_total",
+        "afas_sync_afas_requests_total",
+        "afas_sync_afas_request_duration_seconds_bucket",
+        "afas_sync_outbox_pending",
+        "afas_sync_outbox_dead_letters",
+        "afas_sync_deliveries_total",
+        "afas_sync_delivery_throttled_total",
+        "afas_sync_held_plans",
+        "afas_sync_afas_token_expiry_timestamp_seconds",
+        "afas_sync_afas_oauth_secret_expiry_timestamp_seconds",
+    ] {
+        assert!(
+            exprs[..dashboard_exprs].iter().any(|e| e.contains(wanted)),
+            "the dashboard has no panel on {wanted}"
+        );
+    }
 }

@@ -3,11 +3,13 @@
 
 mod demo;
 mod emulate;
+mod generate;
 pub mod render;
 
 pub use demo::EXTRA_CONNECTORS;
 use demo::*;
 use emulate::*;
+pub use generate::{Generate, Shell};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -105,6 +107,11 @@ pub enum Command {
         employees: u64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Print the man page or a shell's completions (the packages ship both).
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
     },
 }
 
@@ -204,9 +211,14 @@ pub fn init_logging(level: Option<&str>) {
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     };
+    // Colour only for a person at a terminal: a pipe, a file or the
+    // journal gets plain text, and NO_COLOR (no-color.org) turns it off.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .try_init();
 }
@@ -377,6 +389,7 @@ async fn check(cli: &Cli) -> i32 {
 /// Runs a parsed command line and returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
     match &cli.command {
+        Command::Generate { what } => generate::run(what),
         Command::Config {
             action: ConfigAction::Example,
         } => {

@@ -210,6 +210,7 @@ impl Limiter {
     pub fn new(sink: &'static str, start: u32, max: u32) -> Arc<Limiter> {
         let max = max.max(1) as usize;
         let start = (start.max(1) as usize).min(max);
+        crate::metrics::metrics().sink_seen(sink);
         let l = Arc::new(Limiter {
             sink,
             max,
