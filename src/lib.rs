@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod oauth;
+pub mod progress;
 pub mod store;
 pub mod sync;

@@ -204,6 +204,7 @@ impl AfasClient {
                 rows,
                 bad_rows,
             };
+            crate::progress::page(&page.connector, (page.rows.len() + page.bad_rows.len()) as u64);
             if tx.send(Ok(page)).await.is_err() {
                 return Ok(());
             }
@@ -254,6 +255,7 @@ impl AfasClient {
                 bad_rows,
             };
             number += 1;
+            crate::progress::page(&page.connector, (page.rows.len() + page.bad_rows.len()) as u64);
             if tx.send(Ok(page)).await.is_err() || short {
                 break Ok(());
             }

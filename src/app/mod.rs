@@ -80,7 +80,7 @@ pub struct HeldPlan {
     pub plan: Plan,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
     pub store: String,
     pub active: u64,
@@ -89,10 +89,13 @@ pub struct StatusReport {
     pub last_success: Option<RunRecord>,
     pub held_plans: Vec<u64>,
     pub outbox: BTreeMap<String, OutboxCounts>,
+    /// What this process is doing now (a daemon mid-run or mid-delivery).
+    #[serde(default)]
+    pub now: Option<crate::progress::Snapshot>,
 }
 
 /// The answer to a request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     DryRun {
@@ -295,6 +298,7 @@ fn status(store: &Store) -> Result<Reply, AppError> {
         last_success,
         held_plans: store.held_plans()?.into_iter().map(|(id, _)| id).collect(),
         outbox: store.outbox_counts()?,
+        now: Some(crate::progress::snapshot()).filter(|p| p.phase != crate::progress::Phase::Idle),
     }))
 }
 

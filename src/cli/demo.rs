@@ -222,6 +222,8 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
             let _ = stop_rx.await;
         },
     ));
+    // The daemon runs in this process: its progress shows here.
+    let first = super::watch::bars_at_terminal();
     let mut waited = 0;
     loop {
         let out = demo_call(&cfg, Request::History { limit: 5 }).await.unwrap_or_default();
@@ -234,6 +236,9 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    if let Some(w) = first {
+        w.finish().await;
+    }
 
     // Day 2: hires, leavers and department changes in AFAS.
     let day2 = day.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
@@ -245,6 +250,7 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         churned.leavers.len(),
         churned.movers.len()
     );
+    let second = super::watch::bars_at_terminal();
     let out = demo_call(
         &cfg,
         Request::Sync {
@@ -252,7 +258,11 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
             dry_run: false,
         },
     )
-    .await?;
+    .await;
+    if let Some(w) = second {
+        w.finish().await;
+    }
+    let out = out?;
     print!("{}", out.stdout);
     let history = demo_call(&cfg, Request::History { limit: 5 }).await?;
     println!();

@@ -5,6 +5,7 @@ mod demo;
 mod emulate;
 mod generate;
 pub mod render;
+mod watch;
 
 pub use demo::EXTRA_CONNECTORS;
 use demo::*;
@@ -217,7 +218,7 @@ pub fn init_logging(level: Option<&str>) {
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| watch::LogWriter)
         .with_ansi(colour)
         .with_target(false)
         .try_init();
@@ -307,7 +308,24 @@ async fn state_request(cli: &Cli, req: Request) -> i32 {
         let _ = std::io::stdout()
             .lock()
             .write_all(render::export_line(p, csv).as_bytes());
+        crate::progress::exported(1);
     };
+    // Long work shows what it is doing: sync, export, outbox retry.
+    let long = matches!(
+        req,
+        Request::Sync { .. } | Request::Export { .. } | Request::OutboxRetry { .. }
+    );
+    let daemon = crate::daemon::control::socket_path(&cfg).exists();
+    let watch = long.then(|| {
+        watch::start(
+            cli.json,
+            if daemon && !matches!(req, Request::Export { .. }) {
+                watch::Source::Daemon(Box::new(cfg.clone()))
+            } else {
+                watch::Source::Local
+            },
+        )
+    });
     let result = match crate::daemon::control::call(&cfg, &req, &mut row).await {
         Ok(Some(result)) => result,
         Ok(None) => {
@@ -321,10 +339,17 @@ async fn state_request(cli: &Cli, req: Request) -> i32 {
             app::handle(&cfg, &store, &req, Deliver::Wait, &mut row).await
         }
         Err(e) => {
+            if let Some(w) = watch {
+                w.finish().await;
+            }
             eprintln!("error: {e}");
             return exit::FAILURE;
         }
     };
+    if let Some(w) = watch {
+        w.finish().await;
+    }
+    crate::progress::idle();
     let (out, code) = render::render(&result, cli.json);
     out.print();
     code

@@ -353,6 +353,7 @@ fn status_out(s: &StatusReport, json_out: bool, o: &mut Out) {
         "last_run": s.last_run.as_ref().map(run_json),
         "last_success": s.last_success.as_ref().map(|r| json!({"id": r.id, "finished_at": r.finished_at})),
         "held_plans": s.held_plans,
+        "now": s.now,
         "outbox": s.outbox.iter().map(|(sink, c)| (sink.clone(), json!({
             "pending": c.pending, "dead": c.dead, "stopped": c.stopped,
             "oldest_pending_at": c.oldest_pending_at.and_then(|t| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()),
@@ -416,6 +417,12 @@ fn status_out(s: &StatusReport, json_out: bool, o: &mut Out) {
                 }
             }
             _ => say!(o, "outbox:       empty"),
+        }
+        if let Some(now) = &s.now {
+            say!(o, "now:          {} for {} s", now.phase.as_str(), now.phase_secs);
+            for sink in now.sinks.iter().filter(|p| p.active) {
+                say!(o, "  delivering to {}", sink.line());
+            }
         }
     }
 }

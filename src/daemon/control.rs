@@ -24,7 +24,7 @@ pub struct Call {
 }
 
 /// One line of the daemon's answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Line {
     /// One row of an export, as it is read.
@@ -49,7 +49,7 @@ pub fn socket_path(config: &Config) -> PathBuf {
 pub async fn call(
     config: &Config,
     request: &Request,
-    row: &mut dyn FnMut(&Provisioned),
+    row: &mut (dyn FnMut(&Provisioned) + Send),
 ) -> Result<Option<Result<Reply, AppError>>, String> {
     let path = socket_path(config);
     let stream = match UnixStream::connect(&path).await {

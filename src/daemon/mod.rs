@@ -358,6 +358,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = spawn_http(http, health, stop_rx)?;
     let control_task = tokio::spawn(control_loop(control_listener, shared.clone()));
+    // A long first import is seen moving in the journal.
+    let progress_task = tokio::spawn(crate::progress::log_while_running());
 
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("afas-sync daemon ready");
@@ -430,6 +432,7 @@ pub async fn run(
         let _ = task.await;
     }
     control_task.abort();
+    progress_task.abort();
     let _ = tokio::task::spawn_blocking(move || http_task.join()).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())

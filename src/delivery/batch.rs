@@ -9,7 +9,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::scim::bulk::{BulkOp, BulkPlan};
-use super::worker::{going, load_of, report, slot, DeliveryError, Out, SinkPass};
+use super::worker::{going, load_of, report, slot, Out, SinkPass};
+use super::DeliveryError;
 use super::Job;
 
 /// One round's work: a Bulk request, or one entry on its own.

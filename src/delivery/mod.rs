@@ -11,11 +11,13 @@ mod batch;
 mod events;
 pub mod files;
 mod limit;
+mod record;
 pub mod scim;
 pub mod webhook;
 mod worker;
 
 pub use events::*;
+pub use record::{DeliveryError, PassReport};
 pub use worker::*;
 
 use std::collections::BTreeMap;

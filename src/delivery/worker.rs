@@ -3,21 +3,8 @@
 //! letters, and a sink that stops when its target refuses everything.
 
 use super::limit::{Limiter, Load, Permit};
+use super::record::*;
 use super::*;
-
-/// What a pass over the outbox did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PassReport {
-    pub delivered: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
-    /// Sinks that stopped this pass, with why.
-    pub down: Vec<(String, String)>,
-    /// Entries still pending (not dead) after the pass.
-    pub pending: u64,
-    /// The earliest `next_at` among pending entries.
-    pub next_due: Option<i64>,
-}
 
 /// The wait after a failed delivery: 30 s doubling to 1 h, with random
 /// jitter (the one backoff policy, [`crate::net::backoff`]).
@@ -58,31 +45,6 @@ impl Refusals {
         self.last = None;
         self.in_a_row = 0;
     }
-}
-
-/// What one task did with one entry.
-pub(super) enum Handled {
-    Result(u64, EntryResult),
-    /// Refused as it is (4xx): dead-lettered, unless the same refusal
-    /// stopped the sink.
-    Refused(u64, OutboxEntry, String),
-}
-
-/// Why a delivery pass could not do its work (a sink's refusal is not one:
-/// that is recorded on its entries).
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    #[error("the state file: {0}")]
-    Store(#[from] StoreError),
-    #[error("a delivery task failed: {0}")]
-    Task(String),
-}
-
-/// Store work on the blocking pool; a failed task is a [`DeliveryError::Task`].
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, DeliveryError> {
-    crate::store::blocking(f, DeliveryError::Task).await
 }
 
 /// One pass over every sink's due entries at time `now` (Unix seconds; the
@@ -135,6 +97,7 @@ pub async fn deliver_pass_until(
         let outcome = pass_over(Arc::new(pass), store, force, &mut recorder).await?;
         recorder.finish(outcome).await?;
     }
+    crate::progress::idle();
     Ok(report)
 }
 
@@ -171,20 +134,6 @@ pub(super) struct SinkPass {
     pub(super) stop: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What a sink's pass did that is settled only when it ends.
-struct SinkOutcome {
-    /// Refusals wait for the end: the same refusal three times means the
-    /// sink stops, and then none of them spends an attempt.
-    refused: Vec<Handled>,
-    stopped_on: Option<String>,
-    stop_message: Option<String>,
-}
-
-/// Results are recorded in batches of this many, or older than
-/// [`RECORD_EVERY`], so a crash repeats at most one batch at the target.
-const RECORD_BATCH: usize = 256;
-const RECORD_EVERY: Duration = Duration::from_secs(1);
-
 /// Delivers the due chains of one sink, as many employees at a time as its
 /// limiter allows, recording results as they come.
 async fn pass_over(
@@ -211,6 +160,8 @@ async fn pass_over(
     // Run events ("sync.completed" …) go after the employee events of the
     // same pass, so a receiver sees the run's changes first.
     let run_chain = chains.remove("");
+    let entries = chains.values().chain(run_chain.iter()).map(|c| c.len() as u64).sum();
+    crate::progress::begin_delivery(name, entries);
     if !chains.is_empty() {
         let first: Vec<&Job> = chains.values().filter_map(|c| c.first()).collect();
         pass.sink.prepare(&first).await;
@@ -434,102 +385,6 @@ fn retry_later(
         e.dead = true;
     }
     Handled::Result(seq, EntryResult::Update(e))
-}
-
-/// Records one sink's results in batches, counting them into the pass's
-/// report and `/metrics`.
-struct Recorder<'a> {
-    store: Arc<Store>,
-    name: &'static str,
-    batch: Vec<(u64, EntryResult)>,
-    report: &'a mut PassReport,
-}
-
-impl Recorder<'_> {
-    async fn flush(&mut self) -> Result<(), DeliveryError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let results = std::mem::take(&mut self.batch);
-        let m = crate::metrics::metrics();
-        for (_, r) in &results {
-            let outcome = match r {
-                EntryResult::Done { .. } => {
-                    self.report.delivered += 1;
-                    "delivered"
-                }
-                EntryResult::Update(e) if e.dead => {
-                    self.report.dead_lettered += 1;
-                    "dead_lettered"
-                }
-                EntryResult::Update(_) => {
-                    self.report.retried += 1;
-                    "retried"
-                }
-            };
-            m.deliveries
-                .get_or_create(&crate::metrics::DeliveryLabels {
-                    sink: self.name.into(),
-                    outcome: outcome.into(),
-                })
-                .inc();
-        }
-        let (s, name) = (self.store.clone(), self.name);
-        blocking(move || s.outbox_apply(name, &results)).await
-    }
-
-    /// Settles refusals, records the rest and the sink's state, and counts
-    /// what is left.
-    async fn finish(mut self, h: SinkOutcome) -> Result<(), DeliveryError> {
-        for x in h.refused {
-            let Handled::Refused(seq, mut e, reason) = x else {
-                continue;
-            };
-            if h.stopped_on.as_deref() == Some(reason.as_str()) {
-                // The target refuses everything, not this entry: it stays
-                // pending with no attempt spent, and says why.
-                e.last_error = h.stop_message.clone().or(Some(reason));
-                self.batch.push((seq, EntryResult::Update(e)));
-                continue;
-            }
-            e.attempts += 1;
-            e.dead = true;
-            e.last_error = Some(reason);
-            self.batch.push((seq, EntryResult::Update(e)));
-        }
-        let (name, report) = (self.name, &mut *self.report);
-        let m = crate::metrics::metrics();
-        if let Some(reason) = &h.stop_message {
-            tracing::error!(sink = name, "delivery stopped: {reason}");
-            report.down.push((name.to_string(), reason.clone()));
-        }
-        let sink = crate::metrics::SinkLabels { sink: name.into() };
-        m.sink_stopped
-            .get_or_create(&sink)
-            .set(i64::from(h.stop_message.is_some()));
-        self.flush().await?;
-        let s = self.store.clone();
-        let stopped = h.stop_message;
-        let remaining = blocking(move || {
-            s.set_sink_stopped(name, stopped.as_deref())?;
-            s.outbox_entries(name)
-        })
-        .await?;
-        let mut dead = 0;
-        let mut pending = 0;
-        for (_, e) in &remaining {
-            if e.dead {
-                dead += 1;
-                continue;
-            }
-            pending += 1;
-            self.report.next_due = Some(self.report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
-        }
-        self.report.pending += pending;
-        m.outbox_pending.get_or_create(&sink).set(pending as i64);
-        m.outbox_dead.get_or_create(&sink).set(dead);
-        Ok(())
-    }
 }
 
 pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreError> {

@@ -114,7 +114,9 @@ async fn blocking<T: Send + 'static>(
 /// Runs one sync as of `as_of`.
 pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool) -> Result<SyncResult, SyncError> {
     let started = std::time::Instant::now();
+    crate::progress::begin_read();
     let result = run_inner(config, store.clone(), as_of, dry_run).await;
+    crate::progress::idle();
     if !dry_run {
         match &result {
             Ok(SyncResult::Committed(r)) | Ok(SyncResult::Held(r, _)) => record_metrics(r, started),
@@ -160,6 +162,7 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
             return Err(e);
         }
     };
+    crate::progress::begin_commit();
     let guards = config.guards.guards();
     let fingerprint = mapping_fingerprint(config);
     if dry_run {
