@@ -438,3 +438,26 @@ async fn fetch_prints_rows_as_ndjson() {
         assert!(v.get("SequenceNumber").is_some());
     }
 }
+
+#[tokio::test]
+async fn the_demo_syncs_two_days_then_moves_to_oauth_with_the_daemon_running() {
+    let (code, out, err) = run_bin(&["demo", "--employees", "60"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("WARN AFAS credentials expiry"), "{out}");
+    assert!(
+        out.contains(
+            "PASS AFAS authentication                      OAuth client `alleo-demo`, private_key_jwt (ES256)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("the run signed in with OAuth") && out.contains("none with the token"),
+        "{out}"
+    );
+    let runs: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains("  20"))
+        .collect();
+    assert_eq!(runs.len(), 3, "{out}");
+    assert!(runs.iter().all(|l| !l.contains("failed")), "{out}");
+}

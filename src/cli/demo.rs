@@ -175,10 +175,19 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     let token = random_token()?;
     let day = today();
-    let state = EmulatorState::new(
-        vec![("day 1".into(), data::generate(seed, employees, day))],
-        AuthSetup::token(token.clone()),
-    );
+    // The App connector starts on the classic token, as every customer's
+    // does today; its OAuth client (for day 3) knows the demo's key.
+    let key_pem = crate::oauth::jwt::generate_p256().map_err(|e| e.to_string())?;
+    let public = crate::oauth::jwt::SigningKey::from_pem(key_pem.as_bytes(), None)
+        .map_err(|e| e.to_string())?
+        .public_key_pem();
+    let mut auth = AuthSetup::token(token.clone());
+    auth.oauth_key = Some((
+        DEMO_CLIENT.into(),
+        crate::oauth::jwt::VerifyingKey::from_pem(public.as_bytes()).map_err(|e| e.to_string())?,
+    ));
+    auth.mode = crate::emulator::ConnectorMode::Token;
+    let state = EmulatorState::new(vec![("day 1".into(), data::generate(seed, employees, day))], auth);
     let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
     let scim_token = format!("demo-{}", &random_token()?.data()[..24]);
@@ -264,6 +273,8 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
     }
     let out = out?;
     print!("{}", out.stdout);
+    let day3 = day2.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
+    let cfg = move_to_oauth(&emu, dir.path(), &config_path, &key_pem, day3).await?;
     let history = demo_call(&cfg, Request::History { limit: 5 }).await?;
     println!();
     print!("{}", history.stdout);
@@ -291,4 +302,71 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
     }
     emu.stop().await;
     Ok(())
+}
+
+/// The demo's OAuth client id at the emulator.
+const DEMO_CLIENT: &str = "alleo-demo";
+
+/// Day 3: the move from the classic token to OAuth (README, "Moving from the
+/// App Connector token to OAuth"), with the daemon running: the App
+/// connector goes to Hybrid, the config gets the OAuth keys
+/// (`private_key_jwt`), `check`, a reload (SIGHUP), the day's sync signs in
+/// with OAuth, and the connector then accepts OAuth only.
+async fn move_to_oauth(
+    emu: &Emulator,
+    dir: &Path,
+    config_path: &Path,
+    key_pem: &str,
+    day3: jiff::civil::Date,
+) -> Result<Config, String> {
+    println!();
+    println!("day 3: AFAS retires the classic token; moving to OAuth with the daemon running");
+    emu.state.set_connector_mode(crate::emulator::ConnectorMode::Hybrid);
+    println!("  in AFAS: the App connector is switched to Hybrid (token and OAuth both work)");
+    write_secret_file(&dir.join("afas_oauth_private_key"), key_pem).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(config_path).map_err(|e| e.to_string())?;
+    let text = text.replace(
+        "token_file = \"afas-token\"",
+        &format!("auth = \"oauth\"\noauth_client_id = \"{DEMO_CLIENT}\"\noauth_client_auth = \"private_key_jwt\"\noauth_private_key_file = \"afas_oauth_private_key\""),
+    );
+    std::fs::write(config_path, text).map_err(|e| e.to_string())?;
+    let cfg = Config::load(config_path).map_err(|e| e.to_string())?.config;
+    for item in crate::check::run(&cfg)
+        .await
+        .iter()
+        .filter(|i| i.name.starts_with("AFAS"))
+    {
+        println!("  {} {:<40} {}", item.label(), item.name, item.detail);
+    }
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .map_err(|e| format!("cannot send SIGHUP: {e}"))?;
+    if !hup.success() {
+        return Err("kill -HUP failed".into());
+    }
+    println!("  the daemon reloads its configuration (SIGHUP)");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    emu.state.clear_log();
+    let out = demo_call(
+        &cfg,
+        Request::Sync {
+            as_of: Some(day3),
+            dry_run: false,
+        },
+    )
+    .await?;
+    print!("{}", out.stdout);
+    let requests = emu.state.requests();
+    let oauth = requests.iter().filter(|r| r.auth_scheme == "Bearer").count();
+    let classic = requests.iter().filter(|r| r.auth_scheme == "AfasToken").count();
+    if oauth == 0 || classic > 0 {
+        return Err(format!(
+            "the reload did not take the OAuth config: {oauth} OAuth and {classic} classic-token requests"
+        ));
+    }
+    emu.state.set_connector_mode(crate::emulator::ConnectorMode::OAuth);
+    println!("  the run signed in with OAuth ({oauth} requests, none with the token)");
+    println!("  in AFAS: the App connector now accepts OAuth only; the token file can go");
+    Ok(cfg)
 }

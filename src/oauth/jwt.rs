@@ -187,6 +187,14 @@ impl SigningKey {
     }
 }
 
+/// A new P-256 private key as PKCS#8 PEM (the demo's OAuth client).
+pub fn generate_p256() -> Result<String, KeyError> {
+    let rng = SystemRandom::new();
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| KeyError::Sign)?;
+    Ok(pem("PRIVATE KEY", pkcs8.as_ref()))
+}
+
 /// A public key that checks assertions (the token endpoint's side).
 #[derive(Debug, Clone)]
 pub struct VerifyingKey {
@@ -375,6 +383,10 @@ mod tests {
         // An RS256 token is not taken for an EC key, nor a tampered one.
         let ec = VerifyingKey::from_pem(&fixture("ec.pub.pem")).expect("pub");
         assert!(ec.verify(&jwt).is_err());
+        // A generated key reads back and signs what its public half verifies.
+        let fresh = SigningKey::from_pem(generate_p256().expect("gen").as_bytes(), None).expect("read");
+        let public = VerifyingKey::from_pem(fresh.public_key_pem().as_bytes()).expect("pub");
+        assert!(public.verify(&fresh.assertion("c", "a", 0).expect("s")).is_ok());
         let good = SigningKey::from_pem(&fixture("ec.pem"), None)
             .expect("k")
             .assertion("c", "a", 0)
