@@ -128,6 +128,20 @@ impl Metrics {
             oauth_secret_expiry: FGauge::default(),
             registry: Registry::default(),
         };
+        m.register_runs(&mut r);
+        m.register_afas_and_delivery(&mut r);
+        // Every rejection reason at zero, so "none" is 0, not absent.
+        for reason in REASON_CLASSES {
+            let _ = m.rejected.get_or_create(&ReasonLabels {
+                reason: (*reason).into(),
+            });
+        }
+        Metrics { registry: r, ..m }
+    }
+
+    /// The runs, the snapshot and the guards.
+    fn register_runs(&self, r: &mut Registry) {
+        let m = self;
         r.register_with_unit(
             "afas_sync_last_run_timestamp",
             "When the last sync run finished (Unix time)",
@@ -166,6 +180,17 @@ impl Metrics {
             "AFAS rows rejected, by reason",
             m.rejected.clone(),
         );
+        r.register(
+            "afas_sync_held_plans",
+            "Plans held by a guard, waiting for approval",
+            m.held_plans.clone(),
+        );
+        r.register("afas_sync_guard_held", "Runs held by a guard", m.guard_held.clone());
+    }
+
+    /// AFAS's requests and credentials, and the delivery to each sink.
+    fn register_afas_and_delivery(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "afas_sync_afas_requests",
             "AFAS requests by connector and HTTP status",
@@ -213,12 +238,6 @@ impl Metrics {
             Unit::Seconds,
             m.sink_latency.clone(),
         );
-        r.register(
-            "afas_sync_held_plans",
-            "Plans held by a guard, waiting for approval",
-            m.held_plans.clone(),
-        );
-        r.register("afas_sync_guard_held", "Runs held by a guard", m.guard_held.clone());
         r.register_with_unit(
             "afas_sync_afas_token_expiry_timestamp",
             "When the classic App Connector token stops working: what AFAS reports, and at the latest 2027-08-31 (Unix time; 0 when no classic token is used)",
@@ -231,13 +250,6 @@ impl Metrics {
             Unit::Seconds,
             m.oauth_secret_expiry.clone(),
         );
-        // Every rejection reason at zero, so "none" is 0, not absent.
-        for reason in REASON_CLASSES {
-            let _ = m.rejected.get_or_create(&ReasonLabels {
-                reason: (*reason).into(),
-            });
-        }
-        Metrics { registry: r, ..m }
     }
 
     /// Makes a sink's series exist at zero from its first pass, so that

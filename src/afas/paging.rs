@@ -108,9 +108,7 @@ impl AfasClient {
             connector: spec.connector.clone(),
             reason,
         };
-        let mut last: Option<Vec<String>> = None;
-        // Rows with key == `last` already handed on.
-        let mut seen_with_last = 0usize;
+        let mut cursor = Cursor::default();
         let keyset_query = |last: Option<&[String]>| {
             let mut query = Self::base_query(spec);
             query.push(("skip".into(), "0".into()));
@@ -155,31 +153,7 @@ impl AfasClient {
                 }
             }
             let (fetched, bad_rows) = parse_rows(raw, &spec.fields)?;
-            let mut rows = Vec::with_capacity(fetched.len());
-            let mut to_skip = seen_with_last;
-            let mut last_row_keyless = false;
-            for row in fetched {
-                // A row without a usable key is handed on (the engine rejects
-                // it); only the last row of a full page must have one, to
-                // build the next page's filter.
-                let Ok(key) = key_values(&row, &spec.order) else {
-                    last_row_keyless = true;
-                    rows.push(row);
-                    continue;
-                };
-                last_row_keyless = false;
-                if last.as_ref() == Some(&key) {
-                    if to_skip > 0 {
-                        to_skip -= 1;
-                        continue;
-                    }
-                    seen_with_last += 1;
-                } else {
-                    last = Some(key);
-                    seen_with_last = 1;
-                }
-                rows.push(row);
-            }
+            let (rows, last_row_keyless) = cursor.advance(fetched, &spec.order);
             if full && last_row_keyless {
                 let example = rows
                     .last()
@@ -262,5 +236,46 @@ impl AfasClient {
         };
         // Requests still in flight are cancelled as `inflight` drops.
         result
+    }
+}
+
+/// Where keyset paging stands: the last key handed on, and how many rows
+/// with that key were (a page starts at that key again: `>=`).
+#[derive(Default)]
+struct Cursor {
+    last: Option<Vec<String>>,
+    seen_with_last: usize,
+}
+
+impl Cursor {
+    /// The rows of a page not handed on before, and whether the page's last
+    /// row has no usable key.
+    fn advance(&mut self, fetched: Vec<Row>, order: &[String]) -> (Vec<Row>, bool) {
+        let mut rows = Vec::with_capacity(fetched.len());
+        let mut to_skip = self.seen_with_last;
+        let mut last_row_keyless = false;
+        for row in fetched {
+            // A row without a usable key is handed on (the engine rejects
+            // it); only the last row of a full page must have one, to
+            // build the next page's filter.
+            let Ok(key) = key_values(&row, order) else {
+                last_row_keyless = true;
+                rows.push(row);
+                continue;
+            };
+            last_row_keyless = false;
+            if self.last.as_ref() == Some(&key) {
+                if to_skip > 0 {
+                    to_skip -= 1;
+                    continue;
+                }
+                self.seen_with_last += 1;
+            } else {
+                self.last = Some(key);
+                self.seen_with_last = 1;
+            }
+            rows.push(row);
+        }
+        (rows, last_row_keyless)
     }
 }

@@ -175,18 +175,7 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     let token = random_token()?;
     let day = today();
-    // The App connector starts on the classic token, as every customer's
-    // does today; its OAuth client (for day 3) knows the demo's key.
-    let key_pem = crate::oauth::jwt::generate_p256().map_err(|e| e.to_string())?;
-    let public = crate::oauth::jwt::SigningKey::from_pem(key_pem.as_bytes(), None)
-        .map_err(|e| e.to_string())?
-        .public_key_pem();
-    let mut auth = AuthSetup::token(token.clone());
-    auth.oauth_key = Some((
-        DEMO_CLIENT.into(),
-        crate::oauth::jwt::VerifyingKey::from_pem(public.as_bytes()).map_err(|e| e.to_string())?,
-    ));
-    auth.mode = crate::emulator::ConnectorMode::Token;
+    let (auth, key_pem) = demo_app_connector(&token)?;
     let state = EmulatorState::new(vec![("day 1".into(), data::generate(seed, employees, day))], auth);
     let emu = Emulator::start_local(state).await.map_err(|e| e.to_string())?;
     write_secret_file(&dir.path().join("afas-token"), &token.to_xml()).map_err(|e| e.to_string())?;
@@ -213,9 +202,7 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         None => println!("SCIM target: none (install scim2-server from PyPI to include it)"),
     }
     println!();
-    for item in crate::check::run(&cfg).await {
-        println!("  {} {:<40} {}", item.label(), item.name, item.detail);
-    }
+    print_checks(&cfg, |_| true).await;
 
     // The real daemon: it opens the state file, serves HTTP and the control
     // socket, and runs the first import at once (no run has happened yet).
@@ -233,21 +220,11 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
     ));
     // The daemon runs in this process: its progress shows here.
     let first = super::watch::bars_at_terminal();
-    let mut waited = 0;
-    loop {
-        let out = demo_call(&cfg, Request::History { limit: 5 }).await.unwrap_or_default();
-        if out.stdout.lines().count() > 1 {
-            break;
-        }
-        waited += 1;
-        if waited > 600 || daemon.is_finished() {
-            return Err("the daemon did not complete its first run".into());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let waited = first_run(&cfg, &daemon).await;
     if let Some(w) = first {
         w.finish().await;
     }
+    waited?;
 
     // Day 2: hires, leavers and department changes in AFAS.
     let day2 = day.checked_add(jiff::ToSpan::day(1)).map_err(|e| e.to_string())?;
@@ -304,6 +281,46 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
     Ok(())
 }
 
+/// Waits (up to a minute) for the daemon's first import.
+async fn first_run<T>(cfg: &Config, daemon: &tokio::task::JoinHandle<T>) -> Result<(), String> {
+    for _ in 0..600 {
+        let out = demo_call(cfg, Request::History { limit: 5 }).await.unwrap_or_default();
+        if out.stdout.lines().count() > 1 {
+            return Ok(());
+        }
+        if daemon.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err("the daemon did not complete its first run".into())
+}
+
+/// `check`'s lines whose name `show` accepts.
+async fn print_checks(cfg: &Config, show: impl Fn(&str) -> bool) {
+    for item in crate::check::run(cfg).await.iter().filter(|i| show(&i.name)) {
+        println!("  {} {:<40} {}", item.label(), item.name, item.detail);
+    }
+}
+
+/// The emulator's App connector: on the classic token, as every
+/// customer's is today, with an OAuth client (for day 3) that knows the
+/// key made here. Returns the key as PEM.
+fn demo_app_connector(token: &crate::afas::token::AppToken) -> Result<(AuthSetup, String), String> {
+    use crate::oauth::jwt;
+    let key_pem = jwt::generate_p256().map_err(|e| e.to_string())?;
+    let public = jwt::SigningKey::from_pem(key_pem.as_bytes(), None)
+        .map_err(|e| e.to_string())?
+        .public_key_pem();
+    let mut auth = AuthSetup::token(token.clone());
+    auth.oauth_key = Some((
+        DEMO_CLIENT.into(),
+        jwt::VerifyingKey::from_pem(public.as_bytes()).map_err(|e| e.to_string())?,
+    ));
+    auth.mode = crate::emulator::ConnectorMode::Token;
+    Ok((auth, key_pem))
+}
+
 /// The demo's OAuth client id at the emulator.
 const DEMO_CLIENT: &str = "alleo-demo";
 
@@ -331,13 +348,7 @@ async fn move_to_oauth(
     );
     std::fs::write(config_path, text).map_err(|e| e.to_string())?;
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?.config;
-    for item in crate::check::run(&cfg)
-        .await
-        .iter()
-        .filter(|i| i.name.starts_with("AFAS"))
-    {
-        println!("  {} {:<40} {}", item.label(), item.name, item.detail);
-    }
+    print_checks(&cfg, |name| name.starts_with("AFAS")).await;
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])
         .status()

@@ -139,6 +139,39 @@ pub async fn run(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool)
     result
 }
 
+/// A run that failed before anything was written: its record says why.
+async fn record_failed(config: &Config, store: &Arc<Store>, mut record: RunRecord, e: &SyncError) {
+    record.outcome = Outcome::Failed;
+    record.message = e.to_string();
+    record.finished_at = now();
+    let s = store.clone();
+    let targets = outbox_targets(config);
+    if let Err(store_err) = blocking(move || s.record_run(&record, &targets)).await {
+        tracing::error!("could not record the failed run: {store_err}");
+    }
+}
+
+/// The plan a run would commit, and the guards it would trip; nothing is
+/// written.
+async fn dry_run_plan(
+    store: &Arc<Store>,
+    prepared: Prepared,
+    guards: crate::model::Guards,
+    fingerprint: String,
+) -> Result<SyncResult, SyncError> {
+    let s = store.clone();
+    blocking(move || {
+        let fetched = match prepared.input {
+            Input::Finished(f) => f,
+            Input::Spilled(u) => u.finish(|_| Ok(()))?,
+        };
+        let plan = plan_of(&s, &fetched, prepared.as_of, &prepared.rules, fingerprint)?;
+        let reasons = plan::check_guards(&plan.guard_input(), &guards, &baseline(&s)?);
+        Ok(SyncResult::DryRun(Box::new(plan), reasons))
+    })
+    .await
+}
+
 async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: bool) -> Result<SyncResult, SyncError> {
     let id = {
         let s = store.clone();
@@ -149,15 +182,7 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
         Ok(p) => p,
         Err(e) => {
             if !dry_run {
-                record.outcome = Outcome::Failed;
-                record.message = e.to_string();
-                record.finished_at = now();
-                let s = store.clone();
-                let r = record.clone();
-                let targets = outbox_targets(config);
-                if let Err(store_err) = blocking(move || s.record_run(&r, &targets)).await {
-                    tracing::error!("could not record the failed run: {store_err}");
-                }
+                record_failed(config, &store, record, &e).await;
             }
             return Err(e);
         }
@@ -166,17 +191,7 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
     let guards = config.guards.guards();
     let fingerprint = mapping_fingerprint(config);
     if dry_run {
-        let s = store.clone();
-        return blocking(move || {
-            let fetched = match prepared.input {
-                Input::Finished(f) => f,
-                Input::Spilled(u) => u.finish(|_| Ok(()))?,
-            };
-            let plan = plan_of(&s, &fetched, as_of, &prepared.rules, fingerprint)?;
-            let reasons = plan::check_guards(&plan.guard_input(), &guards, &baseline(&s)?);
-            Ok(SyncResult::DryRun(Box::new(plan), reasons))
-        })
-        .await;
+        return dry_run_plan(&store, prepared, guards, fingerprint).await;
     }
     let targets = outbox_targets(config);
     let s = store.clone();

@@ -100,12 +100,10 @@ pub async fn fetch(config: &Config, client: &AfasClient, as_of: Date) -> Result<
     Ok(read(config, client, as_of).await?.finish(|_| Ok(()))?)
 }
 
-/// Checks the mapping against metainfo, then reads both connectors at once
-/// and normalizes the rows as they stream in, sorted by key; joining each
-/// employee with its contracts and pay is left to [`Unfinished::finish`].
-pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<Unfinished, SyncError> {
-    // AFAS tells the token's expiry in /metainfo; it feeds the alert that
-    // warns before the integration silently stops.
+/// Every mapped field is in its GetConnector with a type that fits. AFAS
+/// also tells the token's expiry in /metainfo; it feeds the alert that
+/// warns before the integration silently stops.
+async fn check_mapping(config: &Config, client: &AfasClient) -> Result<(), SyncError> {
     if let Ok(meta) = client.metainfo().await {
         afas::expiry::publish_for(&config.afas, meta.info.token_expiry.as_deref());
     }
@@ -118,9 +116,38 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
             &afas::mapped_fields(config, source),
         ));
     }
-    if !problems.is_empty() {
-        return Err(SyncError::Fields(problems));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SyncError::Fields(problems))
     }
+}
+
+/// A contract we cannot read may hide the current employment: its
+/// employee is rejected rather than guessed at (when the key is readable).
+fn unreadable_contract(
+    row: &afas::rows::Row,
+    mapping: &crate::config::Mapping,
+    reason: String,
+    row_problems: &mut HashMap<EmployeeKey, String>,
+) {
+    let key = afas::rows::text(row, &mapping.contracts.employee_key)
+        .ok()
+        .flatten()
+        .and_then(|k| EmployeeKey::parse(&k).ok());
+    match key {
+        Some(k) => {
+            row_problems.insert(k, format!("contract row: {reason}"));
+        }
+        None => tracing::warn!("contract row without a readable employee key: {reason}"),
+    }
+}
+
+/// Checks the mapping against metainfo, then reads both connectors at once
+/// and normalizes the rows as they stream in, sorted by key; joining each
+/// employee with its contracts and pay is left to [`Unfinished::finish`].
+pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<Unfinished, SyncError> {
+    check_mapping(config, client).await?;
     // Salary, wage components and leave are small per employee: each is
     // read in its own task while employees and contracts stream in here.
     let extras: Vec<_> = afas::connectors(config)
@@ -180,16 +207,7 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
                     for row in &page.rows {
                         match afas::decode::normalize_contract(row, mapping) {
                             Ok(pair) => contracts.push(pair).map_err(spill_err)?,
-                            Err(reason) => {
-                                // A contract we cannot read may hide the current
-                                // employment: reject its employee rather than
-                                // guess (when the key is readable).
-                                let key = afas::rows::text(row, &mapping.contracts.employee_key).ok().flatten().and_then(|k| EmployeeKey::parse(&k).ok());
-                                match key {
-                                    Some(k) => { row_problems.insert(k, format!("contract row: {reason}")); }
-                                    None => tracing::warn!("contract row without a readable employee key: {reason}"),
-                                }
-                            }
+                            Err(reason) => unreadable_contract(row, mapping, reason, &mut row_problems),
                         }
                     }
                 }
@@ -199,8 +217,7 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
 
     let mut extra = Extras::default();
     for task in extras {
-        let part = task.await.map_err(|e| SyncError::Internal(e.to_string()))??;
-        extra.merge(part);
+        extra.merge(task.await.map_err(|e| SyncError::Internal(e.to_string()))??);
     }
     acc.stats.contract_rows += extra.rows;
     for (key, problem) in extra.problems.drain() {
