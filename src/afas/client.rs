@@ -19,7 +19,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeSeed;
 use serde::Deserialize;
@@ -354,27 +353,33 @@ impl AfasClient {
     /// backoff, jitter, honouring `retry_after` up to `max_retry_wait`). A
     /// truncated body is retried like a dropped connection.
     async fn get<T: serde::de::DeserializeOwned>(&self, url: url::Url, connector: &str) -> Result<T, AfasError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.inner.min_backoff)
-            .with_max_delay(Duration::from_secs(60))
-            .with_max_times(self.inner.max_retries as usize)
-            .with_jitter();
-        let max_wait = self.inner.max_retry_wait;
-        (|| async {
-            let body = self.get_once(&url, connector).await?;
-            decode::<T>(&body, &url)
-        })
-        .retry(backoff)
-        .when(|e: &AfasError| e.is_transient() && e.retry_after().is_none_or(|d| d <= max_wait))
-        .adjust(|e: &AfasError, dur| dur.map(|d| e.retry_after().map_or(d, |ra| ra.max(d))))
-        .notify(|e: &AfasError, dur| {
+        let (max_wait, max_retries) = (self.inner.max_retry_wait, self.inner.max_retries);
+        let mut attempt = 0;
+        loop {
+            let result = match self.get_once(&url, connector).await {
+                Ok(body) => decode::<T>(&body, &url),
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let retry = attempt < max_retries && e.is_transient() && e.retry_after().is_none_or(|d| d <= max_wait);
+            if !retry {
+                return Err(e);
+            }
+            // The one backoff policy (random jitter), or longer when AFAS
+            // asked for a wait.
+            let wait = crate::net::backoff(attempt, self.inner.min_backoff, Duration::from_secs(60));
+            let wait = e.retry_after().map_or(wait, |asked| asked.max(wait));
             tracing::warn!(
                 path = url.path(),
-                retry_in_ms = dur.as_millis() as u64,
+                retry_in_ms = wait.as_millis() as u64,
                 "AFAS request failed, retrying: {e}"
-            )
-        })
-        .await
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
     }
 
     pub async fn profit_version(&self) -> Result<String, AfasError> {
