@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::pass::{going, load_of, report, slot, Out, SinkPass};
 use super::scim::bulk::{BulkOp, BulkPlan};
-use super::worker::{going, load_of, report, slot, Out, SinkPass};
 use super::DeliveryError;
 use super::Job;
 

@@ -11,12 +11,14 @@ mod batch;
 mod events;
 pub mod files;
 mod limit;
+mod pass;
 mod record;
 pub mod scim;
 pub mod webhook;
 mod worker;
 
 pub use events::*;
+pub use pass::SAME_REFUSALS_TO_STOP;
 pub use record::{DeliveryError, PassReport};
 pub use worker::*;
 

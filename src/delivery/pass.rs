@@ -1,0 +1,184 @@
+//! One sink's pass as its tasks share it: whether it may go on, a slot
+//! from the sink's limiter, and what each delivery's outcome means for its
+//! entry (done, retried after a backoff or the target's `Retry-After`,
+//! refused) and for the target's load.
+
+use super::limit::{Limiter, Load, Permit};
+use super::record::*;
+use super::*;
+
+/// The wait after a failed delivery: 30 s doubling to 1 h, with random
+/// jitter (the one backoff policy, [`crate::net::backoff`]).
+fn backoff(attempts: u32) -> i64 {
+    crate::net::backoff(attempts, Duration::from_secs(30), Duration::from_secs(3600)).as_secs() as i64
+}
+
+/// Different employees refused in a row with the same answer before the
+/// sink counts as refusing everything (a schema or mapping the target does
+/// not take), rather than as that many bad entries.
+pub const SAME_REFUSALS_TO_STOP: u32 = 3;
+
+/// The refusals of one pass, in the order they came.
+#[derive(Default)]
+pub(super) struct Refusals {
+    last: Option<String>,
+    in_a_row: u32,
+    /// The refusal that stopped the sink.
+    pub(super) stopped_on: Option<String>,
+}
+
+impl Refusals {
+    /// Counts one refusal; true when it stops the sink.
+    fn refused(&mut self, reason: &str) -> bool {
+        if self.last.as_deref() == Some(reason) {
+            self.in_a_row += 1;
+        } else {
+            self.last = Some(reason.to_string());
+            self.in_a_row = 1;
+        }
+        if self.in_a_row >= SAME_REFUSALS_TO_STOP && self.stopped_on.is_none() {
+            self.stopped_on = Some(reason.to_string());
+        }
+        self.stopped_on.as_deref() == Some(reason)
+    }
+
+    fn delivered(&mut self) {
+        self.last = None;
+        self.in_a_row = 0;
+    }
+}
+
+/// One sink's pass, shared by its chains' tasks.
+pub(super) struct SinkPass {
+    pub(super) sink: Arc<Sink>,
+    pub(super) name: &'static str,
+    pub(super) now: i64,
+    pub(super) max_age: i64,
+    pub(super) limiter: Arc<Limiter>,
+    /// Why the sink stopped, once it has.
+    pub(super) down: std::sync::Mutex<Option<String>>,
+    pub(super) refusals: std::sync::Mutex<Refusals>,
+    pub(super) stop: tokio::sync::watch::Receiver<bool>,
+}
+
+pub(super) type Out = tokio::sync::mpsc::UnboundedSender<Handled>;
+
+/// True while the pass may go on: no SIGTERM, the sink not stopped.
+pub(super) fn going(pass: &SinkPass) -> bool {
+    !*pass.stop.borrow() && pass.down.lock().map(|d| d.is_none()).unwrap_or(false)
+}
+
+/// A slot from the sink's limiter, unless the pass stops first.
+pub(super) async fn slot(pass: &SinkPass) -> Option<Permit> {
+    let mut stop = pass.stop.clone();
+    let permit = tokio::select! {
+        p = pass.limiter.acquire() => p,
+        _ = stop.wait_for(|s| *s) => return None,
+    };
+    going(pass).then_some(permit)
+}
+
+/// What a delivery's outcome says about the target's load.
+pub(super) fn load_of(r: &Result<Delivered, SinkError>, took: Duration) -> Load {
+    match r {
+        Ok(_) | Err(SinkError::Permanent { .. }) => Load::Answered(took),
+        Err(SinkError::Throttled { .. }) => Load::Throttled,
+        Err(SinkError::Busy { .. }) => Load::Busy,
+        Err(_) => Load::Unknown,
+    }
+}
+
+/// Counts a busy answer and pauses the sink for as long as it asked.
+pub(super) fn throttled(pass: &SinkPass, after: Option<Duration>) {
+    crate::metrics::metrics()
+        .delivery_throttled
+        .get_or_create(&crate::metrics::SinkLabels { sink: pass.name.into() })
+        .inc();
+    if let Some(d) = after {
+        pass.limiter.pause(d.min(MAX_PAUSE));
+    }
+}
+
+/// Sends what a delivery means for its entry to the recorder; true when
+/// the employee's next entry may follow.
+pub(super) fn report(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>, out: &Out) -> bool {
+    let (handled, go_on) = handled(pass, job, delivered);
+    if let Some(h) = handled {
+        let _ = out.send(h);
+    }
+    go_on
+}
+
+/// What one delivery's outcome means for its entry, and whether the
+/// employee's next entry may follow.
+fn handled(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>) -> (Option<Handled>, bool) {
+    match delivered {
+        Ok(d) => {
+            let target_id = match (&job.entry.item, d.id) {
+                (OutboxItem::Mutation { key, .. }, Some(id)) => Some(TargetRef {
+                    key: key.clone(),
+                    id,
+                    version: d.version,
+                }),
+                _ => None,
+            };
+            if let Ok(mut r) = pass.refusals.lock() {
+                r.delivered();
+            }
+            (Some(Handled::Result(job.seq, EntryResult::Done { target_id })), true)
+        }
+        Err(SinkError::Down { reason }) => {
+            if let Ok(mut d) = pass.down.lock() {
+                d.get_or_insert(reason);
+            }
+            // Nothing spent: the entry stays as it is.
+            (None, false)
+        }
+        Err(SinkError::Permanent { reason }) => {
+            let stops = pass.refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
+            if stops {
+                if let Ok(mut d) = pass.down.lock() {
+                    d.get_or_insert(format!("the {} target refuses every change: {reason}", pass.name));
+                }
+            }
+            (Some(Handled::Refused(job.seq, job.entry, reason)), !stops)
+        }
+        Err(SinkError::Retry { reason, after }) => {
+            (Some(retry_later(pass, job.seq, job.entry, reason, after, false)), false)
+        }
+        Err(SinkError::Busy { reason, after } | SinkError::Throttled { reason, after }) => {
+            throttled(pass, after);
+            (Some(retry_later(pass, job.seq, job.entry, reason, after, true)), false)
+        }
+    }
+}
+
+/// The longest a `Retry-After` holds a whole pass; a longer one leaves
+/// the entries waiting for a later pass.
+pub(super) const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// The entry's next attempt: when the target said, else after a backoff —
+/// short when the target was only busy.
+fn retry_later(
+    pass: &SinkPass,
+    seq: u64,
+    mut e: OutboxEntry,
+    reason: String,
+    after: Option<Duration>,
+    busy: bool,
+) -> Handled {
+    e.attempts += 1;
+    let wait = after.map(|d| d.as_secs() as i64).unwrap_or_else(|| {
+        if busy {
+            crate::net::backoff(e.attempts, Duration::from_secs(1), Duration::from_secs(3600)).as_secs() as i64
+        } else {
+            backoff(e.attempts)
+        }
+    });
+    e.next_at = pass.now + wait.max(1);
+    e.last_error = Some(reason);
+    if pass.now - e.created_at >= pass.max_age {
+        e.dead = true;
+    }
+    Handled::Result(seq, EntryResult::Update(e))
+}
