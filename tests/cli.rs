@@ -341,6 +341,12 @@ async fn no_secret_appears_in_any_output_at_trace_level() {
         outputs.push_str(&out);
         outputs.push_str(&err);
     }
+    // `check` at trace level: its exit code, and all it printed is kept.
+    let check_traced = |cfg: std::path::PathBuf| async move {
+        let (code, out, err) =
+            run_bin(&["--log-level", "trace", "--config", cfg.to_str().expect("path"), "check"]).await;
+        (code, out.clone(), format!("{out}{err}"))
+    };
     // OAuth, including a refused secret.
     let dir2 = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir2.path().join("secret"), oauth_secret).expect("secret");
@@ -350,30 +356,14 @@ async fn no_secret_appears_in_any_output_at_trace_level() {
         TOKEN_HEX,
         "auth = \"oauth\"\noauth_client_id = \"alleo\"\noauth_client_secret_file = \"secret\"\n",
     );
-    let (code, out, err) = run_bin(&[
-        "--log-level",
-        "trace",
-        "--config",
-        oauth_cfg.to_str().expect("path"),
-        "check",
-    ])
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
-    outputs.push_str(&out);
-    outputs.push_str(&err);
+    let (code, _, all) = check_traced(oauth_cfg.clone()).await;
+    assert_eq!(code, 0, "{all}");
+    outputs.push_str(&all);
     std::fs::write(dir2.path().join("secret"), "a-wrong-secret-value").expect("secret");
-    let (code, out, err) = run_bin(&[
-        "--log-level",
-        "trace",
-        "--config",
-        oauth_cfg.to_str().expect("path"),
-        "check",
-    ])
-    .await;
+    let (code, out, all) = check_traced(oauth_cfg).await;
     assert_eq!(code, 1);
     assert!(out.contains("invalid_client"), "{out}");
-    outputs.push_str(&out);
-    outputs.push_str(&err);
+    outputs.push_str(&all);
 
     // private_key_jwt: neither the key nor an assertion shows.
     let dir3 = tempfile::tempdir().expect("tempdir");
@@ -384,18 +374,10 @@ async fn no_secret_appears_in_any_output_at_trace_level() {
         TOKEN_HEX,
         "auth = \"oauth\"\noauth_client_id = \"alleo-jwt\"\noauth_client_auth = \"private_key_jwt\"\noauth_private_key_file = \"key.pem\"\n",
     );
-    let (code, out, err) = run_bin(&[
-        "--log-level",
-        "trace",
-        "--config",
-        jwt_cfg.to_str().expect("path"),
-        "check",
-    ])
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, all) = check_traced(jwt_cfg).await;
+    assert_eq!(code, 0, "{all}");
     assert!(out.contains("private_key_jwt (RS256)"), "{out}");
-    outputs.push_str(&out);
-    outputs.push_str(&err);
+    outputs.push_str(&all);
     let key_lines: Vec<&str> = private.lines().filter(|l| !l.starts_with("-----")).collect();
     for line in key_lines {
         assert!(!outputs.contains(line), "private key leaked");

@@ -148,15 +148,7 @@ async fn throttling_and_outages_are_retried_and_a_conflict_is_dead_lettered() {
     }
 
     // The admin resolves the conflict at the target and retries.
-    let holder = scim
-        .users()
-        .await
-        .into_iter()
-        .find(|u| u["externalId"] == "not-from-afas")
-        .expect("holder");
-    scim.delete_user(holder["id"].as_str().expect("id")).await;
-    let (code, out, _) = run_bin(&["--config", &env.cfg, "outbox", "retry"]).await;
-    assert_eq!(code, 0, "{out}");
+    env.free_address_and_retry(&scim, "not-from-afas").await;
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 4, "nothing new, delivery complete: {out}");
     assert_server_matches(&scim, &env.snapshot()).await;
@@ -569,15 +561,7 @@ async fn a_stale_version_412_is_read_again_and_retried_later_when_it_persists() 
     )
     .await;
     let env = Env::new(40, &scim_sink(&proxy.url())).await;
-    let text = std::fs::read_to_string(&env.cfg).expect("config");
-    std::fs::write(
-        &env.cfg,
-        // One request at a time and each change its own request (no Bulk),
-        // so the Nth request of a kind belongs to a known employee.
-        text.replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1")
-            .replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n"),
-    )
-    .expect("config");
+    env.one_request_at_a_time();
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 0, "{out}");
     let d1 = next(day0(), 1);
@@ -639,15 +623,7 @@ async fn server_errors_lost_answers_timeouts_and_resets_are_retried_without_dupl
         &scim_sink(&proxy.url()).replace("timeout_secs = 10", "timeout_secs = 2"),
     )
     .await;
-    let text = std::fs::read_to_string(&env.cfg).expect("config");
-    std::fs::write(
-        &env.cfg,
-        // One request at a time and each change its own request (no Bulk),
-        // so the Nth request of a kind belongs to a known employee.
-        text.replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1")
-            .replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n"),
-    )
-    .expect("config");
+    env.one_request_at_a_time();
 
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 5, "three employees wait for a retry: {out}");

@@ -6,7 +6,6 @@ mod common;
 
 use common::peers::*;
 use common::sync_env::*;
-use common::*;
 
 /// Requests that are not discovery (read once per pass, whatever its size).
 fn without_discovery(requests: &[String]) -> Vec<&String> {
@@ -221,15 +220,7 @@ async fn bulk_carries_a_first_import_and_a_churn_day_and_a_failed_operation_alon
     );
     // The admin frees the address at the target and retries: the target
     // then matches the snapshot exactly.
-    let holder = scim
-        .users()
-        .await
-        .into_iter()
-        .find(|u| u["externalId"] == "not-from-afas")
-        .expect("holder");
-    scim.delete_user(holder["id"].as_str().expect("id")).await;
-    let (code, out, _) = run_bin(&["--config", &env.cfg, "outbox", "retry"]).await;
-    assert_eq!(code, 0, "{out}");
+    env.free_address_and_retry(&scim, "not-from-afas").await;
     let (code, out) = env.sync(d1).await;
     assert!(code == 0 || code == 4, "{out}");
     assert_server_matches(&scim, &env.snapshot()).await;

@@ -281,6 +281,10 @@ pub fn check_guards(plan: &GuardInput<'_>, guards: &Guards, baseline: &Baseline)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn by_key<const N: usize>(employees: [Employee; N]) -> BTreeMap<EmployeeKey, Employee> {
+        employees.into_iter().map(|e| (e.key.clone(), e)).collect()
+    }
     use crate::model::{EmailAddress, EmploymentPeriod};
 
     fn d(s: &str) -> Date {
@@ -376,10 +380,7 @@ mod tests {
     #[test]
     fn unchanged_employees_produce_nothing() {
         let mut snap = BTreeMap::new();
-        let cur: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
+        let cur: BTreeMap<_, _> = by_key([emp("1", "2020-01-01", None)]);
         let (m, w) = diff(&snap, &cur, &BTreeSet::new(), d("2024-01-01"), &RULES);
         assert_eq!(kinds(&m), vec![MutationKind::Joiner]);
         apply(&mut snap, w);
@@ -390,10 +391,7 @@ mod tests {
     #[test]
     fn vanishing_needs_consecutive_runs_and_returning_resets() {
         let mut snap = BTreeMap::new();
-        let present: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
+        let present: BTreeMap<_, _> = by_key([emp("1", "2020-01-01", None)]);
         let gone = BTreeMap::new();
         let (_, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-01"), &RULES);
         apply(&mut snap, w);
@@ -419,10 +417,7 @@ mod tests {
     #[test]
     fn absences_do_not_count_while_keyless_rows_were_rejected() {
         let mut snap = BTreeMap::new();
-        let present: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
+        let present: BTreeMap<_, _> = by_key([emp("1", "2020-01-01", None)]);
         let (_, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-01"), &RULES);
         apply(&mut snap, w);
         let blind = Rules {
@@ -438,10 +433,7 @@ mod tests {
     #[test]
     fn protected_keys_never_become_leavers() {
         let mut snap = BTreeMap::new();
-        let present: BTreeMap<_, _> = [emp("1", "2020-01-01", None)]
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
-            .collect();
+        let present: BTreeMap<_, _> = by_key([emp("1", "2020-01-01", None)]);
         let (_, w) = diff(&snap, &present, &BTreeSet::new(), d("2024-01-01"), &RULES);
         apply(&mut snap, w);
         let protected: BTreeSet<_> = [EmployeeKey::parse("1").unwrap()].into_iter().collect();

@@ -52,6 +52,30 @@ impl Env {
         }
     }
 
+    /// One request at a time and each change its own request (no Bulk),
+    /// so the Nth request of a kind belongs to a known employee.
+    pub fn one_request_at_a_time(&self) {
+        let text = std::fs::read_to_string(&self.cfg).expect("config");
+        let text = text
+            .replace("parallelism = 4", "parallelism = 1\nmax_parallelism = 1")
+            .replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n");
+        std::fs::write(&self.cfg, text).expect("config");
+    }
+
+    /// The admin deletes, at the target, the user that holds an address
+    /// (by its `externalId`), then retries the outbox.
+    pub async fn free_address_and_retry(&self, scim: &ScimPeer, holder_external_id: &str) {
+        let holder = scim
+            .users()
+            .await
+            .into_iter()
+            .find(|u| u["externalId"] == holder_external_id)
+            .expect("holder");
+        scim.delete_user(holder["id"].as_str().expect("id")).await;
+        let (code, out, _) = run_bin(&["--config", &self.cfg, "outbox", "retry"]).await;
+        assert_eq!(code, 0, "{out}");
+    }
+
     pub async fn sync(&self, as_of: jiff::civil::Date) -> (i32, String) {
         let (code, out, err) = run_bin(&["--config", &self.cfg, "sync", "--as-of", &as_of.to_string()]).await;
         (code, format!("{out}\n{err}"))

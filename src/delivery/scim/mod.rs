@@ -400,7 +400,6 @@ impl ScimSink {
 
     async fn apply(&self, ready: &Ready, job: &Job, m: &Mutation, released: bool) -> Result<Applied, SinkError> {
         let key = m.key.as_str();
-        let caps = ready.target.caps;
         let Some(e) = &m.employee else {
             // Personal data already removed by retention: nothing to send
             // but a deactivation, which needs no data.
@@ -421,16 +420,6 @@ impl ScimSink {
         } else {
             self.user_name_of(e)
         };
-        let wrote = |w: Wrote, id: String| match w {
-            Wrote::Done(v) => Some(done(id, v)),
-            Wrote::Conflict => Some(Applied::Conflict),
-            Wrote::Gone => {
-                // Gone at the server (restarted, deleted): what this sink
-                // knew of it is stale.
-                self.forget(key, Some(&id));
-                None
-            }
-        };
         match m.kind {
             MutationKind::Joiner | MutationKind::Rehire => {
                 self.upsert(ready, key, &ready.mapping.user(e, true, &user_name)).await
@@ -444,16 +433,7 @@ impl ScimSink {
                     // Nothing the target receives changed.
                     return Ok(done(f.id, f.version));
                 }
-                let w = if caps.patch {
-                    self.patch(ready, &f.id, ops, f.version.as_deref()).await?
-                } else {
-                    self.replace(ready, &f.id, f.version.as_deref(), &user).await?
-                };
-                match wrote(w, f.id) {
-                    Some(a) => Ok(a),
-                    // Look up again, then create with the full current state.
-                    None => self.upsert(ready, key, &user).await,
-                }
+                self.update_found(ready, key, f, ops, &user).await
             }
             MutationKind::Leaver => {
                 let found = self.target(job, key).await?;
@@ -475,15 +455,35 @@ impl ScimSink {
                     // inactive.
                     return self.upsert(ready, key, &user).await;
                 };
-                let w = if caps.patch {
-                    self.patch(ready, &f.id, ops, f.version.as_deref()).await?
-                } else {
-                    self.replace(ready, &f.id, f.version.as_deref(), &user).await?
-                };
-                match wrote(w, f.id) {
-                    Some(a) => Ok(a),
-                    None => self.upsert(ready, key, &user).await,
-                }
+                self.update_found(ready, key, f, ops, &user).await
+            }
+        }
+    }
+
+    /// Writes a change to a user the target holds: PATCH, or PUT where it
+    /// has none. A user gone meanwhile is looked up again and created with
+    /// the full current state.
+    async fn update_found(
+        &self,
+        ready: &Ready,
+        key: &str,
+        f: Found,
+        ops: Vec<Value>,
+        user: &Value,
+    ) -> Result<Applied, SinkError> {
+        let w = if ready.target.caps.patch {
+            self.patch(ready, &f.id, ops, f.version.as_deref()).await?
+        } else {
+            self.replace(ready, &f.id, f.version.as_deref(), user).await?
+        };
+        match w {
+            Wrote::Done(v) => Ok(done(f.id, v)),
+            Wrote::Conflict => Ok(Applied::Conflict),
+            Wrote::Gone => {
+                // Gone at the server (restarted, deleted): what this sink
+                // knew of it is stale.
+                self.forget(key, Some(&f.id));
+                self.upsert(ready, key, user).await
             }
         }
     }
