@@ -464,20 +464,7 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_nothing() {
                 churn(d, i as u64, as_of, 20, 10, 50);
             });
         }
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_afas-sync"))
-            .args([
-                "--config",
-                &env.cfg,
-                "--log-level",
-                "error",
-                "sync",
-                "--as-of",
-                &as_of.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn_sync(&env.cfg, as_of);
         let delay = std::time::Duration::from_millis(200 + rng.below(1500));
         tokio::select! {
             _ = child.wait() => {}

@@ -60,20 +60,7 @@ async fn sigkill_during_syncs_never_leaves_a_half_applied_run() {
         emu.state.with_data(|d| {
             churn(d, seed.wrapping_add(i), day, 10, 5, 30);
         });
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_afas-sync"))
-            .args([
-                "--config",
-                &cfg,
-                "--log-level",
-                "error",
-                "sync",
-                "--as-of",
-                &as_of.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn_sync(&cfg, as_of);
         let delay = Duration::from_micros(rng.below(window.as_micros() as u64));
         tokio::select! {
             status = child.wait() => {

@@ -146,3 +146,21 @@ pub async fn wait_for_log(path: &Path, needle: &str, secs: u64) {
     })
     .await;
 }
+
+/// Starts `afas-sync sync --as-of DAY` quietly, to be killed or awaited.
+pub fn spawn_sync(cfg: &str, as_of: jiff::civil::Date) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_afas-sync"))
+        .args([
+            "--config",
+            cfg,
+            "--log-level",
+            "error",
+            "sync",
+            "--as-of",
+            &as_of.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
