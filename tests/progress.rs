@@ -58,6 +58,36 @@ async fn a_terminal_sees_bars_and_a_pipe_sees_only_the_summary_and_counts() {
     let tty_summary = after_bars(&tty);
     assert!(tty_summary.starts_with("run 1 (success)"), "{tty_summary:?}");
 
+    // Log lines are coloured at a terminal, but never with NO_COLOR set.
+    let (env, _scim, _proxy) = slow_env(0).await;
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_afas-sync").to_string())
+        .chain(sync_args(&env))
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for (no_color, coloured) in [("", true), ("1", false)] {
+        let out = tokio::process::Command::new("script")
+            .args(["-qfec", &format!("{cmd} --log-level info"), "/dev/null"])
+            .env("TERM", "xterm")
+            .env("NO_COLOR", no_color)
+            .output()
+            .await
+            .expect("script");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text.lines().find(|l| l.contains("sync committed")).unwrap_or_default();
+        assert_eq!(
+            line.contains("\x1b[32m INFO"),
+            coloured,
+            "NO_COLOR={no_color:?}: {line:?}"
+        );
+        assert!(line.contains("INFO"), "{text:?}");
+        if !coloured {
+            // A bar may have been wiped just before the line; the line itself is plain.
+            let own = line.rsplit("\x1b[2K").next().unwrap_or(line);
+            assert!(!own.contains('\x1b'), "{line:?}");
+        }
+    }
+
     // Through a pipe, with a fresh state file and target: no bars, no
     // control characters, the same summary, and the counts as log lines.
     let (env, _scim, _proxy) = slow_env(300).await;

@@ -119,7 +119,11 @@ async fn draw(multi: MultiProgress, source: Source, mut stopped: tokio::sync::on
             _ = &mut stopped => break,
         }
         let Some(snap) = snapshot(&source).await else { continue };
-        phase.set_prefix(snap.phase.as_str());
+        // Between phases (a run committed, delivery not begun) say so.
+        phase.set_prefix(match snap.phase {
+            Phase::Idle => "working",
+            p => p.as_str(),
+        });
         phase.set_message(format!("{} s", snap.phase_secs));
         if snap.phase == Phase::Exporting {
             phase.set_message(format!("{} rows", snap.exported));
