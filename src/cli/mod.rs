@@ -316,9 +316,14 @@ async fn state_request(cli: &Cli, req: Request) -> i32 {
         Request::Sync { .. } | Request::Export { .. } | Request::OutboxRetry { .. }
     );
     let daemon = crate::daemon::control::socket_path(&cfg).exists();
+    // An export's rows on the terminal would be torn by bars drawn beside.
+    let rows_on_screen = matches!(req, Request::Export { .. }) && {
+        use std::io::IsTerminal;
+        std::io::stdout().is_terminal()
+    };
     let watch = long.then(|| {
         watch::start(
-            cli.json,
+            cli.json || rows_on_screen,
             if daemon && !matches!(req, Request::Export { .. }) {
                 watch::Source::Daemon(Box::new(cfg.clone()))
             } else {

@@ -48,9 +48,10 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Starts watching; `finish` ends it.
-pub(super) fn start(json: bool, source: Source) -> Watch {
-    if json || !std::io::stderr().is_terminal() {
+/// Starts watching; `finish` ends it. `no_bars`: `--json`, or output that
+/// bars would tear.
+pub(super) fn start(no_bars: bool, source: Source) -> Watch {
+    if no_bars || !std::io::stderr().is_terminal() {
         // The daemon logs its own progress in its journal.
         let task = match source {
             Source::Local => tokio::spawn(crate::progress::log_while_running()),
