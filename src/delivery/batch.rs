@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::pass::{going, load_of, report, slot, Out, SinkPass};
+use super::pass::{deliver_one, going, load_of, report, slot, Out, SinkPass};
 use super::scim::bulk::{BulkOp, BulkPlan};
 use super::DeliveryError;
 use super::Job;
@@ -82,28 +82,18 @@ fn round(pass: &SinkPass, plan: &BulkPlan, chains: &mut [VecDeque<Job>]) -> Vec<
 /// wait.
 async fn deliver(pass: &SinkPass, work: Work, out: &Out) -> Vec<usize> {
     let mut stopped = Vec::new();
-    let Some(permit) = slot(pass).await else {
-        // The pass stops: nothing of this piece was sent.
-        match work {
-            Work::Bulk(b) => stopped.extend(b.into_iter().map(|(i, ..)| i)),
-            Work::Alone(i, _) => stopped.push(i),
-        }
-        return stopped;
-    };
     match work {
+        // As in a pass without Bulk: a short 429 is tried again in the pass.
         Work::Alone(i, job) => {
-            let mut stop = pass.stop.clone();
-            let delivered = tokio::select! {
-                r = pass.sink.deliver(&job) => r,
-                _ = stop.wait_for(|s| *s) => return vec![i],
-            };
-            let took = permit.elapsed();
-            permit.done(load_of(&delivered, took));
-            if !report(pass, *job, delivered, out) {
+            if !deliver_one(pass, *job, out).await {
                 stopped.push(i);
             }
         }
         Work::Bulk(batch) => {
+            let Some(permit) = slot(pass).await else {
+                // The pass stops: nothing of this piece was sent.
+                return batch.into_iter().map(|(i, ..)| i).collect();
+            };
             let Some(scim) = pass.sink.as_scim() else {
                 return batch.into_iter().map(|(i, ..)| i).collect();
             };

@@ -183,35 +183,6 @@ async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>, out: &Out) {
     }
 }
 
-/// Delivers one entry and reports it; true when the employee's next entry
-/// may follow.
-async fn deliver_one(pass: &SinkPass, job: Job, out: &Out) -> bool {
-    // A 429 with a short `Retry-After` is tried again in this pass, once
-    // the sink's pause is over, rather than left for the next.
-    for retry in 0.. {
-        if !going(pass) {
-            return false;
-        }
-        let Some(permit) = slot(pass).await else {
-            return false;
-        };
-        let mut stop = pass.stop.clone();
-        let delivered = tokio::select! {
-            r = pass.sink.deliver(&job) => r,
-            _ = stop.wait_for(|s| *s) => return false,
-        };
-        let took = permit.elapsed();
-        permit.done(load_of(&delivered, took));
-        match &delivered {
-            Err(SinkError::Throttled { after: Some(d), .. }) if *d <= MAX_PAUSE && retry < 3 => {
-                throttled(pass, Some(*d));
-            }
-            _ => return report(pass, job, delivered, out),
-        }
-    }
-    false
-}
-
 pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreError> {
     let mut jobs = Vec::new();
     let mut runs: BTreeMap<u64, Option<RunRecord>> = BTreeMap::new();
