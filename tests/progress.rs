@@ -117,6 +117,16 @@ async fn a_terminal_sees_bars_and_a_pipe_sees_only_the_summary_and_counts() {
         stderr.contains(" INFO reading AFAS for ") && stderr.contains(" pages, "),
         "a counts line while AFAS is read (its pages take 300 ms):\n{stderr}"
     );
+    // Rejected rows: the first ten one by one, then one line for the rest.
+    let rejected: u64 = stdout
+        .split(" rejected")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the summary counts rejected rows");
+    let logged = stderr.matches("rejected AFAS row").count() as u64;
+    assert_eq!(logged, rejected.min(10), "{stderr}");
+    assert_eq!(stderr.contains("more rows are rejected"), rejected > 10, "{stderr}");
 }
 
 #[tokio::test]

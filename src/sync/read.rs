@@ -28,10 +28,24 @@ pub(super) struct Rejections {
     unkeyed: u64,
 }
 
+/// Rejected rows logged one by one at WARN per run; the rest at DEBUG.
+const LOGGED_REJECTIONS: u64 = 10;
+
 pub(super) fn reject(acc: &mut Rejections, r: Rejection) {
-    tracing::warn!(row = %r.row, "rejected AFAS row: {}", r.reason);
     let stats = &mut acc.stats;
     stats.rejected += 1;
+    // A big company has hundreds of rows without an e-mail every day: the
+    // journal gets the first few, the run record keeps them all.
+    if stats.rejected <= LOGGED_REJECTIONS {
+        tracing::warn!(row = %r.row, "rejected AFAS row: {}", r.reason);
+    } else {
+        if stats.rejected == LOGGED_REJECTIONS + 1 {
+            tracing::warn!(
+                "more rows are rejected in this run; the run record lists them (`afas-sync run show RUN`, `history`)"
+            );
+        }
+        tracing::debug!(row = %r.row, "rejected AFAS row: {}", r.reason);
+    }
     match &r.key {
         Some(k) => {
             acc.protected.insert(k.clone());
