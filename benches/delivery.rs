@@ -24,6 +24,10 @@
 
 #[path = "../tests/common/peers.rs"]
 mod peers;
+#[path = "../tests/common/relay.rs"]
+mod relay;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -32,9 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use afas_sync::afas::token::AppToken;
 use afas_sync::emulator::data::{churn, generate};
-use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState};
 use http_body_util::{BodyExt, Full};
 use jiff::civil::Date;
 
@@ -163,14 +165,7 @@ async fn start_proxy(target: String, rtt: Duration, limit: Limit) -> Proxy {
                         }
                         let _slot = slots.acquire().await;
                         tokio::time::sleep(rtt / 2).await;
-                        let mut fwd = client
-                            .request(method.parse().expect("method"), format!("{target}{path_q}"))
-                            .body(body.clone());
-                        for (k, v) in headers.iter() {
-                            if k != "host" && k != "content-length" {
-                                fwd = fwd.header(k, v);
-                            }
-                        }
+                        let fwd = relay::forward(&client, &method, format!("{target}{path_q}"), &headers, body.clone());
                         let (status, rh, bytes) = match fwd.send().await {
                             Ok(r) => {
                                 let (s, h) = (r.status(), r.headers().clone());
@@ -189,19 +184,10 @@ async fn start_proxy(target: String, rtt: Duration, limit: Limit) -> Proxy {
                                 answered,
                             });
                         }
-                        let mut out = hyper::Response::new(Full::new(bytes));
-                        *out.status_mut() = status;
-                        for (k, v) in rh.iter() {
-                            if k != "content-length" && k != "transfer-encoding" && k != "connection" {
-                                out.headers_mut().insert(k, v.clone());
-                            }
-                        }
-                        Ok(out)
+                        Ok(relay::answer(status, &rh, bytes))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                relay::serve(stream, svc).await;
             });
         }
     });
@@ -326,16 +312,7 @@ struct Setting {
 
 fn real_main() -> Result<(), String> {
     let a = args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let token = AppToken::parse(TOKEN_HEX).map_err(|e| e.to_string())?;
-    let state = EmulatorState::new(vec![("bench".into(), Default::default())], AuthSetup::token(token));
-    let emulator = rt
-        .block_on(Emulator::start_local(state.clone()))
-        .map_err(|e| e.to_string())?;
+    let (rt, emulator, state) = support::runtime_and_emulator(TOKEN_HEX)?;
     let day0 = Date::new(2026, 11, 24).map_err(|e| e.to_string())?;
     let day1 = Date::new(2026, 11, 25).map_err(|e| e.to_string())?;
     let binary = a

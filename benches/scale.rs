@@ -20,6 +20,11 @@
 #[path = "../tests/common/peers.rs"]
 mod peers;
 
+#[path = "../tests/common/relay.rs"]
+mod relay;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use afas_sync::afas::token::AppToken;
 use afas_sync::emulator::data::{churn, generate};
-use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState, LoggedRequest};
+use afas_sync::emulator::{Emulator, EmulatorState, LoggedRequest};
 use jiff::civil::Date;
 use jiff::ToSpan;
 
@@ -464,16 +469,7 @@ fn main() {
 
 fn real_main() -> Result<(), String> {
     let a = args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let token = AppToken::parse(TOKEN_HEX).map_err(|e| e.to_string())?;
-    let state = EmulatorState::new(vec![("bench".into(), Default::default())], AuthSetup::token(token));
-    let emulator = rt
-        .block_on(Emulator::start_local(state.clone()))
-        .map_err(|e| e.to_string())?;
+    let (rt, emulator, state) = support::runtime_and_emulator(TOKEN_HEX)?;
     let bench = Bench { rt, emulator, state };
     let day0 = Date::new(2026, 11, 24).map_err(|e| e.to_string())?;
     let mut report = String::new();

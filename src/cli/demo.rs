@@ -38,6 +38,26 @@ pub(super) struct DemoScim {
     url: String,
 }
 
+/// scim2-server (PyPI) on 127.0.0.1:`port`, taking `token` as its bearer
+/// token, quiet, killed when its handle drops: the demo's SCIM target, and
+/// the tests'. `extra` are more scim2-server arguments.
+pub fn scim2_server(exe: &std::ffi::OsStr, port: u16, token: &str, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(extra)
+        .args([
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--bearer-token",
+            token,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 pub(super) async fn start_demo_scim(token: &str) -> Option<DemoScim> {
     let exe = std::env::var_os("PATH")?
         .to_str()?
@@ -49,20 +69,7 @@ pub(super) async fn start_demo_scim(token: &str) -> Option<DemoScim> {
         .local_addr()
         .ok()?
         .port();
-    let child = tokio::process::Command::new(exe)
-        .args([
-            "--hostname",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--bearer-token",
-            token,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
+    let child = scim2_server(exe.as_os_str(), port, token, &[]).spawn().ok()?;
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     for _ in 0..100 {

@@ -7,8 +7,8 @@ mod generate;
 pub mod render;
 mod watch;
 
-pub use demo::EXTRA_CONNECTORS;
 use demo::*;
+pub use demo::{scim2_server, EXTRA_CONNECTORS};
 use emulate::*;
 pub use generate::{Generate, Shell};
 

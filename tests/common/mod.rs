@@ -120,6 +120,7 @@ pub async fn run_bin_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, S
     )
 }
 pub mod peers;
+pub mod relay;
 pub mod sync_env;
 
 /// Polls `f` every 200 ms until it holds; panics naming `what` after `secs`.

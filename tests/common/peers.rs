@@ -65,19 +65,7 @@ impl ScimPeer {
     /// With extra scim2-server arguments (e.g. `--service-provider-config`,
     /// `--schema`).
     pub async fn start_with(port: u16, extra: &[&str]) -> ScimPeer {
-        let child = tokio::process::Command::new("scim2-server")
-            .args(extra)
-            .args([
-                "--hostname",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--bearer-token",
-                SCIM_TOKEN,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
+        let child = afas_sync::cli::scim2_server("scim2-server".as_ref(), port, SCIM_TOKEN, extra)
             .spawn()
             .expect("scim2-server must be installed (./scripts/test installs it from PyPI)");
         let peer = ScimPeer {
@@ -285,14 +273,8 @@ impl FaultProxy {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            let mut fwd = client
-                                .request(method.parse().expect("method"), format!("{target}{path_q}"))
-                                .body(body);
-                            for (k, v) in headers.iter() {
-                                if k != "host" && k != "content-length" {
-                                    fwd = fwd.header(k, v);
-                                }
-                            }
+                            let fwd =
+                                super::relay::forward(&client, &method, format!("{target}{path_q}"), &headers, body);
                             let resp = match fwd.send().await {
                                 Ok(r) => r,
                                 Err(_) => {
@@ -311,19 +293,10 @@ impl FaultProxy {
                                 Some((FORWARD_THEN_HANG, _)) => std::future::pending::<()>().await,
                                 _ => {}
                             }
-                            let mut out = hyper::Response::new(Full::new(bytes));
-                            *out.status_mut() = status;
-                            for (k, v) in rh.iter() {
-                                if k != "content-length" && k != "transfer-encoding" && k != "connection" {
-                                    out.headers_mut().insert(k, v.clone());
-                                }
-                            }
-                            Ok(out)
+                            Ok(super::relay::answer(status, &rh, bytes))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    super::relay::serve(stream, svc).await;
                 });
             }
         });

@@ -1,0 +1,23 @@
+//! What both benchmarks start with: a two-worker runtime (the machine's
+//! cores) and the AFAS emulator on loopback, with no data yet.
+
+use std::sync::Arc;
+
+use afas_sync::afas::token::AppToken;
+use afas_sync::emulator::{AuthSetup, Emulator, EmulatorState};
+
+pub fn runtime_and_emulator(
+    token_hex: &str,
+) -> Result<(tokio::runtime::Runtime, Emulator, Arc<EmulatorState>), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let token = AppToken::parse(token_hex).map_err(|e| e.to_string())?;
+    let state = EmulatorState::new(vec![("bench".into(), Default::default())], AuthSetup::token(token));
+    let emulator = rt
+        .block_on(Emulator::start_local(state.clone()))
+        .map_err(|e| e.to_string())?;
+    Ok((rt, emulator, state))
+}
