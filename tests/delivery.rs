@@ -464,14 +464,27 @@ async fn sigkill_during_delivery_loses_nothing_and_duplicates_nothing() {
                 churn(d, i as u64, as_of, 20, 10, 50);
             });
         }
+        // Killed after a random number of Bulk requests of this run have
+        // reached the target: in the middle of its delivery, however fast
+        // the machine (a first import sends about 40, a churn day about 8).
+        let before = proxy.requests.lock().expect("log").len();
+        let after_bulks = 1 + rng.below(12) as usize;
         let mut child = spawn_sync(&env.cfg, as_of);
-        let delay = std::time::Duration::from_millis(200 + rng.below(1500));
-        tokio::select! {
-            _ = child.wait() => {}
-            _ = tokio::time::sleep(delay) => {
-                child.start_kill().expect("kill");
-                let _ = child.wait().await;
-                killed += 1;
+        loop {
+            tokio::select! {
+                _ = child.wait() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(2)) => {
+                    let sent = proxy.requests.lock().expect("log")[before..]
+                        .iter()
+                        .filter(|r| r.contains("/Bulk"))
+                        .count();
+                    if sent >= after_bulks {
+                        child.start_kill().expect("kill");
+                        let _ = child.wait().await;
+                        killed += 1;
+                        break;
+                    }
+                }
             }
         }
     }
