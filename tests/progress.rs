@@ -28,6 +28,15 @@ fn sync_args(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// The sync as one shell command line, for `script -c`.
+fn sync_command_line(env: &Env) -> String {
+    std::iter::once(env!("CARGO_BIN_EXE_afas-sync").to_string())
+        .chain(sync_args(env))
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What a terminal shows at the end: the text after the last erased line,
 /// without the carriage returns a terminal adds.
 fn after_bars(raw: &str) -> String {
@@ -39,11 +48,7 @@ fn after_bars(raw: &str) -> String {
 async fn a_terminal_sees_bars_and_a_pipe_sees_only_the_summary_and_counts() {
     // At a terminal.
     let (env, _scim, _proxy) = slow_env(40).await;
-    let cmd = std::iter::once(env!("CARGO_BIN_EXE_afas-sync").to_string())
-        .chain(sync_args(&env))
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let cmd = sync_command_line(&env);
     let out = tokio::process::Command::new("script")
         .args(["-qfec", &format!("{cmd} --log-level error"), "/dev/null"])
         .env("TERM", "xterm")
@@ -60,11 +65,7 @@ async fn a_terminal_sees_bars_and_a_pipe_sees_only_the_summary_and_counts() {
 
     // Log lines are coloured at a terminal, but never with NO_COLOR set.
     let (env, _scim, _proxy) = slow_env(0).await;
-    let cmd = std::iter::once(env!("CARGO_BIN_EXE_afas-sync").to_string())
-        .chain(sync_args(&env))
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let cmd = sync_command_line(&env);
     for (no_color, coloured) in [("", true), ("1", false)] {
         let out = tokio::process::Command::new("script")
             .args(["-qfec", &format!("{cmd} --log-level info"), "/dev/null"])

@@ -80,7 +80,8 @@ impl Expiry {
     /// A warning for `check` and the log, or `None` while there is time.
     /// A classic token always warns: it has an end date.
     pub fn warning(self, today: Date) -> Option<String> {
-        let days = |d: Date| (d - today).get_days() as i64 + (d - today).get_weeks() as i64 * 7;
+        // A date minus a date is a span in days.
+        let days = |d: Date| i64::from((d - today).get_days());
         match self {
             Expiry::ClassicToken(end) => {
                 let left = days(end);
