@@ -225,3 +225,118 @@ async fn bulk_carries_a_first_import_and_a_churn_day_and_a_failed_operation_alon
     assert!(code == 0 || code == 4, "{out}");
     assert_server_matches(&scim, &env.snapshot()).await;
 }
+
+/// A target that takes 50 requests a second answers the rest 429 (the row
+/// says so). A first import learns that pace; the next `sync`, a new
+/// process, starts at it instead of learning it again from 429s — shown
+/// against a churn day of the same size whose process cannot use it (the
+/// kept pace names another target).
+#[tokio::test]
+async fn the_next_process_starts_at_the_pace_the_last_one_learnt() {
+    const LIMIT: usize = 50;
+    let scim = ScimPeer::start().await;
+    let proxy = FaultProxy::start_rate_limited(scim.url(), LIMIT).await;
+    let sink = scim_sink(&proxy.url()).replace("[sink.scim]\n", "[sink.scim]\nbulk = false\n");
+    let env = Env::new(400, &sink).await;
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !proxy.injected.lock().expect("log").is_empty(),
+        "the import met the limit"
+    );
+    let kept = afas_sync::store::Store::open(&env.store_path)
+        .expect("store")
+        .sink_pace("scim")
+        .expect("read")
+        .expect("the import's pace is kept");
+    let rate = kept.rate.expect("a 429 set a pace");
+    assert!((LIMIT as f64 * 0.5..=LIMIT as f64 * 1.1).contains(&rate), "{kept:?}");
+
+    let day = |n: i64, kept: Option<&afas_sync::store::SinkPace>| {
+        if let Some(p) = kept {
+            let store = afas_sync::store::Store::open(&env.store_path).expect("store");
+            store.set_sink_pace("scim", p).expect("write");
+        }
+        proxy.injected.lock().expect("log").clear();
+        proxy.requests.lock().expect("log").clear();
+        let d = next(day0(), n);
+        env.emu
+            .state
+            .with_data(|data| afas_sync::emulator::data::churn(data, n as u64, d, 0, 0, 400));
+        d
+    };
+    // Learnt for another target: this process learns the pace anew.
+    let elsewhere = afas_sync::store::SinkPace {
+        target: kept.target ^ 1,
+        ..kept.clone()
+    };
+    let (code, out) = env.sync(day(1, Some(&elsewhere))).await;
+    assert_eq!(code, 0, "{out}");
+    let anew = proxy.injected.lock().expect("log").len();
+    let fresh_requests = without_discovery(&proxy.requests.lock().expect("log")).len();
+
+    let (code, out) = env.sync(day(2, Some(&kept))).await;
+    assert_eq!(code, 0, "{out}");
+    let resumed = proxy.injected.lock().expect("log").len();
+    let requests = without_discovery(&proxy.requests.lock().expect("log")).len();
+    // Its first second alone is more than the target takes.
+    assert!(
+        anew >= 1,
+        "a process that learns the pace meets the limit ({fresh_requests} requests)"
+    );
+    assert_eq!(
+        resumed, 0,
+        "{resumed} 429s in {requests} requests starting at the kept pace {kept:?} ({anew} learning it)"
+    );
+    assert_server_matches(&scim, &env.snapshot()).await;
+}
+
+/// With Bulk, a change that cannot travel in a Bulk request — a leaver
+/// deleted (`deprovision = "delete"`) — goes on its own, and a 429 with a
+/// short `Retry-After` on it is tried again within the same pass, as
+/// without Bulk: a sync that makes one pass only still delivers it all.
+#[tokio::test]
+async fn with_bulk_a_change_sent_alone_is_retried_within_the_pass_after_a_429() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spc = service_provider_config_with_bulk(dir.path(), true, true, 40);
+    let scim = ScimPeer::start_with(free_port(), &["--service-provider-config", spc.to_str().expect("p")]).await;
+    let proxy = FaultProxy::start(scim.url(), vec![Inject::new("DELETE", "/Users/", 1, 2, 429, Some(1))]).await;
+    let sink = scim_sink(&proxy.url()).replace("[sink.scim]\n", "[sink.scim]\ndeprovision = \"delete\"\n");
+    let env = Env::new(200, &sink).await;
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+
+    // One pass only: what it does not deliver stays pending (exit 5).
+    let cfg = std::fs::read_to_string(&env.cfg).expect("config");
+    assert!(cfg.contains("sync_wait_secs = 20"), "{cfg}");
+    std::fs::write(&env.cfg, cfg.replace("sync_wait_secs = 20", "sync_wait_secs = 0")).expect("config");
+    proxy.requests.lock().expect("log").clear();
+    let d1 = next(day0(), 1);
+    let leavers = env
+        .emu
+        .state
+        .with_data(|d| afas_sync::emulator::data::churn(d, 3, d1, 0, 40, 150).leavers.len());
+    assert!(leavers >= 5, "{leavers}");
+    let (code, out) = env.sync(d1).await;
+    assert_eq!(code, 0, "everything delivered in the one pass: {out}");
+    let requests = proxy.requests.lock().expect("log").clone();
+    let work = without_discovery(&requests);
+    assert!(
+        work.iter().any(|r| r.starts_with("POST /Bulk")),
+        "the movers in Bulk: {work:?}"
+    );
+    let deletes = work.iter().filter(|r| r.starts_with("DELETE /Users/")).count();
+    assert_eq!(proxy.injected.lock().expect("log").len(), 2, "429 twice");
+    assert_eq!(
+        deletes,
+        leavers + 2,
+        "each leaver deleted, the throttled one tried again: {work:?}"
+    );
+    let users = scim.users().await;
+    let active = env
+        .snapshot()
+        .values()
+        .filter(|p| p.status == afas_sync::model::Status::Active)
+        .count();
+    assert_eq!(users.len(), active, "the leavers are gone from the target");
+}

@@ -144,6 +144,10 @@ fn write_events(store: &Store, run: u64, w: &mut dyn Write) -> std::io::Result<(
 }
 
 impl FileSink {
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn new(c: &FilesConfig, store: Arc<Store>) -> Self {
         FileSink {
             dir: c.dir.clone(),

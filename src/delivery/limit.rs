@@ -15,12 +15,18 @@
 //! until a second 429 has measured the limit at a steady pace, then 0.5 % —
 //! so it settles just under the target's limit instead of meeting it again
 //! every few seconds (each time costing a `Retry-After` pause).
+//!
+//! What it learnt is kept in the state file ([`SinkPace`]): the next
+//! process (each `sync` is one) starts at that many at once and just under
+//! that pace, instead of paying for the lesson again on a short run.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::store::SinkPace;
 
 /// A latency this much above the best recent one counts as the target
 /// queueing our requests.
@@ -36,6 +42,8 @@ pub struct Limiter {
     permits: Arc<Semaphore>,
     state: Mutex<State>,
     pace: Mutex<Pace>,
+    /// What was last kept in (or read from) the state file.
+    kept: Mutex<Option<SinkPace>>,
 }
 
 /// A 429 sets a pace only when at least this many requests were accepted
@@ -207,9 +215,21 @@ impl Drop for Permit {
 }
 
 impl Limiter {
-    pub fn new(sink: &'static str, start: u32, max: u32) -> Arc<Limiter> {
+    /// A limiter that starts at `start` at once, or where `learnt` (what a
+    /// limiter before it learnt about the same target) left off: never
+    /// below `start` at once, and at its pace if a 429 had set one.
+    pub fn new(sink: &'static str, start: u32, max: u32, learnt: Option<&SinkPace>) -> Arc<Limiter> {
         let max = max.max(1) as usize;
         let start = (start.max(1) as usize).min(max);
+        let start = learnt.map_or(start, |l| (l.concurrency as usize).clamp(start, max));
+        // The last process may have ended probing above the target's
+        // limit: start a little under what the target accepted instead.
+        let rate = learnt
+            .and_then(|l| {
+                l.rate
+                    .map(|r| if l.ceiling >= 1.0 { r.min(l.ceiling * 0.95) } else { r })
+            })
+            .filter(|r| r.is_finite() && *r >= 1.0);
         crate::metrics::metrics().sink_seen(sink);
         let l = Arc::new(Limiter {
             sink,
@@ -227,17 +247,57 @@ impl Limiter {
             }),
             pace: Mutex::new(Pace {
                 accepted: Default::default(),
-                rate: None,
-                ceiling: 0.0,
-                cuts: 0,
+                rate,
+                ceiling: learnt.filter(|_| rate.is_some()).map_or(0.0, |l| l.ceiling),
+                cuts: learnt.filter(|_| rate.is_some()).map_or(0, |l| l.cuts),
                 tokens: 0.0,
                 refilled: Instant::now(),
                 last_cut: None,
                 last_probe: Instant::now(),
             }),
+            kept: Mutex::new(None),
         });
+        // As constructed: only what is learnt from here on is kept again.
+        let first = l.learnt(0, learnt.map_or(0, |p| p.at));
+        if let Ok(mut k) = l.kept.lock() {
+            *k = Some(first);
+        }
         l.publish(start);
         l
+    }
+
+    /// What this limiter learnt, when it differs from what it started
+    /// with or kept last: to be kept now. (A run that learns nothing, a
+    /// no-op sync, writes nothing.)
+    pub fn to_keep(&self, target: u64, now: i64) -> Option<SinkPace> {
+        let p = self.learnt(target, now);
+        let mut kept = self.kept.lock().ok()?;
+        let same = kept
+            .as_ref()
+            .is_some_and(|k| (k.concurrency, k.rate, k.ceiling, k.cuts) == (p.concurrency, p.rate, p.ceiling, p.cuts));
+        if same {
+            return None;
+        }
+        *kept = Some(p.clone());
+        Some(p)
+    }
+
+    /// What this limiter has learnt, to be kept for the next one.
+    pub fn learnt(&self, target: u64, at: i64) -> SinkPace {
+        let concurrency = self.state.lock().map(|s| s.granted as u32).unwrap_or(1);
+        let (rate, ceiling, cuts) = self
+            .pace
+            .lock()
+            .map(|p| (p.rate, p.ceiling, p.cuts))
+            .unwrap_or((None, 0.0, 0));
+        SinkPace {
+            target,
+            at,
+            concurrency,
+            rate,
+            ceiling,
+            cuts,
+        }
     }
 
     /// The current limit.
@@ -375,7 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn grows_while_answers_stay_fast_and_halves_when_busy() {
-        let l = Limiter::new("test", 4, 32);
+        let l = Limiter::new("test", 4, 32, None);
         for _ in 0..200 {
             l.acquire().await.done(Load::Answered(Duration::from_millis(10)));
         }
@@ -390,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn never_beyond_the_maximum_and_slower_answers_shrink_it() {
-        let l = Limiter::new("test", 4, 6);
+        let l = Limiter::new("test", 4, 6, None);
         for _ in 0..500 {
             l.acquire().await.done(Load::Answered(Duration::from_millis(10)));
         }
@@ -401,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_smaller_limit_holds_back_new_deliveries_until_permits_return() {
-        let l = Limiter::new("test", 4, 4);
+        let l = Limiter::new("test", 4, 4, None);
         let held: Vec<Permit> = vec![l.acquire().await, l.acquire().await, l.acquire().await];
         l.acquire().await.done(Load::Busy);
         assert_eq!(l.limit(), 2);
@@ -416,7 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_429_the_sink_keeps_below_the_rate_it_had_sent() {
-        let l = Limiter::new("test", 64, 64);
+        let l = Limiter::new("test", 64, 64, None);
         for _ in 0..100 {
             l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
         }
@@ -433,8 +493,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_limiter_starts_where_the_last_one_left_off() {
+        let l = Limiter::new("test", 64, 64, None);
+        for _ in 0..100 {
+            l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
+        }
+        l.acquire().await.done(Load::Throttled);
+        let kept = l.to_keep(7, 1_000).expect("a 429 set a pace: something to keep");
+        assert!(kept.rate.is_some_and(|r| (85.0..=95.0).contains(&r)), "{kept:?}");
+        assert!(l.to_keep(7, 1_010).is_none(), "nothing new learnt");
+
+        // The next process: 16 at once with the config's 4, and the pace
+        // from its first request, without a 429 to teach it.
+        let next = Limiter::new(
+            "test",
+            4,
+            64,
+            Some(&SinkPace {
+                concurrency: 16,
+                ..kept.clone()
+            }),
+        );
+        assert_eq!(next.limit(), 16);
+        let started = Instant::now();
+        for _ in 0..46 {
+            next.acquire().await.done(Load::Answered(Duration::from_millis(1)));
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(350), "{took:?}");
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        // Never beyond the maximum of this config.
+        assert_eq!(Limiter::new("test", 4, 8, Some(&kept)).limit(), 8);
+    }
+
+    #[tokio::test]
     async fn a_pause_holds_everyone_back() {
-        let l = Limiter::new("test", 4, 4);
+        let l = Limiter::new("test", 4, 4, None);
         l.pause(Duration::from_millis(300));
         let started = Instant::now();
         drop(l.acquire().await);

@@ -129,6 +129,17 @@ impl Sink {
         }
     }
 
+    /// Which target this sink delivers to (a hash of its URL or
+    /// directory): what a sink learnt holds for that target only.
+    pub fn target(&self) -> u64 {
+        let place = match self {
+            Sink::Scim(s) => s.base_url().to_string(),
+            Sink::Webhook(s) => s.url().to_string(),
+            Sink::Files(s) => s.dir().display().to_string(),
+        };
+        crate::store::codec::fnv1a(&[self.name().as_bytes(), place.as_bytes()])
+    }
+
     /// Delivers one job; `Ok` carries the target's id for the employee.
     pub async fn deliver(&self, job: &Job) -> Result<Delivered, SinkError> {
         match self {

@@ -36,6 +36,10 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
 }
 
 impl WebhookSink {
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
     pub fn new(c: &WebhookConfig) -> Result<Self, String> {
         let http = crate::net::client(&crate::net::ClientSpec {
             timeout: Some(c.timeout),

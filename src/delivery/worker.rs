@@ -43,7 +43,7 @@ pub async fn deliver_pass_until(
             name: sink.name(),
             now,
             max_age: (config.delivery.max_age_hours * 3600) as i64,
-            limiter: limiter_for(sink.name(), &config.delivery),
+            limiter: limiter_for(sink, &config.delivery, store).await,
             down: std::sync::Mutex::new(None),
             refusals: std::sync::Mutex::new(Refusals::default()),
             stop: stop.clone(),
@@ -54,30 +54,69 @@ pub async fn deliver_pass_until(
             batch: Vec::new(),
             report: &mut report,
         };
+        let limiter = pass.limiter.clone();
         let outcome = pass_over(Arc::new(pass), store, force, &mut recorder).await?;
         recorder.finish(outcome).await?;
+        keep_pace(store, sink, &limiter).await;
     }
     crate::progress::idle();
     Ok(report)
 }
 
 /// One limiter per sink for the life of the process, so what a pass learnt
-/// about the target carries into the next; a reload with other numbers
-/// starts afresh.
-fn limiter_for(sink: &'static str, c: &crate::config::DeliveryConfig) -> Arc<Limiter> {
-    type Limiters = std::collections::HashMap<&'static str, (u32, u32, Arc<Limiter>)>;
+/// about the target carries into the next; a reload with other numbers or
+/// another target starts afresh. A new process starts from what the last
+/// one learnt about the same target (kept in the state file), if recent.
+async fn limiter_for(sink: &Sink, c: &crate::config::DeliveryConfig, store: &Arc<Store>) -> Arc<Limiter> {
+    type Limiters = std::collections::HashMap<&'static str, ((u32, u32, u64), Arc<Limiter>)>;
     static LIMITERS: std::sync::OnceLock<std::sync::Mutex<Limiters>> = std::sync::OnceLock::new();
-    let fresh = || Limiter::new(sink, c.parallelism, c.max_parallelism);
-    let Ok(mut all) = LIMITERS.get_or_init(Default::default).lock() else {
-        return fresh();
-    };
-    match all.get(sink) {
-        Some((start, max, l)) if (*start, *max) == (c.parallelism, c.max_parallelism) => l.clone(),
-        _ => {
-            let l = fresh();
-            all.insert(sink, (c.parallelism, c.max_parallelism, l.clone()));
-            l
+    let (name, key) = (sink.name(), (c.parallelism, c.max_parallelism, sink.target()));
+    let all = LIMITERS.get_or_init(Default::default);
+    if let Some((_, l)) = all
+        .lock()
+        .ok()
+        .and_then(|a| a.get(name).filter(|(k, _)| *k == key).cloned())
+    {
+        return l;
+    }
+    let s = store.clone();
+    let kept = match blocking(move || s.sink_pace(name)).await {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::debug!(
+                sink = name,
+                "what the last process learnt about the target cannot be read: {e}"
+            );
+            None
         }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let kept = kept.filter(|p| p.target == key.2 && now - p.at <= PACE_KEPT_FOR && p.at <= now);
+    if let Some(p) = &kept {
+        tracing::debug!(sink = name, concurrency = p.concurrency, rate = ?p.rate, "starting at the pace learnt before");
+    }
+    let l = Limiter::new(name, c.parallelism, c.max_parallelism, kept.as_ref());
+    if let Ok(mut a) = all.lock() {
+        a.insert(name, (key, l.clone()));
+    }
+    l
+}
+
+/// How long what a sink learnt about its target is trusted: a target's
+/// limits change, and a pace last changed a week ago is learnt anew.
+const PACE_KEPT_FOR: i64 = 7 * 24 * 3600;
+
+/// Keeps what the pass taught the sink's limiter, for the next process. A
+/// failure only means the next process learns it again.
+async fn keep_pace(store: &Arc<Store>, sink: &Sink, limiter: &Arc<Limiter>) {
+    let now = jiff::Timestamp::now().as_second();
+    let Some(pace) = limiter.to_keep(sink.target(), now) else {
+        return;
+    };
+    let (s, name) = (store.clone(), sink.name());
+    match blocking(move || s.set_sink_pace(name, &pace)).await {
+        Ok(()) => {}
+        Err(e) => tracing::debug!(sink = name, "cannot keep what the sink learnt about its target: {e}"),
     }
 }
 

@@ -22,6 +22,24 @@ impl OutboxItem {
     }
 }
 
+/// What a sink's limiter learnt about its target — how many requests at
+/// once it took, and the pace a 429 asked for — kept so the next process
+/// (each `sync` is one) starts there instead of learning it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkPace {
+    /// Which target it was learnt from (a hash of its URL).
+    pub target: u64,
+    /// Unix seconds when it was learnt.
+    pub at: i64,
+    pub concurrency: u32,
+    /// Requests per second kept to, once a 429 set one.
+    pub rate: Option<f64>,
+    /// What the target accepted in the second before its last 429.
+    pub ceiling: f64,
+    /// 429s that set the pace.
+    pub cuts: u32,
+}
+
 /// A delivery job for one sink, with its retry state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -182,6 +200,26 @@ impl Store {
                     meta.remove(key.as_str())?;
                 }
             }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// What the sink's limiter learnt last (see [`SinkPace`]), if anything.
+    pub fn sink_pace(&self, sink: &str) -> Result<Option<SinkPace>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        let key = format!("sink_pace:{sink}");
+        let v = t.get(key.as_str())?;
+        v.map(|g| dec("sink pace", g.value())).transpose()
+    }
+
+    pub fn set_sink_pace(&self, sink: &str, pace: &SinkPace) -> Result<(), StoreError> {
+        let bytes = enc("sink pace", pace)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(format!("sink_pace:{sink}").as_str(), bytes.as_slice())?;
         }
         txn.commit()?;
         Ok(())

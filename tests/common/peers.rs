@@ -210,6 +210,23 @@ impl FaultProxy {
     /// A proxy that also holds every answer back for `delay` (a target
     /// further away).
     pub async fn start_slow(target: String, rules: Vec<Inject>, delay: std::time::Duration) -> FaultProxy {
+        FaultProxy::start_with(target, rules, delay, None).await
+    }
+
+    /// A proxy that takes `per_second` requests in any second and answers
+    /// the rest 429 with `Retry-After: 1` (a target's rate limit; counted
+    /// in `injected`).
+    pub async fn start_rate_limited(target: String, per_second: usize) -> FaultProxy {
+        FaultProxy::start_with(target, vec![], Duration::ZERO, Some(per_second)).await
+    }
+
+    async fn start_with(
+        target: String,
+        rules: Vec<Inject>,
+        delay: std::time::Duration,
+        per_second: Option<usize>,
+    ) -> FaultProxy {
+        let window = Arc::new(Mutex::new(std::collections::VecDeque::<std::time::Instant>::new()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let rules = Arc::new(Mutex::new(rules));
@@ -224,17 +241,34 @@ impl FaultProxy {
                     return;
                 };
                 let (rules, inj, client, target) = (rules.clone(), inj.clone(), client.clone(), target.clone());
-                let reqs = reqs.clone();
+                let (reqs, window) = (reqs.clone(), window.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (rules, inj, client, target) = (rules.clone(), inj.clone(), client.clone(), target.clone());
-                        let reqs = reqs.clone();
+                        let (reqs, window) = (reqs.clone(), window.clone());
                         async move {
                             let method = req.method().to_string();
                             let path_q = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
                             reqs.lock().expect("log").push(format!("{method} {path_q}"));
                             tokio::time::sleep(delay).await;
-                            let injected = {
+                            let over_limit = per_second.is_some_and(|limit| {
+                                let now = std::time::Instant::now();
+                                let mut w = window.lock().expect("window");
+                                while w
+                                    .front()
+                                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                                {
+                                    w.pop_front();
+                                }
+                                let over = w.len() >= limit;
+                                if !over {
+                                    w.push_back(now);
+                                }
+                                over
+                            });
+                            let injected = if over_limit {
+                                Some((429, Some(1)))
+                            } else {
                                 let mut rules = rules.lock().expect("rules");
                                 let mut hit = None;
                                 for r in rules.iter_mut() {

@@ -97,6 +97,11 @@ fn done(id: String, version: Option<String>) -> Applied {
 }
 
 impl ScimSink {
+    /// The target's base URL.
+    pub fn base_url(&self) -> &url::Url {
+        &self.base
+    }
+
     pub fn new(c: &ScimConfig, store: Option<Arc<Store>>) -> Result<Self, String> {
         let http = crate::net::client(&crate::net::ClientSpec {
             timeout: Some(c.timeout),
