@@ -11,7 +11,8 @@
 //! `DELIVERY_BENCH_TRACE=1` prints the answers per second of each run.
 //! `--rtt MS` runs only the 32-at-once target at that round trip;
 //! `--only rate` only the rate-limited one, `--only bulk` only the one
-//! with Bulk (maxOperations 100, 100 ms). The others have afas-sync send
+//! with Bulk (maxOperations 100, 100 ms; with `--rtt MS` at that round
+//! trip). The others have afas-sync send
 //! each change on its own (`sink.scim.bulk = false`).
 //!     cargo bench --bench delivery -- --smoke     (the test command's check)
 //!
@@ -340,7 +341,14 @@ fn real_main() -> Result<(), String> {
         limit: Limit::Concurrent(TARGET_CONCURRENCY),
         bulk: Some(100),
     });
-    if let Some(ms) = a.rtt {
+    if let (Some(ms), Some("bulk")) = (a.rtt, a.only.as_deref()) {
+        // The Bulk row at another round trip (0 ms: the server's own pace).
+        settings.retain(|s| s.bulk.is_some());
+        for s in &mut settings {
+            s.rtt = Duration::from_millis(ms);
+            s.name = format!("{ms} ms, {TARGET_CONCURRENCY} at once, Bulk of 100");
+        }
+    } else if let Some(ms) = a.rtt {
         settings = vec![Setting {
             name: format!("{ms} ms, {TARGET_CONCURRENCY} at once"),
             rtt: Duration::from_millis(ms),

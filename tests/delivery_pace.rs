@@ -251,6 +251,17 @@ async fn the_next_process_starts_at_the_pace_the_last_one_learnt() {
         .expect("the import's pace is kept");
     let rate = kept.rate.expect("a 429 set a pace");
     assert!((LIMIT as f64 * 0.5..=LIMIT as f64 * 1.1).contains(&rate), "{kept:?}");
+    // The operator sees it in `status`.
+    let (_, status, _) = common::run_bin(&["--config", &env.cfg, "--json", "status"]).await;
+    let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let shown = v["outbox"]["scim"]["pace"]["requests_per_second"].as_f64();
+    assert!(shown.is_some_and(|r| (r - rate).abs() < 0.1), "{status}");
+    assert_eq!(v["outbox"]["scim"]["pace"]["concurrency"], kept.concurrency, "{status}");
+    let (_, human, _) = common::run_bin(&["--config", &env.cfg, "status"]).await;
+    assert!(
+        human.contains(&format!("at most {rate:.0} requests/s (the target answered HTTP 429)")),
+        "{human}"
+    );
 
     let day = |n: i64, kept: Option<&afas_sync::store::SinkPace>| {
         if let Some(p) = kept {

@@ -356,6 +356,11 @@ fn status_out(s: &StatusReport, json_out: bool, o: &mut Out) {
         "now": s.now,
         "outbox": s.outbox.iter().map(|(sink, c)| (sink.clone(), json!({
             "pending": c.pending, "dead": c.dead, "stopped": c.stopped,
+            "pace": c.pace.as_ref().map(|p| json!({
+                "concurrency": p.concurrency,
+                "requests_per_second": p.rate.map(|r| (r * 10.0).round() / 10.0),
+                "learnt_at": jiff::Timestamp::from_second(p.at).ok().map(|t| t.to_string()),
+            })),
             "oldest_pending_at": c.oldest_pending_at.and_then(|t| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()),
         }))).collect::<serde_json::Map<_, _>>(),
     });
@@ -413,6 +418,18 @@ fn status_out(s: &StatusReport, json_out: bool, o: &mut Out) {
                     );
                     if let Some(why) = c["stopped"].as_str() {
                         say!(o, "  STOPPED: {why}");
+                    }
+                    if let Some(p) = c["pace"].as_object() {
+                        say!(
+                            o,
+                            "  learnt:  {} at once{}, {}",
+                            p["concurrency"],
+                            p["requests_per_second"]
+                                .as_f64()
+                                .map(|r| format!(", at most {r:.0} requests/s (the target answered HTTP 429)"))
+                                .unwrap_or_default(),
+                            p["learnt_at"].as_str().unwrap_or("")
+                        );
                     }
                 }
             }

@@ -102,13 +102,16 @@ pub struct TargetRef {
 }
 
 /// Pending and dead-lettered entries of one sink.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxCounts {
     pub pending: u64,
     pub dead: u64,
     pub oldest_pending_at: Option<i64>,
     /// Why the last delivery pass stopped this sink, while it is stopped.
     pub stopped: Option<String>,
+    /// What the sink learnt about its target's pace.
+    #[serde(default)]
+    pub pace: Option<SinkPace>,
 }
 
 pub(super) fn unix_now() -> i64 {
@@ -236,6 +239,13 @@ impl Store {
             if let Some(sink) = k.value().strip_prefix("sink_stopped:") {
                 out.entry(sink.to_string()).or_default().stopped =
                     Some(String::from_utf8_lossy(v.value()).into_owned());
+            }
+        }
+        for item in meta.range("sink_pace:".."sink_pace;")? {
+            let (k, v) = item?;
+            if let Some(sink) = k.value().strip_prefix("sink_pace:") {
+                // A hint only: one that cannot be read is learnt again.
+                out.entry(sink.to_string()).or_default().pace = dec("sink pace", v.value()).ok();
             }
         }
         for item in t.iter()? {
