@@ -474,31 +474,38 @@ mod tests {
         drop((a, b));
     }
 
-    #[tokio::test]
-    async fn after_a_429_the_sink_keeps_below_the_rate_it_had_sent() {
+    /// A limiter that had 100 answers accepted within the last second, and
+    /// then a 429.
+    async fn throttled_after_100() -> Arc<Limiter> {
         let l = Limiter::new("test", 64, 64, None);
         for _ in 0..100 {
             l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
         }
-        // 100 accepted within the last second; then the target said 429.
         l.acquire().await.done(Load::Throttled);
+        l
+    }
+
+    /// How long `n` quick deliveries take through `l`.
+    async fn time_for(l: &Arc<Limiter>, n: u32) -> Duration {
         let started = Instant::now();
-        for _ in 0..46 {
+        for _ in 0..n {
             l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
         }
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn after_a_429_the_sink_keeps_below_the_rate_it_had_sent() {
+        let l = throttled_after_100().await;
         // ~91 per second (4 as a burst): 46 take about 0.45 s, not 0.
-        let took = started.elapsed();
+        let took = time_for(&l, 46).await;
         assert!(took >= Duration::from_millis(350), "{took:?}");
         assert!(took < Duration::from_millis(900), "{took:?}");
     }
 
     #[tokio::test]
     async fn a_new_limiter_starts_where_the_last_one_left_off() {
-        let l = Limiter::new("test", 64, 64, None);
-        for _ in 0..100 {
-            l.acquire().await.done(Load::Answered(Duration::from_millis(1)));
-        }
-        l.acquire().await.done(Load::Throttled);
+        let l = throttled_after_100().await;
         let kept = l.to_keep(7, 1_000).expect("a 429 set a pace: something to keep");
         assert!(kept.rate.is_some_and(|r| (85.0..=95.0).contains(&r)), "{kept:?}");
         assert!(l.to_keep(7, 1_010).is_none(), "nothing new learnt");
@@ -515,11 +522,7 @@ mod tests {
             }),
         );
         assert_eq!(next.limit(), 16);
-        let started = Instant::now();
-        for _ in 0..46 {
-            next.acquire().await.done(Load::Answered(Duration::from_millis(1)));
-        }
-        let took = started.elapsed();
+        let took = time_for(&next, 46).await;
         assert!(took >= Duration::from_millis(350), "{took:?}");
         assert!(took < Duration::from_millis(900), "{took:?}");
         // Never beyond the maximum of this config.
