@@ -22,6 +22,57 @@ pub enum Deprovision {
     Delete,
 }
 
+/// How an employee without a known target id is matched to a user the
+/// target already holds (`sink.scim.match`), tried in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum MatchRule {
+    #[serde(rename = "externalId")]
+    ExternalId,
+    #[serde(rename = "userName")]
+    UserName,
+    #[serde(rename = "emails")]
+    Emails,
+}
+
+impl MatchRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchRule::ExternalId => "externalId",
+            MatchRule::UserName => "userName",
+            MatchRule::Emails => "emails",
+        }
+    }
+}
+
+fn default_match() -> Vec<MatchRule> {
+    vec![MatchRule::ExternalId, MatchRule::UserName, MatchRule::Emails]
+}
+
+/// Which matched users afas-sync takes over (`sink.scim.adopt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Adopt {
+    /// Users without an `externalId`.
+    #[default]
+    Unlinked,
+    /// Also users linked to another system's `externalId`.
+    Any,
+    /// None: a matched user is a conflict.
+    Never,
+}
+
+/// How a change reaches a user the target holds (`sink.scim.update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateMode {
+    /// PATCH where the target supports it, PUT otherwise; a PATCH the
+    /// target cannot apply (501, 500 twice) moves the sink to PUT.
+    #[default]
+    Auto,
+    Patch,
+    Put,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScim {
@@ -45,6 +96,12 @@ pub(super) struct RawScim {
     /// Use SCIM Bulk where the target announces it.
     #[serde(default = "default_true")]
     bulk: bool,
+    #[serde(default = "default_match", rename = "match")]
+    match_rules: Vec<MatchRule>,
+    #[serde(default)]
+    adopt: Adopt,
+    #[serde(default)]
+    update: UpdateMode,
 }
 
 fn default_true() -> bool {
@@ -95,6 +152,10 @@ pub struct ScimConfig {
     /// Changes travel in SCIM Bulk requests where the target announces
     /// them (`bulk.supported`).
     pub bulk: bool,
+    /// How users the target already holds are matched, in order.
+    pub match_rules: Vec<MatchRule>,
+    pub adopt: Adopt,
+    pub update: UpdateMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,6 +300,13 @@ fn validate_scim(r: RawScim, base_dir: &Path, warnings: &mut Vec<String>) -> Res
             "must contain {key}, so every released user gets a value of its own",
         ));
     }
+    let mut seen = Vec::new();
+    for rule in &r.match_rules {
+        if seen.contains(rule) {
+            return Err(invalid("sink.scim.match", format!("{} is listed twice", rule.as_str())));
+        }
+        seen.push(*rule);
+    }
     Ok(ScimConfig {
         url,
         auth,
@@ -251,6 +319,9 @@ fn validate_scim(r: RawScim, base_dir: &Path, warnings: &mut Vec<String>) -> Res
         attributes,
         released_user_name: r.released_user_name,
         bulk: r.bulk,
+        match_rules: r.match_rules,
+        adopt: r.adopt,
+        update: r.update,
     })
 }
 

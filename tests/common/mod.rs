@@ -120,6 +120,7 @@ pub async fn run_bin_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, S
     )
 }
 pub mod peers;
+pub mod quirks;
 pub mod relay;
 pub mod sync_env;
 

@@ -192,13 +192,25 @@ pub fn service_provider_config_with_bulk(
     etag: bool,
     bulk_operations: u32,
 ) -> PathBuf {
+    service_provider_config_filter(dir, patch, etag, bulk_operations, true)
+}
+
+/// As [`service_provider_config_with_bulk`], with `filter.supported` as
+/// given (a target that declares it cannot filter).
+pub fn service_provider_config_filter(
+    dir: &std::path::Path,
+    patch: bool,
+    etag: bool,
+    bulk_operations: u32,
+    filter: bool,
+) -> PathBuf {
     let spc = dir.join("spc.json");
     std::fs::write(
         &spc,
         json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
             "patch": {"supported": patch}, "bulk": {"supported": bulk_operations > 0, "maxOperations": bulk_operations, "maxPayloadSize": 1_048_576},
-            "filter": {"supported": true, "maxResults": 1000}, "changePassword": {"supported": false},
+            "filter": {"supported": filter, "maxResults": 1000}, "changePassword": {"supported": false},
             "sort": {"supported": false}, "etag": {"supported": etag},
             "authenticationSchemes": [{"type": "oauthbearertoken", "name": "bearer", "description": "Bearer"}]
         })

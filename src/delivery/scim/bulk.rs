@@ -71,7 +71,7 @@ impl ScimSink {
         let user_name = self.user_name_of(e);
         let (method, path, version, data, id) = match m.kind {
             MutationKind::Joiner | MutationKind::Rehire => match self.known(key) {
-                Known::Absent => (
+                Known::Absent if job.target_id.is_none() && !self.listed_match(e) => (
                     "POST",
                     "/Users".to_string(),
                     None,
@@ -81,9 +81,7 @@ impl ScimSink {
                 _ => return None,
             },
             MutationKind::Mover | MutationKind::Leaver => {
-                if !ready.target.caps.patch
-                    || (m.kind == MutationKind::Leaver && self.deprovision == Deprovision::Delete)
-                {
+                if self.put_mode(ready) || (m.kind == MutationKind::Leaver && self.deprovision == Deprovision::Delete) {
                     return None;
                 }
                 let (id, version) = match (&job.target_id, self.known(key)) {

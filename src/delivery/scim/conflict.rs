@@ -4,56 +4,20 @@
 //! released `userName` first; one that is still employed gets its own value
 //! back once the write went through.
 
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{Ready, ScimSink, Wrote};
+use crate::config::MatchRule;
 use crate::delivery::SinkError;
 use crate::model::Status;
 
 impl ScimSink {
-    /// Sets one user's `userName`: PATCH where the target has it, else the
-    /// user read and put back whole.
+    /// Sets one user's `userName`: PATCH, or the user read and put back
+    /// with it where changes go as PUT.
     pub(super) async fn set_user_name(&self, ready: &Ready, id: &str, user_name: &str) -> Result<Wrote, SinkError> {
-        if ready.target.caps.patch {
-            let op = json!({"op": "replace", "path": "userName", "value": user_name});
-            return self.patch(ready, id, vec![op], None).await;
-        }
-        // Read whole and put back; a 412 means the user changed since the
-        // read, so it is read again (never the stale body put back).
-        for _ in 0..3 {
-            let a = self.send(Method::GET, self.url(&["Users", id]), None, None).await?;
-            match a.status {
-                200 => {}
-                404 => return Ok(Wrote::Gone),
-                _ => return Err(self.failure(&a, "read")),
-            }
-            let version = a
-                .body
-                .pointer("/meta/version")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let mut user = a.body;
-            if let Some(m) = user.as_object_mut() {
-                m.remove("meta");
-                m.insert("userName".into(), Value::from(user_name));
-            }
-            let if_match = if ready.target.caps.etag {
-                version.as_deref()
-            } else {
-                None
-            };
-            let a = self
-                .send(Method::PUT, self.url(&["Users", id]), Some(&user), if_match)
-                .await?;
-            if let Some(done) = self.written(&a, "replace").await {
-                return done;
-            }
-        }
-        Err(SinkError::Retry {
-            reason: "the user kept changing at the SCIM server (412 three times)".into(),
-            after: None,
-        })
+        let op = json!({"op": "replace", "path": "userName", "value": user_name});
+        let ours = json!({"userName": user_name});
+        self.patch(ready, id, vec![op], None, &ours, false).await
     }
 
     /// The target refused `value` as a `userName` because another user holds
@@ -70,12 +34,12 @@ impl ScimSink {
         own_key: &str,
         value: &str,
     ) -> Result<Option<(String, String)>, SinkError> {
-        let holders = self.lookup("userName", value).await?;
+        let holders = self.search(ready, MatchRule::UserName, value).await?;
         let Some(holder) = holders.first() else {
             return Ok(None); // freed meanwhile
         };
-        let id = holder.get("id").and_then(Value::as_str).unwrap_or("?").to_string();
-        let external = holder.get("externalId").and_then(Value::as_str).unwrap_or("");
+        let id = holder.id.clone();
+        let external = holder.external_id.as_deref().unwrap_or("");
         let not_ours = || SinkError::Permanent {
             reason: format!(
                 "the SCIM server gives userName {value} to user {id}{}, which afas-sync did not provision; \

@@ -12,6 +12,7 @@ mod check;
 mod conflict;
 mod known;
 pub mod mapping;
+mod matching;
 pub mod schema;
 mod write;
 
@@ -26,7 +27,7 @@ use self::mapping::Mapping;
 pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
 use super::{classify, transport_error};
 use super::{Delivered, Job, SinkError};
-use crate::config::{Deprovision, ScimAuth, ScimConfig, UserNameSource};
+use crate::config::{Adopt, Deprovision, MatchRule, ScimAuth, ScimConfig, UpdateMode, UserNameSource};
 use crate::model::Employee;
 use crate::model::{Mutation, MutationKind};
 use crate::store::Store;
@@ -59,6 +60,12 @@ pub struct ScimSink {
     /// schema, so the next delivery reads the target again.
     ready: tokio::sync::Mutex<Option<Arc<Ready>>>,
     memory: std::sync::Mutex<known::Memory>,
+    learnt: known::Learnt,
+    /// One listing at a time when tasks fall back to it together.
+    listing: tokio::sync::Mutex<()>,
+    match_rules: Vec<MatchRule>,
+    adopt: Adopt,
+    update: UpdateMode,
 }
 
 struct Answer {
@@ -140,6 +147,11 @@ impl ScimSink {
             store,
             ready: tokio::sync::Mutex::new(None),
             memory: Default::default(),
+            learnt: Default::default(),
+            listing: tokio::sync::Mutex::new(()),
+            match_rules: c.match_rules.clone(),
+            adopt: c.adopt,
+            update: c.update,
         })
     }
 
@@ -259,6 +271,7 @@ impl ScimSink {
         let caps = match self.discover("ServiceProviderConfig").await? {
             Some(b) => Capabilities {
                 patch: b.pointer("/patch/supported").and_then(Value::as_bool).unwrap_or(false),
+                filter: b.pointer("/filter/supported").and_then(Value::as_bool).unwrap_or(true),
                 etag: b.pointer("/etag/supported").and_then(Value::as_bool).unwrap_or(false),
                 max_results: b
                     .pointer("/filter/maxResults")
@@ -276,6 +289,7 @@ impl ScimSink {
             // The common case for a server that does not say.
             None => Capabilities {
                 patch: true,
+                filter: true,
                 etag: false,
                 max_results: 0,
                 bulk_max_operations: 0,
@@ -328,18 +342,35 @@ impl ScimSink {
         self.released_user_name.replace("{key}", key)
     }
 
-    /// The user to update: the remembered one, else a lookup.
-    async fn target(&self, job: &Job, key: &str) -> Result<Option<Found>, SinkError> {
-        match &job.target_id {
-            Some(id) => Ok(Some(Found {
-                id: id.clone(),
-                version: job.target_version.clone(),
-            })),
-            None => self.find(key).await,
+    /// The id afas-sync stored for the employee, with the last version
+    /// known of it: a change is written there directly, and only a 404
+    /// leads to a lookup.
+    fn stored(&self, job: &Job) -> Option<Found> {
+        job.target_id.as_ref().map(|id| Found {
+            id: id.clone(),
+            version: self.known_version(id).or_else(|| job.target_version.clone()),
+        })
+    }
+
+    /// A delivery; a change the target refuses with the same server error
+    /// on every attempt becomes that change's refusal, in its words.
+    pub async fn deliver(&self, job: &Job) -> Result<Delivered, SinkError> {
+        match self.deliver_once(job).await {
+            Err(SinkError::Retry { reason, .. })
+                if repeated_server_error(&reason, job.entry.attempts, job.entry.last_error.as_deref()) =>
+            {
+                Err(SinkError::Permanent {
+                    reason: format!(
+                        "{reason} (the same answer on each of {} attempts; the target cannot apply this change)",
+                        job.entry.attempts + 1
+                    ),
+                })
+            }
+            r => r,
         }
     }
 
-    pub async fn deliver(&self, job: &Job) -> Result<Delivered, SinkError> {
+    async fn deliver_once(&self, job: &Job) -> Result<Delivered, SinkError> {
         let Some(m) = &job.mutation else {
             return Ok(Delivered::default());
         };
@@ -409,9 +440,14 @@ impl ScimSink {
             // Personal data already removed by retention: nothing to send
             // but a deactivation, which needs no data.
             if m.kind == MutationKind::Leaver {
-                if let Some(f) = self.target(job, key).await? {
+                if let Some(l) = self.locate(ready, self.stored(job), key, None).await? {
+                    let f = l.found;
                     let op = json!({"op": "replace", "path": "active", "value": false});
-                    let version = match self.patch(ready, &f.id, vec![op], f.version.as_deref()).await? {
+                    let ours = json!({"active": false});
+                    let version = match self
+                        .patch(ready, &f.id, vec![op], f.version.as_deref(), &ours, false)
+                        .await?
+                    {
                         Wrote::Done(v) => v,
                         _ => None,
                     };
@@ -427,69 +463,79 @@ impl ScimSink {
         };
         match m.kind {
             MutationKind::Joiner | MutationKind::Rehire => {
-                self.upsert(ready, key, &ready.mapping.user(e, true, &user_name)).await
+                let user = ready.mapping.user(e, true, &user_name);
+                self.upsert(ready, self.stored(job), key, e, &user).await
             }
             MutationKind::Mover => {
                 let (user, ops) = self.update_of(ready, m, e, &user_name, released);
-                let Some(f) = self.target(job, key).await? else {
-                    return self.upsert(ready, key, &user).await;
+                let Some(l) = self.locate(ready, self.stored(job), key, Some(e)).await? else {
+                    return self.upsert(ready, None, key, e, &user).await;
                 };
+                if l.adopted.is_some() {
+                    return self.upsert(ready, Some(l.found), key, e, &user).await;
+                }
                 if ops.is_empty() {
                     // Nothing the target receives changed.
-                    return Ok(done(f.id, f.version));
+                    return Ok(done(l.found.id, l.found.version));
                 }
-                self.update_found(ready, key, f, ops, &user).await
+                self.update_found(ready, key, e, l.found, ops, &user).await
             }
             MutationKind::Leaver => {
-                let found = self.target(job, key).await?;
+                let found = self.locate(ready, self.stored(job), key, Some(e)).await?;
                 if self.deprovision == Deprovision::Delete {
-                    if let Some(f) = found {
+                    if let Some(l) = found {
                         let a = self
-                            .send(Method::DELETE, self.url(&["Users", &f.id]), None, None)
+                            .send(Method::DELETE, self.url(&["Users", &l.found.id]), None, None)
                             .await?;
                         if !matches!(a.status, 200 | 204 | 404) {
                             return Err(self.failure(&a, "delete"));
                         }
-                        self.forget(key, Some(&f.id));
+                        self.forget(key, Some(&l.found.id));
                     }
                     return Ok(Applied::Done(Delivered::default()));
                 }
                 let (user, ops) = self.update_of(ready, m, e, &user_name, released);
-                let Some(f) = found else {
-                    // Keep the target's picture complete: the leaver exists,
-                    // inactive.
-                    return self.upsert(ready, key, &user).await;
-                };
-                self.update_found(ready, key, f, ops, &user).await
+                match found {
+                    // Keep the target's picture complete: the leaver
+                    // exists, inactive.
+                    None => self.upsert(ready, None, key, e, &user).await,
+                    Some(l) if l.adopted.is_some() => self.upsert(ready, Some(l.found), key, e, &user).await,
+                    Some(l) => self.update_found(ready, key, e, l.found, ops, &user).await,
+                }
             }
         }
     }
 
-    /// Writes a change to a user the target holds: PATCH, or PUT where it
-    /// has none. A user gone meanwhile is looked up again and created with
+    /// Writes a change to a user the target holds: PATCH, or PUT over what
+    /// it holds. A user gone meanwhile is looked up again and created with
     /// the full current state.
     async fn update_found(
         &self,
         ready: &Ready,
         key: &str,
+        e: &Employee,
         f: Found,
         ops: Vec<Value>,
         user: &Value,
     ) -> Result<Applied, SinkError> {
-        let w = if ready.target.caps.patch {
-            self.patch(ready, &f.id, ops, f.version.as_deref()).await?
-        } else {
-            self.replace(ready, &f.id, f.version.as_deref(), user).await?
-        };
-        match w {
+        match self.patch(ready, &f.id, ops, f.version.as_deref(), user, true).await? {
             Wrote::Done(v) => Ok(done(f.id, v)),
             Wrote::Conflict => Ok(Applied::Conflict),
             Wrote::Gone => {
                 // Gone at the server (restarted, deleted): what this sink
                 // knew of it is stale.
                 self.forget(key, Some(&f.id));
-                self.upsert(ready, key, user).await
+                self.upsert(ready, None, key, e, user).await
             }
         }
     }
+}
+
+/// Whether a retry is the same server error (500, 501) the last attempts
+/// got: the target's refusal of this change, not a passing fault.
+fn repeated_server_error(reason: &str, attempts: u32, last: Option<&str>) -> bool {
+    let server_error = ["answered HTTP 500", "answered HTTP 501"]
+        .iter()
+        .any(|s| reason.contains(s));
+    server_error && attempts >= 2 && last == Some(reason)
 }

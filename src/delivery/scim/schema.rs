@@ -18,6 +18,8 @@ pub const EXTENSION_URN: &str = "urn:afas-sync:scim:schemas:extension:employee:1
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
     pub patch: bool,
+    /// `filter.supported`: lookups by `filter=` may be asked.
+    pub filter: bool,
     pub etag: bool,
     /// `filter.maxResults`: the most users one listing page returns
     /// (0 when the server does not say).
@@ -330,6 +332,7 @@ mod tests {
     use serde_json::json;
 
     const CAPS: Capabilities = Capabilities {
+        filter: true,
         patch: true,
         etag: false,
         max_results: 0,

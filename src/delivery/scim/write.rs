@@ -4,8 +4,11 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use super::known::Learnt;
 use super::{Answer, Applied, Delivered, Found, Ready, ScimSink, Wrote, PATCH_URN};
+use crate::config::UpdateMode;
 use crate::delivery::SinkError;
+use crate::model::Employee;
 
 impl ScimSink {
     pub(super) async fn refused(&self, a: &Answer, what: &str) -> SinkError {
@@ -23,52 +26,6 @@ impl ScimSink {
             412 => None,
             _ => Some(Err(self.refused(a, what).await)),
         }
-    }
-
-    pub(super) async fn lookup(&self, attr: &str, value: &str) -> Result<Vec<Value>, SinkError> {
-        let mut url = self.url(&["Users"]);
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-        url.query_pairs_mut()
-            .append_pair("filter", &format!("{attr} eq \"{escaped}\""))
-            .append_pair("attributes", "id,externalId,userName,active,meta.version");
-        let a = self.send(Method::GET, url, None, None).await?;
-        if a.status != 200 {
-            return Err(self.failure(&a, &format!("lookup by {attr}")));
-        }
-        Ok(a.body
-            .get("Resources")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    /// The employee's user at the target: from what this sink knows, else
-    /// a lookup by `externalId`.
-    pub(super) async fn find(&self, key: &str) -> Result<Option<Found>, SinkError> {
-        match self.known(key) {
-            super::known::Known::At(f) => return Ok(Some(f)),
-            super::known::Known::Absent => return Ok(None),
-            super::known::Known::Unknown => {}
-        }
-        let resources = self.lookup("externalId", key).await?;
-        if resources.len() > 1 {
-            return Err(SinkError::Permanent {
-                reason: format!(
-                    "the SCIM server holds {} users with externalId {key}; remove the duplicates there",
-                    resources.len()
-                ),
-            });
-        }
-        let found = resources.first().and_then(|r| {
-            Some(Found {
-                id: r.get("id")?.as_str()?.to_string(),
-                version: r.pointer("/meta/version").and_then(Value::as_str).map(str::to_string),
-            })
-        });
-        if let Some(f) = &found {
-            self.remember(Some(key), &f.id, f.version.as_deref());
-        }
-        Ok(found)
     }
 
     /// The current version of a user for `If-Match`; `None` when gone.
@@ -105,13 +62,31 @@ impl ScimSink {
         }
     }
 
-    /// Creates the user, or replaces it when one with this externalId exists.
-    pub(super) async fn upsert(&self, ready: &Ready, key: &str, user: &Value) -> Result<Applied, SinkError> {
-        let (wrote, id) = match self.find(key).await? {
+    /// Creates the user, or writes it whole to the user the target holds
+    /// for this employee (its stored id, its `externalId`, or one the match
+    /// rules adopt).
+    pub(super) async fn upsert(
+        &self,
+        ready: &Ready,
+        stored: Option<Found>,
+        key: &str,
+        e: &Employee,
+        user: &Value,
+    ) -> Result<Applied, SinkError> {
+        let (wrote, id) = match self.locate(ready, stored, key, Some(e)).await? {
             None => self.create(key, user).await?,
-            Some(found) => {
-                let wrote = self.replace(ready, &found.id, found.version.as_deref(), user).await?;
-                (wrote, Some(found.id))
+            Some(l) => {
+                let wrote = self.write_whole(ready, &l.found, user).await?;
+                if let (Some(rule), Wrote::Done(_)) = (l.adopted, &wrote) {
+                    tracing::info!(
+                        sink = "scim",
+                        user = l.found.id,
+                        "adopted the target's user for employee {key} (matched by {})",
+                        rule.as_str()
+                    );
+                    self.remember(Some(key), &l.found.id, None);
+                }
+                (wrote, Some(l.found.id))
             }
         };
         match wrote {
@@ -129,38 +104,111 @@ impl ScimSink {
         }
     }
 
-    /// PUT with `If-Match` when the server has ETags; a stale version (412)
-    /// is read again, a bounded number of times.
-    pub(super) async fn replace(
+    /// Whether changes go as PUT: asked for, the target has no PATCH, or
+    /// (in `auto`) a PATCH it could not apply moved the sink to PUT.
+    pub(super) fn put_mode(&self, ready: &Ready) -> bool {
+        match self.update {
+            UpdateMode::Put => true,
+            UpdateMode::Patch => false,
+            UpdateMode::Auto => !ready.target.caps.patch || Learnt::get(&self.learnt.put),
+        }
+    }
+
+    /// Writes the mapping's whole user to a user the target holds: one
+    /// PATCH of every mapped attribute, or a PUT over what it holds.
+    pub(super) async fn write_whole(&self, ready: &Ready, f: &Found, user: &Value) -> Result<Wrote, SinkError> {
+        if self.put_mode(ready) {
+            return self.put_over(ready, &f.id, user, true).await;
+        }
+        let ops = ready.mapping.whole_ops(user);
+        self.patch(ready, &f.id, ops, f.version.as_deref(), user, true).await
+    }
+
+    /// PUT of user `id`: read first, `ours` written over what the target
+    /// holds (see [`Mapping::overlay`]), with `If-Match` from the read; a
+    /// 412 reads again, a bounded number of times.
+    pub(super) async fn put_over(
         &self,
         ready: &Ready,
         id: &str,
-        version: Option<&str>,
-        user: &Value,
+        ours: &Value,
+        whole: bool,
     ) -> Result<Wrote, SinkError> {
-        self.write_versioned(ready, Method::PUT, id, user, version.map(str::to_string), "replace")
-            .await
+        for _ in 0..3 {
+            let Some((held, version)) = self.read_user(id).await? else {
+                return Ok(Wrote::Gone);
+            };
+            let body = ready.mapping.overlay(held, ours, whole);
+            let if_match = version.as_deref().filter(|_| ready.target.caps.etag);
+            let a = self
+                .send(Method::PUT, self.url(&["Users", id]), Some(&body), if_match)
+                .await?;
+            if let Some(done) = self.written(&a, "replace").await {
+                if let Ok(Wrote::Done(v)) = &done {
+                    self.remember(None, id, v.as_deref());
+                }
+                return done;
+            }
+        }
+        Err(SinkError::Retry {
+            reason: "the user kept changing at the SCIM server (412 three times)".into(),
+            after: None,
+        })
     }
 
     /// PATCH with `If-Match` when the server has ETags: the version from
     /// the last answer about this user (this sink's memory, else `known`
-    /// from the state file), read first only when none is known.
+    /// from the state file), read first only when none is known. In PUT
+    /// mode, or when the target cannot apply the PATCH (501, or 500 twice
+    /// for it) in `auto`, `ours` goes as a PUT instead, and the sink goes on
+    /// with PUT.
     pub(super) async fn patch(
         &self,
         ready: &Ready,
         id: &str,
         ops: Vec<Value>,
         known: Option<&str>,
+        ours: &Value,
+        whole: bool,
     ) -> Result<Wrote, SinkError> {
+        if self.put_mode(ready) {
+            return self.put_over(ready, id, ours, whole).await;
+        }
         let body = json!({"schemas": [PATCH_URN], "Operations": ops});
         let version = self.known_version(id).or(known.map(str::to_string));
-        self.write_versioned(ready, Method::PATCH, id, &body, version, "patch")
-            .await
+        let mut server_errors = 0;
+        loop {
+            let a = match self
+                .write_versioned(ready, Method::PATCH, id, &body, version.clone())
+                .await?
+            {
+                Ok(wrote) => return Ok(wrote),
+                Err(a) => a,
+            };
+            if a.status == 500 {
+                server_errors += 1;
+            }
+            let unapplied = a.status == 501 || server_errors >= 2;
+            if self.update == UpdateMode::Auto && unapplied {
+                if Learnt::set(&self.learnt.put) {
+                    tracing::warn!(
+                        sink = "scim",
+                        "the SCIM server cannot apply a PATCH ({}); sending changes as PUT from now on",
+                        self.failure(&a, "patch")
+                    );
+                }
+                return self.put_over(ready, id, ours, whole).await;
+            }
+            if a.status != 500 || self.update != UpdateMode::Auto {
+                return Err(self.refused(&a, "patch").await);
+            }
+        }
     }
 
     /// One write of user `id`; with ETags it carries `If-Match` (read
     /// first when no version is known), and a stale version (412) is read
-    /// again, a bounded number of times.
+    /// again, a bounded number of times. A refusal comes back as the
+    /// target's answer, for the caller to judge.
     async fn write_versioned(
         &self,
         ready: &Ready,
@@ -168,14 +216,13 @@ impl ScimSink {
         id: &str,
         body: &Value,
         mut version: Option<String>,
-        what: &str,
-    ) -> Result<Wrote, SinkError> {
+    ) -> Result<Result<Wrote, Answer>, SinkError> {
         let etag = ready.target.caps.etag;
         for _ in 0..3 {
             if etag && version.is_none() {
                 match self.version(id).await? {
                     Some(v) => version = v,
-                    None => return Ok(Wrote::Gone),
+                    None => return Ok(Ok(Wrote::Gone)),
                 }
             }
             let a = self
@@ -186,14 +233,15 @@ impl ScimSink {
                     if etag { version.as_deref() } else { None },
                 )
                 .await?;
-            match self.written(&a, what).await {
-                Some(done) => {
-                    if let Ok(Wrote::Done(v)) = &done {
-                        self.remember(None, id, v.as_deref());
-                    }
-                    return done;
+            match a.status {
+                200 | 204 => {
+                    self.remember(None, id, a.version.as_deref());
+                    return Ok(Ok(Wrote::Done(a.version.clone())));
                 }
-                None => version = None,
+                404 => return Ok(Ok(Wrote::Gone)),
+                409 => return Ok(Ok(Wrote::Conflict)),
+                412 => version = None,
+                _ => return Ok(Err(a)),
             }
         }
         Err(SinkError::Retry {

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+mod ops;
+
 use super::schema::{Attr, AttrType, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
 use crate::fields::{Field, Kind};
 use crate::model::Decimal;
@@ -358,41 +360,6 @@ impl Mapping {
         }
         Value::Object(user)
     }
-
-    /// PATCH operations that bring the target's user to `user` for these
-    /// changed snapshot fields: each touched top-level attribute replaced
-    /// whole, or removed when the employee no longer has a value for it.
-    /// Empty when no changed field is mapped.
-    pub fn patch_ops(&self, user: &Value, changed: &[&str]) -> Vec<Value> {
-        let mut slots: Vec<(&AttrPath, String)> = Vec::new();
-        for e in &self.entries {
-            if !changed.iter().any(|c| e.field.changed_by(c)) {
-                continue;
-            }
-            let path = if e.path.is_core() {
-                e.path.attr.clone()
-            } else {
-                format!("{}:{}", e.path.urn, e.path.attr)
-            };
-            if !slots.iter().any(|(_, p)| *p == path) {
-                slots.push((&e.path, path));
-            }
-        }
-        slots
-            .into_iter()
-            .map(|(p, path)| {
-                let v = if p.is_core() {
-                    user.get(&p.attr)
-                } else {
-                    user.get(&p.urn).and_then(|x| x.get(&p.attr))
-                };
-                match v {
-                    Some(v) => json!({"op": "replace", "path": path, "value": v}),
-                    None => json!({"op": "remove", "path": path}),
-                }
-            })
-            .collect()
-    }
 }
 
 fn decimal(d: Decimal, kind: AttrType) -> Value {
@@ -460,6 +427,7 @@ mod tests {
     use crate::delivery::scim::schema::Capabilities;
 
     const CAPS: Capabilities = Capabilities {
+        filter: true,
         patch: true,
         etag: true,
         max_results: 0,
@@ -467,7 +435,7 @@ mod tests {
         bulk_max_payload: 0,
     };
 
-    fn rfc_target(enterprise: bool) -> Target {
+    pub(super) fn rfc_target(enterprise: bool) -> Target {
         let ext: Vec<Value> = if enterprise {
             vec![json!({"schema": ENTERPRISE_URN})]
         } else {
@@ -477,7 +445,7 @@ mod tests {
         Target::from_answers(CAPS, Some(&rt), None)
     }
 
-    fn employee() -> Employee {
+    pub(super) fn employee() -> Employee {
         let date = |s: &str| s.parse::<jiff::civil::Date>().expect("date");
         Employee {
             key: crate::model::EmployeeKey::parse("1042").expect("key"),
@@ -533,7 +501,7 @@ mod tests {
         assert!(m.patch_ops(&u, &["salary"]).is_empty());
         let ops = m.patch_ops(&u, &["prefix"]);
         let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
-        assert_eq!(paths, ["name", "displayName"]);
+        assert_eq!(paths, ["name.familyName", "displayName", "name.formatted"]);
         let mut gone = e.clone();
         gone.department = None;
         let ops = m.patch_ops(&m.user(&gone, true, "x"), &["department"]);

@@ -1,0 +1,377 @@
+//! A target that already holds the company (Alleo's own import, a CSV,
+//! Entra): the real binary matches each employee to the user it already
+//! has and adopts it, or names the conflict — never a second account. And
+//! the HR days against servers that behave as other SCIM servers do (a
+//! quirk proxy in front of scim2-server, one quirk per row).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use afas_sync::emulator::data::churn;
+use afas_sync::store::Store;
+use afas_sync::sync::plan::Status;
+use common::peers::*;
+use common::quirks::{Quirk, QuirkProxy};
+use common::sync_env::*;
+use serde_json::{json, Map, Value};
+
+/// How the earlier import wrote the company's users.
+#[derive(Clone, Copy, PartialEq)]
+enum Earlier {
+    /// userName = the work e-mail, no externalId.
+    Plain,
+    /// The same in upper case.
+    UpperCase,
+    /// userName from another scheme; the address only in `emails`.
+    EmailsOnly,
+    /// Linked to another system's externalId.
+    Linked,
+}
+
+fn rows(env: &Env) -> Vec<Map<String, Value>> {
+    env.emu
+        .state
+        .with_data(|d| d.connectors["Profit_Employees_Alleo"].rows.clone())
+}
+
+/// Fills the target with the company's employees as `how` says; the keys
+/// of the employees whose users it made.
+async fn prefill(scim: &ScimPeer, env: &Env, how: Earlier) -> Vec<String> {
+    let mut made = Vec::new();
+    for r in rows(env) {
+        let (Some(mail), true) = (r["Mail"].as_str(), r["AlleoAccess"] == json!(true)) else {
+            continue;
+        };
+        let id = r["EmployeeId"].as_str().expect("id");
+        let user_name = match how {
+            Earlier::UpperCase => mail.to_uppercase(),
+            Earlier::EmailsOnly => format!("legacy-{id}@import.example"),
+            _ => mail.to_string(),
+        };
+        let mut user = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": user_name,
+            "name": {"givenName": "Imported", "familyName": "Person", "honorificPrefix": "Dr."},
+            "title": "kept by afas-sync",
+            "emails": [{"type": "work", "value": mail, "primary": true}],
+            "active": true,
+        });
+        if how == Earlier::Linked {
+            user["externalId"] = json!(format!("entra-{id}"));
+        }
+        assert_eq!(scim.post_user(&user).await, 201, "{user}");
+        made.push(id.to_string());
+    }
+    made
+}
+
+fn outbox(env: &Env) -> (u64, u64, Vec<String>) {
+    let store = Store::open(&env.store_path).expect("store");
+    let entries = store.outbox_entries("scim").expect("entries");
+    let dead: Vec<String> = entries
+        .iter()
+        .filter(|(_, e)| e.dead)
+        .map(|(_, e)| e.last_error.clone().unwrap_or_default())
+        .collect();
+    let pending = entries.iter().filter(|(_, e)| !e.dead).count() as u64;
+    (dead.len() as u64, pending, dead)
+}
+
+/// Every employee in the snapshot is linked to exactly one user, which is
+/// as the snapshot says; the users afas-sync adopted kept what it does not
+/// map; no employee got a second account.
+async fn assert_taken_over(scim: &ScimPeer, env: &Env, prefilled: &[String]) {
+    let snap = env.snapshot();
+    let users = scim.users().await;
+    let mut linked: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for u in &users {
+        if let Some(k) = u["externalId"].as_str() {
+            linked.entry(k.to_string()).or_default().push(u);
+        }
+    }
+    for (key, p) in &snap {
+        let list = linked.get(key).unwrap_or_else(|| panic!("{key} is linked to no user"));
+        assert_eq!(list.len(), 1, "{key} has {} users", list.len());
+        let e = p.employee.as_ref().expect("data");
+        assert_user_matches(list[0], e, p.status == Status::Active, false);
+    }
+    let adopted = users.iter().filter(|u| u["title"] == "kept by afas-sync").count();
+    assert_eq!(
+        adopted,
+        prefilled.len(),
+        "every earlier user is still there, with what afas-sync does not map"
+    );
+    let fresh = snap.keys().filter(|k| !prefilled.contains(k)).count();
+    let made: Vec<String> = users
+        .iter()
+        .filter(|u| u["title"] != "kept by afas-sync")
+        .map(|u| format!("{} {}", u["userName"], u["externalId"]))
+        .collect();
+    assert_eq!(
+        users.len(),
+        prefilled.len() + fresh,
+        "never a second account: made {made:?}"
+    );
+}
+
+async fn takeover(how: Earlier, adopt: Option<&str>) -> (Env, ScimPeer, Vec<String>, i32, String) {
+    let scim = ScimPeer::start().await;
+    let mut sink = scim_sink(&scim.url());
+    if let Some(a) = adopt {
+        sink.push_str(&format!("adopt = \"{a}\"\n"));
+    }
+    let env = Env::new(120, &sink).await;
+    let n = prefill(&scim, &env, how).await;
+    assert!(n.len() > 90, "{}", n.len());
+    let (code, out) = env.sync(day0()).await;
+    (env, scim, n, code, out)
+}
+
+#[tokio::test]
+async fn users_without_an_external_id_are_adopted_by_their_user_name() {
+    let (env, scim, n, code, out) = takeover(Earlier::Plain, None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outbox(&env), (0, 0, vec![]), "{out}");
+    assert_taken_over(&scim, &env, &n).await;
+}
+
+#[tokio::test]
+async fn user_names_in_upper_case_are_matched_case_insensitively() {
+    let (env, scim, n, code, out) = takeover(Earlier::UpperCase, None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outbox(&env), (0, 0, vec![]), "{out}");
+    assert_taken_over(&scim, &env, &n).await;
+}
+
+#[tokio::test]
+async fn an_address_only_in_emails_is_matched_and_the_user_name_follows() {
+    let (env, scim, n, code, out) = takeover(Earlier::EmailsOnly, None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outbox(&env), (0, 0, vec![]), "{out}");
+    assert_taken_over(&scim, &env, &n).await;
+}
+
+#[tokio::test]
+async fn users_linked_to_another_system_are_conflicts_unless_adopt_is_any() {
+    let (env, scim, n, code, out) = takeover(Earlier::Linked, None).await;
+    assert_eq!(code, 5, "{out}");
+    let (dead, pending, reasons) = outbox(&env);
+    let snap = env.snapshot();
+    let matched = snap.keys().filter(|k| n.contains(k)).count();
+    let fresh = snap.len() - matched;
+    assert_eq!((dead as usize, pending), (matched, 0), "{out}");
+    for r in &reasons {
+        assert!(
+            r.contains("linked to externalId entra-") && r.contains("sink.scim.adopt = \"any\""),
+            "{r}"
+        );
+    }
+    // Nothing was written to them, and nobody got a second account.
+    let users = scim.users().await;
+    assert_eq!(users.len(), n.len() + fresh);
+    assert!(users
+        .iter()
+        .filter(|u| u["title"] == "kept by afas-sync")
+        .all(|u| u["externalId"].as_str().is_some_and(|x| x.starts_with("entra-"))));
+
+    let (env, scim, n, code, out) = takeover(Earlier::Linked, Some("any")).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outbox(&env), (0, 0, vec![]), "{out}");
+    assert_taken_over(&scim, &env, &n).await;
+}
+
+#[tokio::test]
+async fn adopt_never_leaves_every_earlier_user_alone() {
+    let (env, scim, n, code, out) = takeover(Earlier::Plain, Some("never")).await;
+    assert_eq!(code, 5, "{out}");
+    let (dead, _, reasons) = outbox(&env);
+    let snap = env.snapshot();
+    let matched = snap.keys().filter(|k| n.contains(k)).count();
+    assert_eq!(dead as usize, matched, "{out}");
+    assert!(reasons.iter().all(|r| r.contains("adopt = \"never\"")), "{reasons:?}");
+    let users = scim.users().await;
+    assert!(users
+        .iter()
+        .all(|u| u.get("externalId").is_none() || u["title"] != "kept by afas-sync"));
+    assert_eq!(users.len(), n.len() + snap.len() - matched, "never a second account");
+}
+
+#[tokio::test]
+async fn users_no_employee_matches_are_kept_as_they_are() {
+    let scim = ScimPeer::start().await;
+    let env = Env::new(60, &scim_sink(&scim.url())).await;
+    let n = prefill(&scim, &env, Earlier::Plain).await;
+    let former = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "left.before@bedrijf.example", "active": true});
+    assert_eq!(scim.post_user(&former).await, 201);
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outbox(&env), (0, 0, vec![]), "{out}");
+    let users = scim.users().await;
+    let kept = users
+        .iter()
+        .find(|u| u["userName"] == "left.before@bedrijf.example")
+        .expect("kept");
+    assert_eq!(kept["active"], json!(true));
+    assert!(kept.get("externalId").is_none());
+    let fresh = env.snapshot().keys().filter(|k| !n.contains(k)).count();
+    assert_eq!(users.len(), n.len() + fresh + 1);
+}
+
+/// Day 0 a first import; day 1 joiners, movers and leavers; day 2 one of
+/// them rehired and two employees who swap addresses. Ends with the target
+/// equal to the snapshot and nothing dead-lettered or waiting.
+async fn churn_days(env: &Env, scim: &ScimPeer) {
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+    let d1 = next(day0(), 1);
+    let s = env.emu.state.with_data(|d| churn(d, 7, d1, 30, 30, 100));
+    let (code, out) = env.sync(d1).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outbox(env), (0, 0, vec![]), "{out}");
+    let d2 = next(d1, 1);
+    let rehire = s.leavers[0].clone();
+    env.emu.state.with_data(|d| {
+        for (c, field) in [
+            ("Profit_Employees_Alleo", "EmploymentEnd"),
+            ("Profit_Contract", "DateEnd"),
+        ] {
+            if let Some(conn) = d.connectors.get_mut(c) {
+                for row in conn.rows.iter_mut().filter(|r| r["EmployeeId"] == json!(rehire)) {
+                    row.insert(field.into(), Value::Null);
+                }
+            }
+        }
+        let rows = &mut d.connectors.get_mut("Profit_Employees_Alleo").expect("employees").rows;
+        let stay: Vec<usize> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["EmploymentEnd"].is_null() && r["AlleoAccess"] == json!(true) && r["Mail"].is_string())
+            .filter(|(_, r)| r["EmployeeId"] != json!(rehire))
+            .map(|(i, _)| i)
+            .take(2)
+            .collect();
+        let (a, b) = (rows[stay[0]]["Mail"].clone(), rows[stay[1]]["Mail"].clone());
+        rows[stay[0]].insert("Mail".into(), b);
+        rows[stay[1]].insert("Mail".into(), a);
+    });
+    let (code, out) = env.sync(d2).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 rehires"), "{out}");
+    assert_eq!(outbox(env), (0, 0, vec![]), "{out}");
+    let snap = env.snapshot();
+    let mut linked: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for u in scim.users().await {
+        if let Some(k) = u["externalId"].as_str() {
+            linked.entry(k.to_string()).or_default().push(u.clone());
+        }
+    }
+    assert_eq!(linked.len(), snap.len(), "one user per provisioned employee");
+    for (key, p) in &snap {
+        let list = &linked[key];
+        assert_eq!(list.len(), 1, "{key} has {} users", list.len());
+        assert_user_matches(
+            &list[0],
+            p.employee.as_ref().expect("data"),
+            p.status == Status::Active,
+            false,
+        );
+    }
+}
+
+/// A row: scim2-server (with `spc` as its ServiceProviderConfig when
+/// given) behind a proxy with `quirk`, the churn days, and what the
+/// quirk did.
+async fn quirk_row(quirk: Option<Quirk>, spc: Option<(bool, bool, u32, bool)>) -> Vec<String> {
+    quirk_row_with(quirk, spc, false).await
+}
+
+/// As [`quirk_row`]; with `prefilled`, the target already holds the
+/// company from an earlier import (so the first import reads a listing of
+/// more than 100 users).
+async fn quirk_row_with(quirk: Option<Quirk>, spc: Option<(bool, bool, u32, bool)>, prefilled: bool) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("dir");
+    let scim = match spc {
+        Some((patch, etag, bulk, filter)) => {
+            let f = service_provider_config_filter(dir.path(), patch, etag, bulk, filter);
+            ScimPeer::start_with(free_port(), &["--service-provider-config", f.to_str().expect("p")]).await
+        }
+        None => ScimPeer::start().await,
+    };
+    let proxy = match quirk {
+        Some(q) => Some(QuirkProxy::start(scim.url(), q).await),
+        None => None,
+    };
+    let url = proxy.as_ref().map_or(scim.url(), QuirkProxy::url);
+    // Each change its own request, so every single-change path meets the
+    // quirk (Bulk has its own row).
+    let sink = format!("{}bulk = false\n", scim_sink(&url));
+    let env = Env::new(if prefilled { 150 } else { 60 }, &sink).await;
+    if prefilled {
+        prefill(&scim, &env, Earlier::Plain).await;
+    }
+    churn_days(&env, &scim).await;
+    proxy.map(|p| p.hits()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn quirk_meta_in_attributes_refused() {
+    let hits = quirk_row(Some(Quirk::MetaAttributes400), None).await;
+    assert!(!hits.is_empty(), "the quirk was met");
+}
+
+#[tokio::test]
+async fn quirk_attributes_ignored() {
+    let hits = quirk_row(Some(Quirk::AttributesIgnored), None).await;
+    assert!(!hits.is_empty(), "the quirk was met");
+}
+
+#[tokio::test]
+async fn quirk_external_id_filter_silently_dropped() {
+    let hits = quirk_row(Some(Quirk::ExternalIdFilterDropped), None).await;
+    assert!(!hits.is_empty(), "the quirk was met");
+}
+
+#[tokio::test]
+async fn quirk_no_filter_declared() {
+    quirk_row(None, Some((true, true, 1000, false))).await;
+}
+
+#[tokio::test]
+async fn quirk_count_capped_at_100() {
+    quirk_row_with(Some(Quirk::CountCapped), None, true).await;
+}
+
+#[tokio::test]
+async fn quirk_first_page_again_past_the_end() {
+    let hits = quirk_row_with(Some(Quirk::PastEndFirstPage), None, true).await;
+    assert!(hits.iter().any(|h| h.starts_with("first page again")), "{hits:?}");
+}
+
+#[tokio::test]
+async fn quirk_patch_501_moves_to_put() {
+    let hits = quirk_row(Some(Quirk::Patch501), None).await;
+    assert!(!hits.is_empty(), "the quirk was met");
+}
+
+#[tokio::test]
+async fn quirk_complex_replace_500_is_never_met() {
+    let hits = quirk_row(Some(Quirk::ComplexReplace500), None).await;
+    assert!(hits.is_empty(), "`name` is written by its parts: {hits:?}");
+}
+
+#[tokio::test]
+async fn quirk_uniqueness_500_instead_of_409() {
+    quirk_row(Some(Quirk::Uniqueness500), None).await;
+}
+
+#[tokio::test]
+async fn quirk_no_etags() {
+    quirk_row(None, Some((true, false, 1000, true))).await;
+}
+
+#[tokio::test]
+async fn quirk_no_bulk() {
+    quirk_row(None, Some((true, true, 0, true))).await;
+}
