@@ -13,6 +13,7 @@ use afas_sync::store::Store;
 use afas_sync::sync::plan::Status;
 use common::peers::*;
 use common::quirks::{Quirk, QuirkProxy};
+use common::run_bin;
 use common::sync_env::*;
 use serde_json::{json, Map, Value};
 
@@ -374,4 +375,114 @@ async fn quirk_no_etags() {
 #[tokio::test]
 async fn quirk_no_bulk() {
     quirk_row(None, Some((true, true, 0, true))).await;
+}
+
+#[tokio::test]
+async fn a_dry_run_previews_the_takeover_without_writing() {
+    let scim = ScimPeer::start().await;
+    let env = Env::new(60, &scim_sink(&scim.url())).await;
+    let n = prefill(&scim, &env, Earlier::Plain).await;
+    // One user of another system with an employee's address, and one that
+    // no employee matches.
+    let linked_key = n[0].clone();
+    let users = scim.users().await;
+    let victim = users.iter().find(|u| u["title"] == "kept by afas-sync").expect("user");
+    let victim_mail = victim["userName"].as_str().expect("u").to_string();
+    let victim_id = victim["id"].as_str().expect("id").to_string();
+    scim.delete_user(&victim_id).await;
+    let other = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": victim_mail, "externalId": "okta-1"});
+    assert_eq!(scim.post_user(&other).await, 201);
+    let former = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "left.before@bedrijf.example"});
+    assert_eq!(scim.post_user(&former).await, 201);
+    let before = scim.users().await;
+
+    let (code, out, err) = run_bin(&[
+        "--config",
+        &env.cfg,
+        "sync",
+        "--dry-run",
+        "--as-of",
+        &day0().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("not managed by afas-sync"), "{out}");
+    assert!(out.contains("left.before@bedrijf.example"), "{out}");
+    assert!(out.contains("linked to externalId okta-1"), "{out}");
+    let (code, json_out, err) = run_bin(&[
+        "--config",
+        &env.cfg,
+        "--json",
+        "sync",
+        "--dry-run",
+        "--as-of",
+        &day0().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&json_out).expect("json");
+    let t = &v["scim"];
+    assert_eq!(t["users_at_target"], json!(before.len()));
+    assert_eq!(t["conflicts"], json!(1), "{t}");
+    assert_eq!(t["linked"], json!(0), "{t}");
+    // Every user is matched, in conflict, or not managed (the one that
+    // left before, and earlier users of rows AFAS now rejects).
+    let unmanaged = t["unmanaged_list"].as_array().expect("list");
+    assert!(
+        unmanaged
+            .iter()
+            .any(|u| u["user_name"] == "left.before@bedrijf.example"),
+        "{t}"
+    );
+    assert!(!unmanaged.iter().any(|u| u["external_id"] == "okta-1"), "{t}");
+    assert_eq!(
+        t["adopt"].as_u64().expect("n") + t["conflicts"].as_u64().expect("n") + t["unmanaged"].as_u64().expect("n"),
+        before.len() as u64,
+        "{t}"
+    );
+    assert!(t["adoptions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|a| a["rule"] == "userName"));
+    assert!(!linked_key.is_empty());
+    // Nothing was written.
+    assert_eq!(scim.users().await, before);
+    assert!(!env.store_path.exists() || env.snapshot().is_empty());
+}
+
+#[tokio::test]
+async fn check_tries_the_lookups_delivery_depends_on() {
+    let scim = ScimPeer::start().await;
+    let env = Env::new(30, &scim_sink(&scim.url())).await;
+    prefill(&scim, &env, Earlier::Plain).await;
+    let (code, out, _) = run_bin(&["--config", &env.cfg, "check"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS SCIM listing"), "{out}");
+    assert!(
+        out.contains("PASS SCIM lookups") && out.contains("userName (an existing user)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("PASS SCIM delivery will use") && out.contains("filter lookups"),
+        "{out}"
+    );
+
+    // A server that drops the externalId filter: delivery will match from
+    // the listing, and check says so.
+    let proxy = QuirkProxy::start(scim.url(), Quirk::ExternalIdFilterDropped).await;
+    let env2 = Env::new(30, &scim_sink(&proxy.url())).await;
+    let (code, out, _) = run_bin(&["--config", &env2.cfg, "check"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("cannot be trusted"), "{out}");
+
+    // A server that refuses the listing: delivery cannot match, check FAILs
+    // with the target's words.
+    let refuse = FaultProxy::start(scim.url(), vec![Inject::new("GET", "/Users?", 1, 1000, 403, None)]).await;
+    let env3 = Env::new(30, &scim_sink(&refuse.url())).await;
+    let (code, out, _) = run_bin(&["--config", &env3.cfg, "check"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL SCIM listing"), "{out}");
 }

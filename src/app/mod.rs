@@ -3,6 +3,8 @@
 //! socket) and the daemon's own scheduler call [`handle`]; only the CLI
 //! turns an answer into text or JSON and an exit code.
 
+mod preview;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -101,6 +103,11 @@ pub enum Reply {
     DryRun {
         plan: Box<Plan>,
         guards: Vec<String>,
+        /// What delivery would do with the SCIM target's users.
+        #[serde(default)]
+        takeover: Option<crate::delivery::scim::Takeover>,
+        #[serde(default)]
+        takeover_error: Option<String>,
     },
     Synced {
         run: RunRecord,
@@ -270,7 +277,19 @@ async fn sync_now(
         }
     };
     match result {
-        Ok(SyncResult::DryRun(plan, guards)) => Reply::DryRun { plan, guards },
+        Ok(SyncResult::DryRun(plan, guards)) => {
+            let (takeover, takeover_error) = match preview::takeover(config, store, &plan).await {
+                None => (None, None),
+                Some(Ok(t)) => (Some(t), None),
+                Some(Err(e)) => (None, Some(e)),
+            };
+            Reply::DryRun {
+                plan,
+                guards,
+                takeover,
+                takeover_error,
+            }
+        }
         Ok(SyncResult::Committed(run)) | Ok(SyncResult::Held(run, _)) => Reply::Synced {
             run,
             delivery: delivery().await,

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::app::{AppError, Delivery, HeldPlan, Reply, StatusReport};
 use crate::delivery::employee_json;
 use crate::delivery::files::csv_field;
+use crate::delivery::scim::{Takeover, LISTED};
 use crate::exit;
 use crate::model::{Mutation, Outcome, Plan, Provisioned, RunRecord, Status};
 
@@ -91,7 +92,20 @@ pub fn export_line(p: &Provisioned, csv: bool) -> String {
 
 fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
     match reply {
-        Reply::DryRun { plan, guards } => dry_run_out(plan, guards, json_out, o),
+        Reply::DryRun {
+            plan,
+            guards,
+            takeover,
+            takeover_error,
+        } => {
+            let code = dry_run_out(plan, guards, takeover.as_ref(), takeover_error.as_deref(), json_out, o);
+            // A preview that could not read the target is a failed check.
+            if takeover_error.is_some() {
+                exit::FAILURE
+            } else {
+                code
+            }
+        }
         Reply::Synced { run, delivery } => synced_out(run, delivery, json_out, o),
         Reply::SyncFailed { error, delivery } => {
             esay!(o, "error: sync failed, nothing was changed: {error}");
@@ -131,18 +145,34 @@ fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
     }
 }
 
-fn dry_run_out(plan: &Plan, guards: &[String], json_out: bool, o: &mut Out) -> i32 {
+fn dry_run_out(
+    plan: &Plan,
+    guards: &[String],
+    takeover: Option<&Takeover>,
+    takeover_error: Option<&str>,
+    json_out: bool,
+    o: &mut Out,
+) -> i32 {
     if json_out {
-        say!(
-            o,
-            "{}",
-            json!({"dry_run": true, "plan": plan_json(plan), "guards": guards})
-        );
+        let mut v = json!({"dry_run": true, "plan": plan_json(plan), "guards": guards});
+        if let Some(t) = takeover {
+            v["scim"] = serde_json::to_value(t).unwrap_or_default();
+        }
+        if let Some(e) = takeover_error {
+            v["scim_error"] = json!(e);
+        }
+        say!(o, "{v}");
     } else {
         say!(o, "dry run (nothing was changed)");
         print_plan_human(o, plan, 50);
         for r in guards {
             say!(o, "  guard would hold this run: {r}");
+        }
+        if let Some(t) = takeover {
+            takeover_out(t, o);
+        }
+        if let Some(e) = takeover_error {
+            say!(o, "SCIM target: cannot preview what delivery would do: {e}");
         }
     }
     if plan.mutations.is_empty() {
@@ -519,5 +549,74 @@ fn exit_for(outcome: Outcome) -> i32 {
         Outcome::NothingToDo => exit::NOTHING_TO_DO,
         Outcome::Held => exit::HELD,
         Outcome::Rejected | Outcome::Failed => exit::FAILURE,
+    }
+}
+
+/// The SCIM target's side of a dry run: what delivery would do with the
+/// users it already holds.
+fn takeover_out(t: &Takeover, o: &mut Out) {
+    say!(
+        o,
+        "SCIM target ({} users there): {} to create, {} to adopt, {} conflicts, {} already linked, {} not managed by afas-sync",
+        t.users_at_target,
+        t.create,
+        t.adopt,
+        t.conflicts,
+        t.linked,
+        t.unmanaged
+    );
+    let more = |o: &mut Out, shown: usize, all: u64| {
+        if (shown as u64) < all {
+            say!(
+                o,
+                "    … and {} more (--json lists up to {})",
+                all - shown as u64,
+                LISTED
+            );
+        }
+    };
+    const SHOWN: usize = 20;
+    if t.adopt > 0 {
+        say!(
+            o,
+            "  to adopt (the user gets the employee's externalId and every mapped attribute):"
+        );
+        for a in t.adoptions.iter().take(SHOWN) {
+            say!(
+                o,
+                "    employee {} → user {} ({}), matched by {}",
+                a.key,
+                a.id,
+                a.user_name.as_deref().unwrap_or("?"),
+                a.rule
+            );
+        }
+        more(o, t.adoptions.len().min(SHOWN), t.adopt);
+    }
+    if t.conflicts > 0 {
+        say!(o, "  conflicts (not delivered until resolved):");
+        for c in t.conflict_list.iter().take(SHOWN) {
+            say!(o, "    employee {}: {}", c.key, c.reason);
+        }
+        more(o, t.conflict_list.len().min(SHOWN), t.conflicts);
+    }
+    if t.unmanaged > 0 {
+        say!(
+            o,
+            "  not managed by afas-sync (no employee matches them; often people who left before afas-sync was installed):"
+        );
+        for u in t.unmanaged_list.iter().take(SHOWN) {
+            say!(
+                o,
+                "    user {} ({}){}",
+                u.id,
+                u.user_name.as_deref().unwrap_or("?"),
+                u.external_id
+                    .as_deref()
+                    .map(|x| format!(", externalId {x}"))
+                    .unwrap_or_default()
+            );
+        }
+        more(o, t.unmanaged_list.len().min(SHOWN), t.unmanaged);
     }
 }

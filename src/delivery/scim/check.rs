@@ -58,6 +58,10 @@ impl ScimSink {
                     "SCIM fields not delivered".to_string(),
                     Ok(if not.is_empty() { "none".into() } else { not.join("; ") }),
                 ));
+                match self.ready().await {
+                    Ok(ready) => out.extend(self.probe(&ready).await),
+                    Err(e) => out.push(("SCIM lookups".to_string(), Err(e.to_string()))),
+                }
             }
             Err(e) => out.push(("SCIM attribute mapping".to_string(), Err(e))),
         }

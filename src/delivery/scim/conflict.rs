@@ -34,7 +34,7 @@ impl ScimSink {
         own_key: &str,
         value: &str,
     ) -> Result<Option<(String, String)>, SinkError> {
-        let holders = self.search(ready, MatchRule::UserName, value).await?;
+        let holders = self.search(ready, MatchRule::UserName, value, true).await?;
         let Some(holder) = holders.first() else {
             return Ok(None); // freed meanwhile
         };

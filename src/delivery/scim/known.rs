@@ -257,6 +257,17 @@ impl ScimSink {
         self.read_listing(ready, u64::MAX).await
     }
 
+    /// A complete listing read now, whatever this pass had (the preview).
+    pub(super) async fn fresh_listing(&self, ready: &Ready) -> Result<(), String> {
+        let _one = self.listing.lock().await;
+        self.read_listing(ready, u64::MAX).await
+    }
+
+    /// The users of this pass's listing.
+    pub(super) fn listed_users(&self) -> Vec<Held> {
+        self.memory().held.clone()
+    }
+
     async fn read_listing(&self, ready: &Ready, limit: u64) -> Result<(), String> {
         let page = match ready.target.caps.max_results {
             0 => PAGE,

@@ -112,6 +112,16 @@ impl ScimSink {
         if !self.can_filter(ready) {
             return Ok(None);
         }
+        Ok(self.ask_filtered(ready, rule, value).await?.ok())
+    }
+
+    /// One filtered lookup: the users, or why the answer cannot be trusted.
+    pub(super) async fn ask_filtered(
+        &self,
+        ready: &Ready,
+        rule: MatchRule,
+        value: &str,
+    ) -> Result<Result<Vec<Held>, String>, SinkError> {
         let attr = match rule {
             MatchRule::Emails => "emails.value",
             r => r.as_str(),
@@ -145,13 +155,24 @@ impl ScimSink {
             if Learnt::set(&self.learnt.no_filter) {
                 tracing::warn!(sink = "scim", "matching from the target's listing from now on: {why}");
             }
-            return Ok(None);
+            return Ok(Err(why));
         }
-        Ok(Some(users))
+        Ok(Ok(users))
     }
 
-    /// Users with `value` under `rule`: by filter, or from the listing.
-    pub(super) async fn search(&self, ready: &Ready, rule: MatchRule, value: &str) -> Result<Vec<Held>, SinkError> {
+    /// Users with `value` under `rule`: from this pass's listing when one
+    /// is at hand (unless `fresh`: what the target holds right now), else
+    /// by filter, else from a listing read for it.
+    pub(super) async fn search(
+        &self,
+        ready: &Ready,
+        rule: MatchRule,
+        value: &str,
+        fresh: bool,
+    ) -> Result<Vec<Held>, SinkError> {
+        if !fresh && self.listed() {
+            return Ok(self.listed_by(rule == MatchRule::UserName, value));
+        }
         if let Some(users) = self.filtered(ready, rule, value).await? {
             return Ok(users);
         }
@@ -180,7 +201,7 @@ impl ScimSink {
                 MatchRule::Emails => e.email.as_str().to_string(),
             };
             let mut open = Vec::new();
-            for h in self.search(ready, rule, &value).await? {
+            for h in self.search(ready, rule, &value, false).await? {
                 match h.external_id.as_deref() {
                     Some(x) if x == key => {
                         self.remember(Some(key), &h.id, h.version.as_deref());

@@ -13,6 +13,8 @@ mod conflict;
 mod known;
 pub mod mapping;
 mod matching;
+mod preview;
+mod probe;
 pub mod schema;
 mod write;
 
@@ -24,6 +26,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use self::mapping::Mapping;
+pub use self::preview::{Adoption, Conflict, Takeover, Unmanaged, LISTED};
 pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
 use super::{classify, transport_error};
 use super::{Delivered, Job, SinkError};
