@@ -12,7 +12,9 @@
 //! `--rtt MS` runs only the 32-at-once target at that round trip;
 //! `--only rate` only the rate-limited one, `--only bulk` only the one
 //! with Bulk (maxOperations 100, 100 ms; with `--rtt MS` at that round
-//! trip). The others have afas-sync send each change on its own
+//! trip), `--only takeover` only the target that already holds every
+//! employee (unlinked, from an earlier import; 100 ms): the first import
+//! adopts them, and its floor replays the listing and the writes. The others have afas-sync send each change on its own
 //! (`sink.scim.bulk = false`). `--parallelism N` sets the sync's
 //! `delivery.parallelism` (the default config otherwise).
 //!     cargo bench --bench delivery -- --smoke     (the test command's check)
@@ -299,6 +301,10 @@ struct Setting {
     /// (afas-sync uses it); `None`: each change its own request
     /// (`sink.scim.bulk = false`).
     bulk: Option<u32>,
+    /// The target already holds every employee (an earlier import:
+    /// `userName` = the work e-mail, no `externalId`): the first import
+    /// adopts them.
+    takeover: bool,
 }
 
 fn real_main() -> Result<(), String> {
@@ -317,6 +323,7 @@ fn real_main() -> Result<(), String> {
             rtt: Duration::from_millis(*ms),
             limit: Limit::Concurrent(TARGET_CONCURRENCY),
             bulk: None,
+            takeover: false,
         })
         .collect();
     settings.push(Setting {
@@ -324,12 +331,21 @@ fn real_main() -> Result<(), String> {
         rtt: Duration::from_millis(50),
         limit: Limit::Rate(a.rate),
         bulk: None,
+        takeover: false,
     });
     settings.push(Setting {
         name: format!("100 ms, {TARGET_CONCURRENCY} at once, Bulk of 100"),
         rtt: Duration::from_millis(100),
         limit: Limit::Concurrent(TARGET_CONCURRENCY),
         bulk: Some(100),
+        takeover: false,
+    });
+    settings.push(Setting {
+        name: format!("100 ms, {TARGET_CONCURRENCY} at once, target already holds everyone"),
+        rtt: Duration::from_millis(100),
+        limit: Limit::Concurrent(TARGET_CONCURRENCY),
+        bulk: None,
+        takeover: true,
     });
     if let (Some(ms), Some("bulk")) = (a.rtt, a.only.as_deref()) {
         // The Bulk row at another round trip (0 ms: the server's own pace).
@@ -344,15 +360,22 @@ fn real_main() -> Result<(), String> {
             rtt: Duration::from_millis(ms),
             limit: Limit::Concurrent(TARGET_CONCURRENCY),
             bulk: None,
+            takeover: false,
         }];
     }
     match a.only.as_deref() {
         Some("rate") => settings.retain(|s| matches!(s.limit, Limit::Rate(_))),
         Some("bulk") => settings.retain(|s| s.bulk.is_some()),
+        Some("takeover") => settings.retain(|s| s.takeover),
         _ => {}
     }
     if a.smoke {
-        settings.truncate(1);
+        // The first row and the takeover.
+        let mut i = 0;
+        settings.retain(|s| {
+            i += 1;
+            i == 1 || s.takeover
+        });
     }
     println!(
         "Command: `cargo bench --bench delivery -- {}`\nDate: {}\n\n| target | day | mutations | requests | requests / mutation | 429 | connections | time | mutations / s | floor | time / floor |\n|---|---|---|---|---|---|---|---|---|---|---|",
@@ -375,6 +398,10 @@ fn real_main() -> Result<(), String> {
             }
             None => rt.block_on(peers::ScimPeer::start()),
         };
+        if s.takeover {
+            let users = rt.block_on(prefill(&scim, &ds))?;
+            eprintln!("takeover: {users} users at the target before the first import");
+        }
         let proxy = rt.block_on(start_proxy(scim.url(), s.rtt, s.limit));
         let cfg = config(
             dir.path(),
@@ -383,8 +410,12 @@ fn real_main() -> Result<(), String> {
             s.bulk.is_some(),
             a.parallelism,
         )?;
-        let first = measure_day(&rt, &binary, &cfg, day0, &proxy, s, "first import", true)?;
+        let first = measure_day(&rt, &binary, &cfg, day0, &proxy, s, "first import", !s.takeover)?;
         println!("{first}");
+        if s.takeover {
+            rt.block_on(scim.stop());
+            continue;
+        }
         // About 1 % leavers and 8 % movers.
         churn(&mut ds, 7, day1, 0, a.size / 1000, a.size / 100);
         state.set_data(ds);
@@ -396,6 +427,47 @@ fn real_main() -> Result<(), String> {
         rt.block_on(scim.stop());
     }
     Ok(())
+}
+
+/// Fills the target with every employee of `ds` that has an address, as an
+/// earlier import would (straight to the server, not through the proxy,
+/// 16 at once); how many users it made.
+async fn prefill(scim: &peers::ScimPeer, ds: &afas_sync::emulator::data::Dataset) -> Result<usize, String> {
+    let rows = ds
+        .connectors
+        .get("Profit_Employees_Alleo")
+        .map(|c| c.rows.clone())
+        .unwrap_or_default();
+    let client = reqwest::Client::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in rows {
+        let Some(mail) = r.get("Mail").and_then(|m| m.as_str()).map(str::to_string) else {
+            continue;
+        };
+        let (client, slots, url) = (client.clone(), slots.clone(), format!("{}/Users", scim.url()));
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let user = serde_json::json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": mail, "emails": [{"type": "work", "value": mail}], "active": true});
+            client
+                .post(url)
+                .bearer_auth(peers::SCIM_TOKEN)
+                .header("content-type", "application/scim+json")
+                .body(user.to_string())
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+    }
+    let mut made = 0;
+    while let Some(done) = tasks.join_next().await {
+        if matches!(done, Ok(true)) {
+            made += 1;
+        }
+    }
+    Ok(made)
 }
 
 /// scim2-server's ServiceProviderConfig with Bulk of `ops` operations.
@@ -478,9 +550,11 @@ fn measure_day(
             eprintln!("{what}: per second {per:?}");
         }
     }
+    // A takeover's floor reads the listing as the sync did; elsewhere the
+    // sync's reads are its own overhead.
     let replayed: Vec<Logged> = work
         .iter()
-        .filter(|l| l.method != "GET")
+        .filter(|l| l.method != "GET" || s.takeover)
         .map(|l| Logged {
             body: without_versions(&l.body),
             ..l.clone()

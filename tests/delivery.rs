@@ -104,7 +104,7 @@ async fn throttling_and_outages_are_retried_and_a_conflict_is_dead_lettered() {
             Inject::new("POST", "/Users", 3, 2, 429, Some(1)),
             // The one listing of the target's users a first import reads:
             // delivery falls back to a lookup per employee.
-            Inject::new("GET", "/Users?attributes", 1, 1, 503, Some(1)),
+            Inject::new("GET", "/Users?startIndex", 1, 1, 503, Some(1)),
         ],
     )
     .await;
@@ -612,9 +612,12 @@ async fn server_errors_lost_answers_timeouts_and_resets_are_retried_without_dupl
             Inject::new("POST", "/Users", 2, 1, 500, None),
             Inject::new("POST", "/Users", 5, 1, FORWARD_THEN_RESET, None),
             Inject::new("POST", "/Users", 9, 1, FORWARD_THEN_HANG, None),
-            Inject::new("GET", "/Users?attributes", 1, 1, RESET, None),
+            Inject::new("GET", "/Users?startIndex", 1, 1, RESET, None),
             Inject::new("GET", "/Users?filter", 40, 1, RESET, None),
-            Inject::new("PATCH", "/Users", 2, 1, FORWARD_THEN_RESET, None),
+            // The 4th PATCH: the first two write the joiners whose create
+            // timed out or lost its answer (found, and written whole), the
+            // next two are the movers'.
+            Inject::new("PATCH", "/Users", 4, 1, FORWARD_THEN_RESET, None),
         ],
     )
     .await;

@@ -486,3 +486,41 @@ async fn check_tries_the_lookups_delivery_depends_on() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL SCIM listing"), "{out}");
 }
+
+#[tokio::test]
+async fn two_employees_never_adopt_one_user() {
+    let scim = ScimPeer::start().await;
+    let env = Env::new(60, &scim_sink(&scim.url())).await;
+    let mails: Vec<(String, String)> = rows(&env)
+        .into_iter()
+        .filter(|r| r["Mail"].is_string() && r["AlleoAccess"] == json!(true) && r["EmploymentEnd"].is_null())
+        .map(|r| {
+            (
+                r["EmployeeId"].as_str().expect("id").to_string(),
+                r["Mail"].as_str().expect("m").to_string(),
+            )
+        })
+        .take(2)
+        .collect();
+    let ((a, a_mail), (b, b_mail)) = (mails[0].clone(), mails[1].clone());
+    // One earlier user carries A's address as its userName and B's among
+    // its e-mail addresses: both match it.
+    let shared = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": a_mail,
+        "emails": [{"type": "work", "value": b_mail}], "title": "kept by afas-sync"});
+    assert_eq!(scim.post_user(&shared).await, 201);
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 5, "{out}");
+    let (dead, pending, reasons) = outbox(&env);
+    assert_eq!((dead, pending), (1, 0), "{out}");
+    let r = &reasons[0];
+    assert!(r.contains("took it over already"), "{r}");
+    assert!(
+        r.contains(&format!("employee {a}")) || r.contains(&format!("employee {b}")),
+        "{r}"
+    );
+    let users = scim.users().await;
+    let holder = users.iter().find(|u| u["title"] == "kept by afas-sync").expect("user");
+    let owner = holder["externalId"].as_str().expect("adopted by one");
+    assert!(owner == a || owner == b, "{holder}");
+    assert_eq!(users.iter().filter(|u| u["externalId"] == json!(owner)).count(), 1);
+}

@@ -350,11 +350,11 @@ impl ScimSink {
             let mut url = self.url(&["Users"]);
             {
                 let mut q = url.query_pairs_mut();
-                if let (true, Some(a)) = (with, &attributes) {
-                    q.append_pair("attributes", a);
-                }
                 for (k, v) in query {
                     q.append_pair(k, v);
+                }
+                if let (true, Some(a)) = (with, &attributes) {
+                    q.append_pair("attributes", a);
                 }
             }
             let a = self.send(Method::GET, url, None, None).await?;

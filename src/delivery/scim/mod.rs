@@ -542,3 +542,25 @@ fn repeated_server_error(reason: &str, attempts: u32, last: Option<&str>) -> boo
         .any(|s| reason.contains(s));
     server_error && attempts >= 2 && last == Some(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::repeated_server_error;
+
+    #[test]
+    fn only_the_same_server_error_on_three_attempts_is_a_refusal() {
+        let r = "the SCIM server (patch) answered HTTP 500: boom";
+        assert!(repeated_server_error(r, 2, Some(r)));
+        assert!(
+            !repeated_server_error(r, 1, Some(r)),
+            "two attempts are not yet a pattern"
+        );
+        assert!(!repeated_server_error(
+            r,
+            2,
+            Some("the SCIM server (patch) answered HTTP 500: other")
+        ));
+        let busy = "the SCIM server (patch) answered HTTP 502: bad gateway";
+        assert!(!repeated_server_error(busy, 5, Some(busy)), "a gateway error passes");
+    }
+}

@@ -83,10 +83,12 @@ impl ScimSink {
         for (rule, value) in wanted {
             let users = match self.ask_filtered(ready, rule, &value).await {
                 Err(e) => return Err(e.to_string()),
-                Ok(Err(why)) => return Ok(format!(
+                Ok(Err(why)) => {
+                    return Ok(format!(
                     "a lookup by {} cannot be trusted ({why}): delivery matches employees from one listing per pass",
                     rule.as_str()
-                )),
+                ))
+                }
                 Ok(Ok(users)) => users,
             };
             let real = value != nobody;
