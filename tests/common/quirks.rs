@@ -143,6 +143,12 @@ impl QuirkProxy {
                                     path_q = rewrite(&path_q, "filter", |_| None);
                                 }
                                 Quirk::CountCapped if users_get => {
+                                    if param(&path_q, "count")
+                                        .and_then(|c| c.parse::<u64>().ok())
+                                        .is_some_and(|c| c > 100)
+                                    {
+                                        note("capped count");
+                                    }
                                     path_q = rewrite(&path_q, "count", |c| {
                                         Some(c.parse::<u64>().unwrap_or(100).min(100).to_string())
                                     });

@@ -187,6 +187,9 @@ impl ScimSink {
                 // What the single path resolves: a user gone, a value
                 // taken, a stale version.
                 404 | 409 | 412 | 0 => alone.push((job, op)),
+                // A PATCH the target could not apply: the single path
+                // falls back to PUT.
+                500 | 501 if op.method == "PATCH" => alone.push((job, op)),
                 _ => {
                     let answer = Answer {
                         status,

@@ -37,6 +37,8 @@ pub(super) struct Held {
     pub user_name: Option<String>,
     /// Every `emails.value`, lower-cased.
     pub emails: Vec<String>,
+    /// `emails` as the target holds them.
+    pub emails_raw: Option<Value>,
     pub version: Option<String>,
 }
 
@@ -59,6 +61,7 @@ impl Held {
                 .map(str::to_lowercase)
                 .collect(),
             version: v.pointer("/meta/version").and_then(Value::as_str).map(str::to_string),
+            emails_raw: v.get("emails").filter(|e| e.is_array()).cloned(),
         })
     }
 
@@ -100,8 +103,10 @@ pub(super) struct Memory {
     /// A complete listing was read when this pass started.
     complete: bool,
     /// Employees whose absence from the listing proves nothing: this pass
-    /// tried to create them, or the listing had them twice.
+    /// tried to create them (and the target did not refuse it), or the
+    /// listing had them twice.
     ask: HashSet<String>,
+    twice: HashSet<String>,
     /// id → the version the target last answered with.
     versions: HashMap<String, String>,
     /// The listing's users, and where to find them by lower-cased
@@ -137,7 +142,7 @@ impl ScimSink {
                 id: f.id.clone(),
                 version: m.versions.get(&f.id).cloned().or_else(|| f.version.clone()),
             }),
-            None if m.complete && !m.ask.contains(key) => Known::Absent,
+            None if m.complete && !m.ask.contains(key) && !m.twice.contains(key) => Known::Absent,
             None => Known::Unknown,
         }
     }
@@ -211,6 +216,12 @@ impl ScimSink {
         self.memory().ask.insert(key.to_string());
     }
 
+    /// The target refused the create (409): it did not happen, so the
+    /// listing's word on the employee holds again.
+    pub(super) fn not_created(&self, key: &str) {
+        self.memory().ask.remove(key);
+    }
+
     /// At the start of a pass: with many employees to create and no id for
     /// them, or a target that cannot be asked by filter, read the target's
     /// users once.
@@ -228,6 +239,7 @@ impl ScimSink {
             let mut m = self.memory();
             m.complete = false;
             m.ask.clear();
+            m.twice.clear();
         }
         let Ok(ready) = self.ready().await else { return };
         let must = !self.can_filter(&ready) && first.iter().any(|j| j.target_id.is_none());
@@ -303,7 +315,7 @@ impl ScimSink {
         for key in twice {
             // Twice at the target: the lookup says so.
             m.users.remove(&key);
-            m.ask.insert(key);
+            m.twice.insert(key);
         }
         m.complete = true;
         Ok(())
@@ -415,6 +427,14 @@ impl ScimSink {
             // server's own limit); an empty page, a page of users already
             // read, or the total ends it.
             if got == 0 || new == 0 || total.is_some_and(|t| start > t) {
+                // Fewer than the target says it holds: not a listing to
+                // call complete (an absent employee would be created twice).
+                if let Some(t) = total.filter(|t| (users.len() as u64) < *t) {
+                    return Err(format!(
+                        "the listing gave {} of the {t} users the target says it holds",
+                        users.len()
+                    ));
+                }
                 return Ok(Some(users));
             }
         }

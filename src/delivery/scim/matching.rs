@@ -23,6 +23,22 @@ pub(super) struct Located {
     /// The rule that matched a user afas-sync takes over (it gets the
     /// employee's `externalId` and every mapped attribute in one write).
     pub adopted: Option<MatchRule>,
+    /// The id is the one afas-sync stored (not asked of the target).
+    pub from_store: bool,
+    /// An adopted user's `emails` as the target holds them, to keep the
+    /// addresses afas-sync does not map.
+    pub emails: Option<Value>,
+}
+
+impl Located {
+    fn at(found: Found) -> Located {
+        Located {
+            found,
+            adopted: None,
+            from_store: false,
+            emails: None,
+        }
+    }
 }
 
 fn state_file(e: impl std::fmt::Display) -> SinkError {
@@ -43,10 +59,13 @@ impl ScimSink {
         e: Option<&Employee>,
     ) -> Result<Option<Located>, SinkError> {
         if let Some(found) = stored {
-            return Ok(Some(Located { found, adopted: None }));
+            return Ok(Some(Located {
+                from_store: true,
+                ..Located::at(found)
+            }));
         }
         if let Some(found) = self.find(ready, key).await? {
-            return Ok(Some(Located { found, adopted: None }));
+            return Ok(Some(Located::at(found)));
         }
         match e {
             Some(e) => self.match_existing(ready, key, e).await,
@@ -176,7 +195,14 @@ impl ScimSink {
         if let Some(users) = self.filtered(ready, rule, value).await? {
             return Ok(users);
         }
-        self.listing_for_matching(ready).await?;
+        if fresh {
+            self.fresh_listing(ready).await.map_err(|reason| SinkError::Retry {
+                reason: format!("matching needs the target's listing, which failed: {reason}"),
+                after: None,
+            })?;
+        } else {
+            self.listing_for_matching(ready).await?;
+        }
         Ok(self.listed_by(rule == MatchRule::UserName, value))
     }
 
@@ -205,10 +231,7 @@ impl ScimSink {
                 match h.external_id.as_deref() {
                     Some(x) if x == key => {
                         self.remember(Some(key), &h.id, h.version.as_deref());
-                        return Ok(Some(Located {
-                            found: h.found(),
-                            adopted: None,
-                        }));
+                        return Ok(Some(Located::at(h.found())));
                     }
                     Some(x) => match self.wants(x, rule, &value).await? {
                         // Another employee's user, with this value of its
@@ -289,8 +312,9 @@ impl ScimSink {
             });
         }
         Ok(Located {
-            found: h.found(),
             adopted: Some(rule),
+            emails: h.emails_raw.clone(),
+            ..Located::at(h.found())
         })
     }
 

@@ -215,7 +215,10 @@ impl ScimSink {
                 if let Some(v) = if_match {
                     req = req.header("if-match", v);
                 }
-                req.send().await.map_err(|e| transport_error(&e, "the SCIM server"))
+                // Without the URL: a lookup's carries an e-mail address.
+                req.send()
+                    .await
+                    .map_err(|e| transport_error(&e.without_url(), "the SCIM server"))
             }
         };
         let started = std::time::Instant::now();
@@ -227,7 +230,10 @@ impl ScimSink {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&e, "the SCIM server"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e.without_url(), "the SCIM server"))?;
         crate::metrics::metrics()
             .sink_latency
             .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() })
@@ -364,7 +370,7 @@ impl ScimSink {
             {
                 Err(SinkError::Permanent {
                     reason: format!(
-                        "{reason} (the same answer on each of {} attempts; the target cannot apply this change)",
+                        "{reason} (the same answer on each of {} attempts in a row; the target cannot apply this change)",
                         job.entry.attempts + 1
                     ),
                 })
@@ -471,12 +477,10 @@ impl ScimSink {
             }
             MutationKind::Mover => {
                 let (user, ops) = self.update_of(ready, m, e, &user_name, released);
-                let Some(l) = self.locate(ready, self.stored(job), key, Some(e)).await? else {
-                    return self.upsert(ready, None, key, e, &user).await;
+                let l = match self.locate(ready, self.stored(job), key, Some(e)).await? {
+                    Some(l) if l.adopted.is_none() => l,
+                    other => return self.upsert_located(ready, other, key, e, &user).await,
                 };
-                if l.adopted.is_some() {
-                    return self.upsert(ready, Some(l.found), key, e, &user).await;
-                }
                 if ops.is_empty() {
                     // Nothing the target receives changed.
                     return Ok(done(l.found.id, l.found.version));
@@ -499,11 +503,10 @@ impl ScimSink {
                 }
                 let (user, ops) = self.update_of(ready, m, e, &user_name, released);
                 match found {
-                    // Keep the target's picture complete: the leaver
-                    // exists, inactive.
-                    None => self.upsert(ready, None, key, e, &user).await,
-                    Some(l) if l.adopted.is_some() => self.upsert(ready, Some(l.found), key, e, &user).await,
-                    Some(l) => self.update_found(ready, key, e, l.found, ops, &user).await,
+                    Some(l) if l.adopted.is_none() => self.update_found(ready, key, e, l.found, ops, &user).await,
+                    // Keep the target's picture complete: the leaver exists,
+                    // inactive (created, or adopted and written whole).
+                    located => self.upsert_located(ready, located, key, e, &user).await,
                 }
             }
         }
@@ -537,30 +540,40 @@ impl ScimSink {
 /// Whether a retry is the same server error (500, 501) the last attempts
 /// got: the target's refusal of this change, not a passing fault.
 fn repeated_server_error(reason: &str, attempts: u32, last: Option<&str>) -> bool {
+    let write = ["(patch)", "(replace)"].iter().any(|w| reason.contains(w));
     let server_error = ["answered HTTP 500", "answered HTTP 501"]
         .iter()
         .any(|s| reason.contains(s));
-    server_error && attempts >= 2 && last == Some(reason)
+    write && server_error && attempts + 1 >= SAME_ANSWERS_TO_REFUSE && last == Some(reason)
 }
+
+/// Attempts in a row with the same server error before a write counts as
+/// refused (with the outbox's backoff, about 7 minutes of them).
+const SAME_ANSWERS_TO_REFUSE: u32 = 5;
 
 #[cfg(test)]
 mod tests {
     use super::repeated_server_error;
 
     #[test]
-    fn only_the_same_server_error_on_three_attempts_is_a_refusal() {
+    fn only_the_same_server_error_on_five_attempts_is_a_refusal() {
         let r = "the SCIM server (patch) answered HTTP 500: boom";
-        assert!(repeated_server_error(r, 2, Some(r)));
+        assert!(repeated_server_error(r, 4, Some(r)));
         assert!(
-            !repeated_server_error(r, 1, Some(r)),
-            "two attempts are not yet a pattern"
+            !repeated_server_error(r, 3, Some(r)),
+            "four attempts are not yet a pattern"
         );
         assert!(!repeated_server_error(
             r,
-            2,
+            4,
             Some("the SCIM server (patch) answered HTTP 500: other")
         ));
         let busy = "the SCIM server (patch) answered HTTP 502: bad gateway";
-        assert!(!repeated_server_error(busy, 5, Some(busy)), "a gateway error passes");
+        assert!(!repeated_server_error(busy, 9, Some(busy)), "a gateway error passes");
+        let read = "the SCIM server (lookup by userName) answered HTTP 500: boom";
+        assert!(
+            !repeated_server_error(read, 9, Some(read)),
+            "only a write of the change"
+        );
     }
 }

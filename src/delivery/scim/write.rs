@@ -5,6 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::known::Learnt;
+use super::matching::Located;
 use super::{Answer, Applied, Delivered, Found, Ready, ScimSink, Wrote, PATCH_URN};
 use crate::config::UpdateMode;
 use crate::delivery::SinkError;
@@ -57,7 +58,10 @@ impl ScimSink {
                     after: None,
                 }),
             },
-            409 => Ok((Wrote::Conflict, None)),
+            409 => {
+                self.not_created(key);
+                Ok((Wrote::Conflict, None))
+            }
             _ => Err(self.refused(&a, "create").await),
         }
     }
@@ -73,35 +77,58 @@ impl ScimSink {
         e: &Employee,
         user: &Value,
     ) -> Result<Applied, SinkError> {
-        let (wrote, id) = match self.locate(ready, stored, key, Some(e)).await? {
-            None => self.create(key, user).await?,
-            Some(l) => {
-                let wrote = self.write_whole(ready, &l.found, user).await?;
-                if let (Some(rule), Wrote::Done(_)) = (l.adopted, &wrote) {
-                    tracing::info!(
-                        sink = "scim",
-                        user = l.found.id,
-                        "adopted the target's user for employee {key} (matched by {})",
-                        rule.as_str()
-                    );
-                    self.remember(Some(key), &l.found.id, None);
+        let located = self.locate(ready, stored, key, Some(e)).await?;
+        self.upsert_located(ready, located, key, e, user).await
+    }
+
+    /// As [`Self::upsert`], where the user was located already. A stored
+    /// id the target no longer has (404) is let go: the user is found again
+    /// (or matched, or created) without it.
+    pub(super) async fn upsert_located(
+        &self,
+        ready: &Ready,
+        mut located: Option<Located>,
+        key: &str,
+        e: &Employee,
+        user: &Value,
+    ) -> Result<Applied, SinkError> {
+        for _ in 0..2 {
+            let from_store = located.as_ref().is_some_and(|l| l.from_store);
+            let (wrote, id) = match located.take() {
+                None => self.create(key, user).await?,
+                Some(l) => {
+                    let wrote = self.write_whole(ready, &l, user).await?;
+                    if let (Some(rule), Wrote::Done(_)) = (l.adopted, &wrote) {
+                        tracing::info!(
+                            sink = "scim",
+                            user = l.found.id,
+                            "adopted the target's user for employee {key} (matched by {})",
+                            rule.as_str()
+                        );
+                        self.remember(Some(key), &l.found.id, None);
+                    }
+                    (wrote, Some(l.found.id))
                 }
-                (wrote, Some(l.found.id))
+            };
+            match wrote {
+                Wrote::Conflict => return Ok(Applied::Conflict),
+                Wrote::Gone if from_store => {
+                    self.forget(key, id.as_deref());
+                    located = self.locate(ready, None, key, Some(e)).await?;
+                }
+                // Deleted between the lookup and the write: the next attempt
+                // creates it.
+                Wrote::Gone => {
+                    self.forget(key, id.as_deref());
+                    break;
+                }
+                Wrote::Done(version) => return Ok(Applied::Done(Delivered { id, version })),
             }
-        };
-        match wrote {
-            Wrote::Conflict => Ok(Applied::Conflict),
-            // Deleted between the lookup and the write: the next attempt
-            // creates it.
-            Wrote::Gone => {
-                self.forget(key, id.as_deref());
-                Err(SinkError::Retry {
-                    reason: format!("the user with externalId {key} vanished at the SCIM server while it was written"),
-                    after: None,
-                })
-            }
-            Wrote::Done(version) => Ok(Applied::Done(Delivered { id, version })),
         }
+        Err(SinkError::Retry {
+            reason: format!("the user with externalId {key} vanished at the SCIM server while it was written"),
+            after: None,
+        })
     }
 
     /// Whether changes go as PUT: asked for, the target has no PATCH, or
@@ -116,10 +143,26 @@ impl ScimSink {
 
     /// Writes the mapping's whole user to a user the target holds: one
     /// PATCH of every mapped attribute, or a PUT over what it holds.
-    pub(super) async fn write_whole(&self, ready: &Ready, f: &Found, user: &Value) -> Result<Wrote, SinkError> {
+    pub(super) async fn write_whole(&self, ready: &Ready, l: &Located, user: &Value) -> Result<Wrote, SinkError> {
+        let f = &l.found;
         if self.put_mode(ready) {
             return self.put_over(ready, &f.id, user, true).await;
         }
+        // An adopted user's other e-mail addresses (home, another system's)
+        // are kept: the list it had, with the mapped ones written over it.
+        let merged;
+        let user = match &l.emails {
+            Some(held) => {
+                let mut u = user.clone();
+                let over = ready.mapping.overlay(json!({ "emails": held }), user, true);
+                if let (Some(m), Some(emails)) = (u.as_object_mut(), over.get("emails")) {
+                    m.insert("emails".into(), emails.clone());
+                }
+                merged = u;
+                &merged
+            }
+            None => user,
+        };
         let ops = ready.mapping.whole_ops(user);
         self.patch(ready, &f.id, ops, f.version.as_deref(), user, true).await
     }
