@@ -197,14 +197,16 @@ fn retry_later(
     busy: bool,
 ) -> Handled {
     e.attempts += 1;
-    let wait = after.map(|d| d.as_secs() as i64).unwrap_or_else(|| {
-        if busy {
-            crate::net::backoff(e.attempts, Duration::from_secs(1), Duration::from_secs(3600)).as_secs() as i64
-        } else {
-            backoff(e.attempts)
-        }
-    });
-    e.next_at = pass.now + wait.max(1);
+    let wait = after
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_else(|| {
+            if busy {
+                crate::net::backoff(e.attempts, Duration::from_secs(1), Duration::from_secs(3600)).as_secs() as i64
+            } else {
+                backoff(e.attempts)
+            }
+        });
+    e.next_at = pass.now.saturating_add(wait.max(1));
     e.last_error = Some(reason);
     if pass.now - e.created_at >= pass.max_age {
         e.dead = true;

@@ -30,8 +30,19 @@ pub struct ClientSpec<'a> {
 /// The one HTTP client builder. Certificate verification is always on.
 pub fn client(spec: &ClientSpec<'_>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
+    // No redirect is followed: a 307/308 would re-send the body (a client
+    // secret, personal data, a signed event) to wherever the peer points,
+    // and https could turn into http. The error names where it pointed.
+    let refuse = reqwest::redirect::Policy::custom(|attempt| {
+        let to = attempt.url().clone();
+        attempt.error(format!(
+            "the peer redirected to {}; afas-sync follows no redirects: if that address is right, configure it instead",
+            without_secrets(&to)
+        ))
+    });
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("afas-sync/", env!("CARGO_PKG_VERSION")))
+        .redirect(refuse)
         .https_only(spec.https_only);
     if let Some(t) = spec.timeout {
         b = b.timeout(t);
@@ -57,7 +68,21 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER.as_secs())))
+}
+
+/// The longest wait a peer may ask for: a day. A larger number (up to
+/// `u64::MAX` seconds) would overflow the clocks it is added to.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// A URL as it may be shown: without user, password, query or fragment.
+fn without_secrets(u: &url::Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 /// Sends a request that carries a bearer token; when the peer answers 401
@@ -104,6 +129,15 @@ pub fn backoff(attempts: u32, base: Duration, cap: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_beyond_any_clock_is_a_day() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "9223372036854775807".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(reqwest::header::RETRY_AFTER, "120".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_with_random_jitter() {

@@ -13,6 +13,9 @@ use tokio::sync::Mutex;
 
 use crate::model::Secret;
 
+/// The longest a token is kept, whatever its `expires_in` says.
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
 pub mod jwt;
 
 /// How the client proves who it is at the token endpoint.
@@ -135,11 +138,14 @@ impl TokenSource {
                 form.push(("client_assertion", assertion));
             }
         }
-        let resp = request
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| failure(format!("cannot reach {}", self.token_url), Some(e.to_string()), true))?;
+        let resp = request.form(&form).send().await.map_err(|e| {
+            let e = e.without_url();
+            failure(
+                format!("cannot reach {}", self.token_url),
+                Some(crate::net::error_chain(&e)),
+                true,
+            )
+        })?;
         let status = resp.status();
         let body = resp
             .bytes()
@@ -157,13 +163,17 @@ impl TokenSource {
         }
         let answer: Answer = serde_json::from_slice(&body)
             .map_err(|e| failure("unreadable token answer".into(), Some(e.to_string()), false))?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        // Capped at a day: a lifetime from the peer beyond any clock (up to
+        // u64::MAX seconds) would overflow the instant it is added to.
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600).min(MAX_LIFETIME_SECS));
         // Renew a minute early (or halfway for very short tokens) so a token
         // never expires between check and use.
         let margin = Duration::from_secs(60).min(lifetime / 2);
         Ok((
             format!("Bearer {}", answer.access_token),
-            Instant::now() + lifetime - margin,
+            Instant::now()
+                .checked_add(lifetime - margin)
+                .unwrap_or_else(Instant::now),
         ))
     }
 }
