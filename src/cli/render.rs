@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::app::{AppError, Delivery, HeldPlan, Reply, StatusReport};
 use crate::delivery::employee_json;
 use crate::delivery::files::csv_field;
-use crate::delivery::scim::{Takeover, LISTED};
+use crate::delivery::scim::Takeover;
 use crate::exit;
 use crate::model::{Mutation, Outcome, Plan, Provisioned, RunRecord, Status};
 
@@ -38,6 +38,10 @@ macro_rules! say {
         let _ = writeln!($o.stdout, $($arg)*);
     }};
 }
+
+// After `say!`, which it uses.
+mod takeover;
+use takeover::takeover_out;
 
 macro_rules! esay {
     ($o:expr, $($arg:tt)*) => {{
@@ -549,74 +553,5 @@ fn exit_for(outcome: Outcome) -> i32 {
         Outcome::NothingToDo => exit::NOTHING_TO_DO,
         Outcome::Held => exit::HELD,
         Outcome::Rejected | Outcome::Failed => exit::FAILURE,
-    }
-}
-
-/// The SCIM target's side of a dry run: what delivery would do with the
-/// users it already holds.
-fn takeover_out(t: &Takeover, o: &mut Out) {
-    say!(
-        o,
-        "SCIM target ({} users there): {} to create, {} to adopt, {} conflicts, {} already linked, {} not managed by afas-sync",
-        t.users_at_target,
-        t.create,
-        t.adopt,
-        t.conflicts,
-        t.linked,
-        t.unmanaged
-    );
-    let more = |o: &mut Out, shown: usize, all: u64| {
-        if (shown as u64) < all {
-            say!(
-                o,
-                "    … and {} more (--json lists up to {})",
-                all - shown as u64,
-                LISTED
-            );
-        }
-    };
-    const SHOWN: usize = 20;
-    if t.adopt > 0 {
-        say!(
-            o,
-            "  to adopt (the user gets the employee's externalId and every mapped attribute):"
-        );
-        for a in t.adoptions.iter().take(SHOWN) {
-            say!(
-                o,
-                "    employee {} → user {} ({}), matched by {}",
-                a.key,
-                a.id,
-                a.user_name.as_deref().unwrap_or("?"),
-                a.rule
-            );
-        }
-        more(o, t.adoptions.len().min(SHOWN), t.adopt);
-    }
-    if t.conflicts > 0 {
-        say!(o, "  conflicts (not delivered until resolved):");
-        for c in t.conflict_list.iter().take(SHOWN) {
-            say!(o, "    employee {}: {}", c.key, c.reason);
-        }
-        more(o, t.conflict_list.len().min(SHOWN), t.conflicts);
-    }
-    if t.unmanaged > 0 {
-        say!(
-            o,
-            "  not managed by afas-sync (no employee matches them; often people who left before afas-sync was installed):"
-        );
-        for u in t.unmanaged_list.iter().take(SHOWN) {
-            say!(
-                o,
-                "    user {} ({}){}",
-                u.id,
-                u.user_name.as_deref().unwrap_or("?"),
-                u.external_id
-                    .as_deref()
-                    .map(|x| format!(", externalId {x}"))
-                    .unwrap_or_default()
-            );
-        }
-        more(o, t.unmanaged_list.len().min(SHOWN), t.unmanaged);
     }
 }
