@@ -86,6 +86,8 @@ pub struct Metrics {
     pub delivery_throttled: Family<SinkLabels, Counter>,
     pub sink_latency: Family<SinkLabels, Histogram>,
     pub held_plans: Gauge,
+    /// Active target users no employee matches, held for approval.
+    pub unmanaged_held: Family<SinkLabels, Gauge>,
     pub guard_held: Counter,
     pub token_expiry: FGauge,
     pub oauth_secret_expiry: FGauge,
@@ -123,6 +125,7 @@ impl Metrics {
             delivery_throttled: Family::default(),
             sink_latency: Family::new_with_constructor(latency_histogram),
             held_plans: Gauge::default(),
+            unmanaged_held: Family::default(),
             guard_held: Counter::default(),
             token_expiry: FGauge::default(),
             oauth_secret_expiry: FGauge::default(),
@@ -186,6 +189,11 @@ impl Metrics {
             m.held_plans.clone(),
         );
         r.register("afas_sync_guard_held", "Runs held by a guard", m.guard_held.clone());
+        r.register(
+            "afas_sync_unmanaged_held_users",
+            "Active target users no employee matches, waiting for approval to be deactivated",
+            m.unmanaged_held.clone(),
+        );
     }
 
     /// AFAS's requests and credentials, and the delivery to each sink.

@@ -218,6 +218,165 @@ async fn users_no_employee_matches_are_kept_as_they_are() {
     assert!(kept.get("externalId").is_none());
     let fresh = env.snapshot().keys().filter(|k| !n.contains(k)).count();
     assert_eq!(users.len(), n.len() + fresh + 1);
+    let (code, out, err) = run_bin(&["--config", &env.cfg, "unmanaged"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let all = unmanaged_names(&env, &n, &["left.before@bedrijf.example".into()]).len();
+    assert!(
+        out.contains(&format!("{all} target users no employee matches, {all} of them active")),
+        "{out}"
+    );
+    assert!(out.contains("left.before@bedrijf.example"), "{out}");
+    assert!(out.contains("kept (sink.scim.unmanaged = \"keep\")"), "{out}");
+    let users = scim.users().await;
+    assert!(users
+        .iter()
+        .any(|u| u["userName"] == "left.before@bedrijf.example" && u["active"] == json!(true)));
+}
+
+/// A target like [`prefill`] makes, plus `active` users who left before
+/// afas-sync came (and one already inactive), under
+/// `sink.scim.unmanaged = "deactivate"` and `guards.max_leavers`.
+async fn with_former_users(active: usize, max_leavers: u64) -> (Env, ScimPeer, Vec<String>, Vec<String>) {
+    let scim = ScimPeer::start().await;
+    let sink = format!("{}unmanaged = \"deactivate\"\n", scim_sink(&scim.url()));
+    let env = Env::new(60, &sink).await;
+    let text = std::fs::read_to_string(&env.cfg).expect("config");
+    let text = text.replacen("[guards]\n", &format!("[guards]\nmax_leavers = {max_leavers}\n"), 1);
+    std::fs::write(&env.cfg, text).expect("config");
+    let made = prefill(&scim, &env, Earlier::Plain).await;
+    let mut former = Vec::new();
+    for i in 0..=active {
+        let name = format!("left.before.{i}@bedrijf.example");
+        let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": name, "active": i < active});
+        assert_eq!(scim.post_user(&user).await, 201);
+        former.push(name);
+    }
+    (env, scim, made, former)
+}
+
+/// The users no employee matches once the first import is in: the
+/// `former` ones, and those [`prefill`] made for people who left before.
+fn unmanaged_names(env: &Env, made: &[String], former: &[String]) -> Vec<String> {
+    let snap = env.snapshot();
+    let gone = rows(env)
+        .into_iter()
+        .filter(|r| made.iter().any(|m| r["EmployeeId"] == m.as_str()))
+        .filter(|r| !snap.contains_key(r["EmployeeId"].as_str().unwrap_or_default()))
+        .filter_map(|r| r["Mail"].as_str().map(String::from));
+    former.iter().cloned().chain(gone).collect()
+}
+
+/// Whether each named user is active; and whether every other user is
+/// linked to an employee and active.
+async fn target_state(scim: &ScimPeer, names: &[String]) -> (Vec<bool>, bool) {
+    let users = scim.users().await;
+    let state = names
+        .iter()
+        .map(|n| {
+            let u = users.iter().find(|u| u["userName"] == n.as_str()).expect("user");
+            u["active"] == json!(true)
+        })
+        .collect();
+    let employees_ok = users
+        .iter()
+        .filter(|u| !names.iter().any(|n| u["userName"] == n.as_str()))
+        .all(|u| u.get("externalId").is_some() && u["active"] == json!(true));
+    (state, employees_ok)
+}
+
+/// Gives the rows AFAS rejected (no address) one, so nothing is rejected.
+fn fix_rejected_rows(env: &Env) {
+    env.emu.state.with_data(|d| {
+        let rows = &mut d.connectors.get_mut("Profit_Employees_Alleo").expect("employees").rows;
+        for r in rows.iter_mut().filter(|r| !r["Mail"].is_string()) {
+            let id = r["EmployeeId"].as_str().unwrap_or_default().to_string();
+            r.insert("Mail".into(), json!(format!("fixed.{id}@bedrijf.example")));
+        }
+    });
+}
+
+#[tokio::test]
+async fn unmanaged_users_within_the_leaver_limit_are_deactivated_once_no_row_is_rejected() {
+    let (env, scim, made, former) = with_former_users(2, 10).await;
+    // Day 0 rejects two rows: their employees might hold one of the users.
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("run 1 rejected 2 AFAS rows"), "{out}");
+    assert!(out.contains("`afas-sync run show 1`"), "{out}");
+    assert_eq!(outbox(&env), (0, 0, vec![]), "the employees were delivered: {out}");
+    let names = unmanaged_names(&env, &made, &former);
+    let (state, linked) = target_state(&scim, &names).await;
+    assert_eq!(
+        state.iter().filter(|a| **a).count(),
+        names.len() - 1,
+        "none deactivated: {out}"
+    );
+    assert!(linked, "every employee's user is linked and active");
+
+    fix_rejected_rows(&env);
+    let (code, out) = env.sync(next(day0(), 1)).await;
+    assert_eq!(code, 0, "{out}");
+    let active = names.len() - 1;
+    assert!(active <= 10 && active > 2, "{names:?}");
+    assert!(out.contains(&format!("{active} deactivated, 0 failed")), "{out}");
+    assert_eq!(
+        target_state(&scim, &names).await,
+        (vec![false; names.len()], true),
+        "{out}"
+    );
+    let (code, out, err) = run_bin(&["--config", &env.cfg, "unmanaged"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let all = names.len();
+    assert!(
+        out.contains(&format!("{all} target users no employee matches, 0 of them active")),
+        "{out}"
+    );
+    // Nothing left to do: the next day deactivates nothing.
+    let (code, out) = env.sync(next(day0(), 2)).await;
+    assert!(code == 0 || code == 4, "{out}");
+    assert!(!out.contains("deactivated"), "{out}");
+}
+
+#[tokio::test]
+async fn unmanaged_users_above_the_leaver_limit_wait_for_the_number_seen() {
+    let (env, scim, made, former) = with_former_users(5, 3).await;
+    let (code, out) = env.sync(day0()).await;
+    let names = unmanaged_names(&env, &made, &former);
+    let n = names.len() - 1;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("HELD, nothing was deactivated"), "{out}");
+    assert!(out.contains(&format!("{n} active target users")), "{out}");
+    assert!(out.contains("guards.max_leavers = 3"), "{out}");
+    assert!(
+        out.contains(&format!("`afas-sync unmanaged --deactivate {n}`")),
+        "{out}"
+    );
+    assert_eq!(outbox(&env), (0, 0, vec![]), "the employees were delivered: {out}");
+    let before = target_state(&scim, &names).await;
+    assert_eq!(before.0.iter().filter(|a| **a).count(), n);
+    assert!(before.1);
+
+    let (code, out, _) = run_bin(&["--config", &env.cfg, "--json", "unmanaged"]).await;
+    assert_eq!(code, 3, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (v["active"].clone(), v["approval"].clone()),
+        (json!(n), json!(true)),
+        "{v}"
+    );
+    assert_eq!(v["users"].as_array().map(Vec::len), Some(n), "{v}");
+
+    let fewer = (n - 1).to_string();
+    let (code, out, err) = run_bin(&["--config", &env.cfg, "unmanaged", "--deactivate", &fewer]).await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains(&format!("asked to deactivate {fewer}, but {n}")), "{out}");
+    assert_eq!(target_state(&scim, &names).await, before);
+
+    let (code, out, err) = run_bin(&["--config", &env.cfg, "unmanaged", "--deactivate", &n.to_string()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{n} deactivated, 0 failed")), "{out}");
+    assert_eq!(target_state(&scim, &names).await, (vec![false; names.len()], true));
 }
 
 /// Day 0 a first import; day 1 joiners, movers and leavers; day 2 one of

@@ -4,6 +4,9 @@
 //! turns an answer into text or JSON and an exit code.
 
 mod preview;
+pub mod unmanaged;
+
+pub use unmanaged::{Ask, Sweep};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +54,11 @@ pub enum Request {
     OutboxRetry {
         sink: Option<String>,
     },
+    /// The target's users no employee matches; with `deactivate`, the
+    /// number of active ones the admin saw and wants deactivated.
+    Unmanaged {
+        deactivate: Option<u64>,
+    },
 }
 
 /// What delivering the outbox after a command did.
@@ -66,6 +74,10 @@ pub struct Delivery {
     pub dead_total: u64,
     /// Delivery could not run at all (sinks not set up, the state file).
     pub failed: Option<String>,
+    /// What `sink.scim.unmanaged = "deactivate"` did after everything
+    /// was delivered.
+    #[serde(default)]
+    pub unmanaged: Option<Sweep>,
 }
 
 impl Delivery {
@@ -151,6 +163,7 @@ pub enum Reply {
     Requeued {
         entries: u64,
     },
+    Unmanaged(Sweep),
 }
 
 /// Why a request failed.
@@ -228,7 +241,7 @@ pub async fn handle(
         Request::PlanApprove { run } => {
             let run = sync::approve(config, store, *run)?;
             let delivery = match deliver {
-                Deliver::Wait => deliver_outbox(config, store).await,
+                Deliver::Wait => deliver_and_sweep(config, store).await,
                 Deliver::Leave => None,
             };
             Ok(Reply::Approved { run, delivery })
@@ -245,6 +258,13 @@ pub async fn handle(
         Request::OutboxRetry { sink } => Ok(Reply::Requeued {
             entries: store.outbox_retry(sink.as_deref(), jiff::Timestamp::now().as_second())?,
         }),
+        Request::Unmanaged { deactivate } => {
+            let ask = deactivate.map(Ask::Deactivate).unwrap_or(Ask::List);
+            match unmanaged::sweep(config, store, ask).await {
+                Some(s) => Ok(Reply::Unmanaged(s)),
+                None => Err(AppError::Request("no SCIM sink is configured ([sink.scim])".into())),
+            }
+        }
     }
 }
 
@@ -290,7 +310,14 @@ async fn sync_now(
                 takeover_error,
             }
         }
-        Ok(SyncResult::Committed(run)) | Ok(SyncResult::Held(run, _)) => Reply::Synced {
+        Ok(SyncResult::Committed(run)) => Reply::Synced {
+            run,
+            delivery: match deliver {
+                Deliver::Wait => deliver_and_sweep(config, store).await,
+                Deliver::Leave => None,
+            },
+        },
+        Ok(SyncResult::Held(run, _)) => Reply::Synced {
             run,
             delivery: delivery().await,
         },
@@ -321,6 +348,16 @@ fn status(store: &Store) -> Result<Reply, AppError> {
     }))
 }
 
+/// Delivers the outbox, then looks at the target's unmanaged users when
+/// everything went out (a sweep skips itself while changes wait).
+async fn deliver_and_sweep(config: &Config, store: &Arc<Store>) -> Option<Delivery> {
+    let mut d = deliver_outbox(config, store).await?;
+    if d.failed.is_none() {
+        d.unmanaged = unmanaged::sweep(config, store, Ask::Setting).await;
+    }
+    Some(d)
+}
+
 /// Delivers the outbox for up to `delivery.sync_wait_secs`. `None` when no
 /// sink is configured.
 pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<Delivery> {
@@ -347,6 +384,7 @@ pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<Deliv
                 .map(|c| c.values().map(|c| c.dead).sum())
                 .unwrap_or(0),
             failed: None,
+            unmanaged: None,
         }),
         Err(e) => Some(Delivery {
             failed: Some(format!("delivery failed: {e}")),

@@ -97,6 +97,13 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// The SCIM target's users no employee matches; `--deactivate N`
+    /// deactivates the N active ones listed.
+    Unmanaged {
+        /// The number of active ones `afas-sync unmanaged` listed.
+        #[arg(long, value_name = "N")]
+        deactivate: Option<u64>,
+    },
     /// Print the snapshot.
     Export {
         #[arg(long, value_enum, default_value = "ndjson")]
@@ -502,6 +509,15 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Outbox {
             action: OutboxAction::Retry { sink },
         } => state_request(&cli, Request::OutboxRetry { sink: sink.clone() }).await,
+        Command::Unmanaged { deactivate } => {
+            state_request(
+                &cli,
+                Request::Unmanaged {
+                    deactivate: *deactivate,
+                },
+            )
+            .await
+        }
         Command::Demo { employees, seed } => demo(*employees, *seed).await,
     }
 }

@@ -39,16 +39,16 @@ macro_rules! say {
     }};
 }
 
-// After `say!`, which it uses.
-mod takeover;
-use takeover::takeover_out;
-
 macro_rules! esay {
     ($o:expr, $($arg:tt)*) => {{
         use std::fmt::Write as _;
         let _ = writeln!($o.stderr, $($arg)*);
     }};
 }
+
+// After the macros, which it uses.
+mod takeover;
+use takeover::takeover_out;
 
 /// An answer (or failure) as the command prints it, and its exit code.
 pub fn render(result: &Result<Reply, AppError>, json_out: bool) -> (Out, i32) {
@@ -146,6 +146,7 @@ fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
             );
             exit::OK
         }
+        Reply::Unmanaged(s) => takeover::unmanaged_out(s, json_out, o),
     }
 }
 
@@ -220,9 +221,12 @@ fn synced_out(run: &RunRecord, delivery: &Option<Delivery>, json_out: bool, o: &
         }
     }
     let delivered = delivery.as_ref().map(|d| delivery_out(d, o));
+    let sweep = delivery.as_ref().and_then(|d| d.unmanaged.as_ref());
     match (exit_for(run.outcome), delivered) {
         (code, _) if code == exit::HELD || code == exit::FAILURE => code,
         (_, Some(false)) => exit::DELIVERY_INCOMPLETE,
+        _ if sweep.is_some_and(|s| s.failed > 0 || s.error.is_some()) => exit::DELIVERY_INCOMPLETE,
+        _ if sweep.is_some_and(|s| s.approval) => exit::HELD,
         (code, _) => code,
     }
 }
@@ -376,6 +380,9 @@ fn delivery_out(d: &Delivery, o: &mut Out) -> bool {
             "{} dead-lettered entries: see `afas-sync status`, then `afas-sync outbox retry`",
             d.dead_total
         );
+    }
+    if let Some(s) = &d.unmanaged {
+        takeover::sweep_out(s, o);
     }
     d.complete()
 }

@@ -61,6 +61,18 @@ pub enum Adopt {
     Never,
 }
 
+/// What happens to target users no employee matches (`sink.scim.unmanaged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmanaged {
+    /// Left as they are (reported by the dry run and `afas-sync unmanaged`).
+    #[default]
+    Keep,
+    /// Deactivated once every change is delivered, like leavers: held for
+    /// approval above the leaver guards.
+    Deactivate,
+}
+
 /// How a change reaches a user the target holds (`sink.scim.update`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +114,8 @@ pub(super) struct RawScim {
     adopt: Adopt,
     #[serde(default)]
     update: UpdateMode,
+    #[serde(default)]
+    unmanaged: Unmanaged,
 }
 
 fn default_true() -> bool {
@@ -156,6 +170,7 @@ pub struct ScimConfig {
     pub match_rules: Vec<MatchRule>,
     pub adopt: Adopt,
     pub update: UpdateMode,
+    pub unmanaged: Unmanaged,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +337,7 @@ fn validate_scim(r: RawScim, base_dir: &Path, warnings: &mut Vec<String>) -> Res
         match_rules: r.match_rules,
         adopt: r.adopt,
         update: r.update,
+        unmanaged: r.unmanaged,
     })
 }
 

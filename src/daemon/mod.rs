@@ -33,6 +33,9 @@ struct Shared {
     /// Serializes everything that changes the state file.
     run_lock: Mutex<()>,
     health: Arc<Health>,
+    /// A run committed: look at the target's unmanaged users once its
+    /// changes are delivered.
+    sweep_due: std::sync::atomic::AtomicBool,
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {
@@ -72,7 +75,15 @@ async fn run_sync(shared: &Shared) -> bool {
     }
     match result {
         // Held is not a failure to retry: it waits for a person.
-        Ok(Reply::Synced { run, .. }) => !matches!(run.outcome, crate::model::Outcome::Failed),
+        Ok(Reply::Synced { run, .. }) => {
+            if matches!(
+                run.outcome,
+                crate::model::Outcome::Success | crate::model::Outcome::NothingToDo
+            ) {
+                shared.sweep_due.store(true, Ordering::SeqCst);
+            }
+            !matches!(run.outcome, crate::model::Outcome::Failed)
+        }
         Ok(Reply::SyncFailed { error, .. }) => {
             tracing::error!("sync failed, nothing was changed: {error}");
             false
@@ -95,6 +106,7 @@ async fn answer(shared: &Shared, call: control::Call, stream: &mut tokio::net::U
             | Request::Employee { .. }
             | Request::PlanShow { .. }
             | Request::Export { .. }
+            | Request::Unmanaged { deactivate: None }
     );
     let _guard = if mutating {
         Some(shared.run_lock.lock().await)
@@ -334,6 +346,14 @@ async fn deliver_due(
     if let Err(e) = report {
         tracing::error!("delivery: {e}");
     }
+    if !stopping && shared.sweep_due.load(Ordering::SeqCst) {
+        // A sweep that skipped itself (changes still wait, a held plan)
+        // is tried again after the next pass.
+        let skipped = app::unmanaged::sweep(config, &shared.store, app::Ask::Setting)
+            .await
+            .is_some_and(|s| s.skipped.is_some());
+        shared.sweep_due.store(skipped, Ordering::SeqCst);
+    }
     stopping
 }
 
@@ -354,6 +374,7 @@ pub async fn run(
         store,
         run_lock: Mutex::new(()),
         health: health.clone(),
+        sweep_due: false.into(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = spawn_http(http, health, stop_rx)?;

@@ -142,6 +142,23 @@ pub struct Guards {
     pub max_source_shrink_percent: f64,
 }
 
+impl Guards {
+    /// How many leavers a run may have among `active` employees before it
+    /// is held for approval.
+    pub fn leaver_limit(&self, active: u64) -> u64 {
+        let pct_limit = (active as f64 * self.max_leavers_percent / 100.0).floor() as u64;
+        self.max_leavers.min(pct_limit)
+    }
+
+    /// Where [`Guards::leaver_limit`] comes from, naming the config keys.
+    pub fn leaver_limit_why(&self, active: u64) -> String {
+        format!(
+            "guards.max_leavers = {}, guards.max_leavers_percent = {}% of {active} active",
+            self.max_leavers, self.max_leavers_percent
+        )
+    }
+}
+
 impl Default for Guards {
     fn default() -> Self {
         Guards {

@@ -253,12 +253,11 @@ pub fn check_guards(plan: &GuardInput<'_>, guards: &Guards, baseline: &Baseline)
         }
     }
     let leavers = plan.leavers;
-    let pct_limit = (plan.active_before as f64 * guards.max_leavers_percent / 100.0).floor() as u64;
-    let limit = guards.max_leavers.min(pct_limit);
+    let limit = guards.leaver_limit(plan.active_before);
     if leavers > limit {
         reasons.push(format!(
-            "{leavers} leavers exceed the limit of {limit} (guards.max_leavers = {}, guards.max_leavers_percent = {}% of {} active)",
-            guards.max_leavers, guards.max_leavers_percent, plan.active_before
+            "{leavers} leavers exceed the limit of {limit} ({})",
+            guards.leaver_limit_why(plan.active_before)
         ));
     }
     if s.employee_rows > 0 {

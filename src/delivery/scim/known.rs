@@ -40,6 +40,8 @@ pub(super) struct Held {
     /// `emails` as the target holds them.
     pub emails_raw: Option<Value>,
     pub version: Option<String>,
+    /// `active` as listed; `None` when the target did not say.
+    pub active: Option<bool>,
 }
 
 impl Held {
@@ -62,6 +64,7 @@ impl Held {
                 .collect(),
             version: v.pointer("/meta/version").and_then(Value::as_str).map(str::to_string),
             emails_raw: v.get("emails").filter(|e| e.is_array()).cloned(),
+            active: v.get("active").and_then(Value::as_bool),
         })
     }
 

@@ -16,6 +16,7 @@ mod matching;
 mod preview;
 mod probe;
 pub mod schema;
+mod sweep;
 mod write;
 
 use std::collections::BTreeMap;
@@ -69,6 +70,7 @@ pub struct ScimSink {
     match_rules: Vec<MatchRule>,
     adopt: Adopt,
     update: UpdateMode,
+    unmanaged: crate::config::Unmanaged,
 }
 
 struct Answer {
@@ -155,6 +157,7 @@ impl ScimSink {
             match_rules: c.match_rules.clone(),
             adopt: c.adopt,
             update: c.update,
+            unmanaged: c.unmanaged,
         })
     }
 

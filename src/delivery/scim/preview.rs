@@ -34,6 +34,17 @@ pub struct Unmanaged {
     pub id: String,
     pub user_name: Option<String>,
     pub external_id: Option<String>,
+    /// As the target listed it; `None` when it did not say.
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+impl Unmanaged {
+    /// Whether deactivating it would change anything (a user whose state
+    /// the target does not list counts as active).
+    pub fn active(&self) -> bool {
+        self.active != Some(false)
+    }
 }
 
 /// What delivering to this target would do with its users. Counts are of
@@ -51,6 +62,13 @@ pub struct Takeover {
     pub adoptions: Vec<Adoption>,
     pub conflict_list: Vec<Conflict>,
     pub unmanaged_list: Vec<Unmanaged>,
+    /// `sink.scim.unmanaged = "deactivate"`: the unmanaged users that are
+    /// active would be deactivated once every change is delivered.
+    #[serde(default)]
+    pub deactivate: bool,
+    /// Of the unmanaged users, those active at the target.
+    #[serde(default)]
+    pub unmanaged_active: u64,
 }
 
 fn push<T>(list: &mut Vec<T>, item: T) {
@@ -60,8 +78,13 @@ fn push<T>(list: &mut Vec<T>, item: T) {
 }
 
 impl ScimSink {
-    /// The preview for these employees (key, record, stored target id).
-    pub async fn preview(&self, employees: Vec<(String, Employee, Option<String>)>) -> Result<Takeover, SinkError> {
+    /// The preview for these employees (key, record, stored target id),
+    /// and every target user no employee matches (the preview lists only
+    /// the first of them).
+    pub async fn preview(
+        &self,
+        employees: Vec<(String, Employee, Option<String>)>,
+    ) -> Result<(Takeover, Vec<Unmanaged>), SinkError> {
         let ready = self.ready().await?;
         self.fresh_listing(&ready).await.map_err(|reason| SinkError::Retry {
             reason: format!("the preview needs the target's listing, which failed: {reason}"),
@@ -72,8 +95,10 @@ impl ScimSink {
         let keys: HashSet<&str> = employees.iter().map(|(k, _, _)| k.as_str()).collect();
         let mut t = Takeover {
             users_at_target: held.len() as u64,
+            deactivate: self.unmanaged == crate::config::Unmanaged::Deactivate,
             ..Default::default()
         };
+        let mut unmanaged = Vec::new();
         let mut taken: HashSet<String> = HashSet::new();
         for (key, e, stored) in &employees {
             if let Some(id) = stored.as_deref().filter(|id| ids.contains(id)) {
@@ -135,16 +160,17 @@ impl ScimSink {
             if taken.contains(&h.id) || ours {
                 continue;
             }
+            let u = Unmanaged {
+                id: h.id.clone(),
+                user_name: h.user_name.clone(),
+                external_id: h.external_id.clone(),
+                active: h.active,
+            };
             t.unmanaged += 1;
-            push(
-                &mut t.unmanaged_list,
-                Unmanaged {
-                    id: h.id.clone(),
-                    user_name: h.user_name.clone(),
-                    external_id: h.external_id.clone(),
-                },
-            );
+            t.unmanaged_active += u64::from(u.active());
+            push(&mut t.unmanaged_list, u.clone());
+            unmanaged.push(u);
         }
-        Ok(t)
+        Ok((t, unmanaged))
     }
 }
