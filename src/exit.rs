@@ -6,7 +6,8 @@ pub const OK: i32 = 0;
 pub const FAILURE: i32 = 1;
 /// Bad configuration or command-line usage: fix the input and retry.
 pub const CONFIG: i32 = 2;
-/// A guard tripped: the run's plan is held for `afas-sync plan approve`.
+/// A guard tripped: the run's plan is held for `afas-sync plan approve`
+/// (or unmanaged users wait for `afas-sync unmanaged --deactivate N`).
 pub const HELD: i32 = 3;
 /// The sync ran and found nothing to change.
 pub const NOTHING_TO_DO: i32 = 4;

@@ -74,5 +74,10 @@ pub fn refresh_outbox_metrics(store: &Store) -> Result<(), StoreError> {
             .get_or_create(&crate::metrics::SinkLabels { sink: sink.into() })
             .set(c.dead as i64);
     }
+    // Shown at 0 from the start, so that an alert on it has a series; the
+    // look at the target sets it.
+    let _ = m
+        .unmanaged_held
+        .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() });
     Ok(())
 }
