@@ -61,6 +61,13 @@ pub struct DeliveryLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabels {
+    pub sink: String,
+    /// A fixed class (`model::Reason`), or `unknown`: never a target's text.
+    pub reason: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -76,6 +83,7 @@ pub struct Metrics {
     pub afas_latency: Family<ConnectorLabels, Histogram>,
     pub outbox_pending: Family<SinkLabels, Gauge>,
     pub outbox_dead: Family<SinkLabels, Gauge>,
+    pub outbox_dead_by_reason: Family<SinkReasonLabels, Gauge>,
     /// 1 while a sink is stopped (credentials refused, or the target
     /// refuses every change), else 0.
     pub sink_stopped: Family<SinkLabels, Gauge>,
@@ -119,6 +127,7 @@ impl Metrics {
             afas_latency: Family::new_with_constructor(latency_histogram),
             outbox_pending: Family::default(),
             outbox_dead: Family::default(),
+            outbox_dead_by_reason: Family::default(),
             sink_stopped: Family::default(),
             deliveries: Family::default(),
             delivery_concurrency: Family::default(),
@@ -219,6 +228,11 @@ impl Metrics {
             "afas_sync_outbox_dead_letters",
             "Dead-lettered outbox entries, per sink",
             m.outbox_dead.clone(),
+        );
+        r.register(
+            "afas_sync_outbox_dead",
+            "Dead-lettered outbox entries, per sink and reason class",
+            m.outbox_dead_by_reason.clone(),
         );
         r.register(
             "afas_sync_sink_stopped",
@@ -356,6 +370,20 @@ pub fn reason_class(reason: &str) -> &'static str {
 
 pub fn unix_now_f64() -> f64 {
     jiff::Timestamp::now().as_millisecond() as f64 / 1000.0
+}
+
+/// `afas_sync_outbox_dead{sink,reason}` from every class's count, so a
+/// count that went back to 0 says so.
+pub fn set_dead_by_reason(sink: &str, counts: impl Iterator<Item = (&'static str, u64)>) {
+    for (reason, n) in counts {
+        metrics()
+            .outbox_dead_by_reason
+            .get_or_create(&SinkReasonLabels {
+                sink: sink.into(),
+                reason: reason.into(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ fn spec(order: &[&str], paging: PagingMode, take: u32) -> ReadSpec {
         paging,
         take,
         fields: afas_sync::afas::rows::Fields::All,
+        only: None,
     }
 }
 

@@ -283,7 +283,7 @@ async fn queries_use_only_exposed_series(scrape: &str) {
         "afas_sync_afas_requests_total",
         "afas_sync_afas_request_duration_seconds_bucket",
         "afas_sync_outbox_pending",
-        "afas_sync_outbox_dead_letters",
+        "afas_sync_outbox_dead{",
         "afas_sync_deliveries_total",
         "afas_sync_delivery_throttled_total",
         "afas_sync_held_plans",

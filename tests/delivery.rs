@@ -293,7 +293,15 @@ async fn a_week_long_outage_keeps_entries_in_order_and_old_ones_are_dead_lettere
     let counts = store.outbox_counts().expect("counts");
     assert!(counts["scim"].dead > 0);
     let scim = ScimPeer::start_on(port).await;
-    let revived = store.outbox_retry(Some("scim"), t1 + 2 * 86_400).expect("retry");
+    let revived = store
+        .outbox_retry(
+            &afas_sync::store::EntryFilter {
+                sink: Some("scim".into()),
+                ..Default::default()
+            },
+            t1 + 2 * 86_400,
+        )
+        .expect("retry");
     assert!(revived > 0);
     let mut now = t1 + 2 * 86_400;
     for _ in 0..5 {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use afas_sync::emulator::data::{churn, generate, Rng};
-use afas_sync::store::{Store, StoreError, SCHEMA_VERSION};
+use afas_sync::model::{Attempt, EmployeeKey, Reason, Step};
+use afas_sync::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError, SCHEMA_VERSION};
 use afas_sync::sync::plan::Status;
 use common::*;
 
@@ -188,10 +189,59 @@ fn the_retention_purge_indexes_an_older_file_once_then_scrubs_from_the_index() {
     assert_eq!((stats.runs, stats.scrubbed_leavers), (0, 0));
     assert!(std::fs::read(&path).expect("read") == before, "no commit for nothing");
 
+    // A delivery attempt whose answer quotes each remaining leaver, and
+    // one of an active employee.
+    let active = store
+        .snapshot()
+        .expect("snapshot")
+        .values()
+        .find(|p| p.status == Status::Active)
+        .map(|p| p.key.clone())
+        .expect("an active employee");
+    let mut planted = Vec::new();
+    for (i, key) in leavers[1..]
+        .iter()
+        .map(|k| EmployeeKey::parse(k).expect("key"))
+        .chain([active])
+        .enumerate()
+    {
+        let seq = 900_000 + i as u64;
+        let entry = OutboxEntry::new(
+            OutboxItem::Mutation {
+                run: 1,
+                index: 0,
+                key: key.clone(),
+            },
+            0,
+        );
+        let attempt = Attempt {
+            at: 0,
+            reason: Reason::Uniqueness,
+            message: format!("userName of {key} is taken"),
+            steps: vec![Step {
+                op: "POST /Users".into(),
+                status: Some(409),
+                scim_type: Some("uniqueness".into()),
+                detail: Some(format!("{key}@bedrijf.example exists")),
+            }],
+        };
+        store
+            .outbox_apply("scim", &[(seq, EntryResult::Update(entry, Some(attempt)))])
+            .expect("apply");
+        assert_eq!(store.attempts("scim", seq).expect("attempts").len(), 1);
+        planted.push(seq);
+    }
+
     // Due: every remaining leaver is scrubbed through the index, which is
-    // then empty; the snapshot still verifies.
+    // then empty; the snapshot still verifies. What targets answered about
+    // them goes too; the active employee's attempt stays.
     let stats = store.purge(day(200), 400, 90).expect("purge");
     assert_eq!(stats.scrubbed_leavers as usize, leavers.len() - 1);
+    let (active_seq, leaver_seqs) = planted.split_last().expect("planted");
+    for seq in leaver_seqs {
+        assert!(store.attempts("scim", *seq).expect("attempts").is_empty(), "{seq}");
+    }
+    assert_eq!(store.attempts("scim", *active_seq).expect("attempts").len(), 1);
     assert!(kept(&store).is_empty());
     assert!(leaver_index(&store, &path).is_empty());
     store.verify().expect("digest");
@@ -284,6 +334,14 @@ fn assert_fixture_reads(path: &Path, counted: bool) {
     assert!(seen >= 20, "{seen}");
     // Every stored employee arrived through a mutation.
     assert_eq!(keys.len(), snap.len());
+    // Entries written before attempts were kept have none, and are counted.
+    let counts = store.outbox_counts().expect("counts");
+    for (sink, c) in &counts {
+        for (seq, _) in store.outbox_entries(sink).expect("entries") {
+            assert!(store.attempts(sink, seq).expect("attempts").is_empty());
+        }
+        assert!(c.reasons.iter().all(|t| t.reason.is_none()), "{c:?}");
+    }
     let (current, history) = store.employee("1000001").expect("employee");
     let current = current.expect("stored");
     assert!(!history.is_empty());

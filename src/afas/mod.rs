@@ -144,5 +144,16 @@ pub fn read_spec_all(config: &Config, conn: &ConnectorConfig) -> ReadSpec {
         paging: config.afas.paging,
         take: config.afas.page_size,
         fields: rows::Fields::All,
+        only: None,
+    }
+}
+
+/// As [`read_spec`], for one employee's rows only (a filter on the first
+/// key field, read with skip/take: keyset paging filters on the key too).
+pub fn read_spec_of(config: &Config, source: Source, conn: &ConnectorConfig, key: &str) -> ReadSpec {
+    ReadSpec {
+        only: Some(key.to_string()),
+        paging: crate::config::PagingMode::Skip,
+        ..read_spec(config, source, conn)
     }
 }

@@ -87,10 +87,16 @@ impl AfasClient {
     }
 
     pub(super) fn base_query(spec: &ReadSpec) -> Vec<(String, String)> {
-        vec![
+        let mut q = vec![
             ("orderbyfieldids".into(), spec.order.join(",")),
             ("take".into(), spec.take.to_string()),
-        ]
+        ];
+        if let (Some(value), Some(field)) = (&spec.only, spec.order.first()) {
+            q.push(("filterfieldids".into(), field.trim_start_matches('-').to_string()));
+            q.push(("filtervalues".into(), value.clone()));
+            q.push(("operatortypes".into(), "1".into()));
+        }
+        q
     }
 
     /// Keyset paging with an inclusive bound: each page asks for `key >=

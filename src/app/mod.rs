@@ -3,9 +3,13 @@
 //! socket) and the daemon's own scheduler call [`handle`]; only the CLI
 //! turns an answer into text or JSON and an exit code.
 
+mod on_demand;
+pub mod outbox;
 mod preview;
 pub mod unmanaged;
 
+pub use on_demand::OneReport;
+pub use outbox::{EmployeeAtSink, EntryLine, EntryStory, Group, OutboxList};
 pub use unmanaged::{Ask, Sweep};
 
 use std::collections::BTreeMap;
@@ -15,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::model::{Mutation, Outcome, Plan, Provisioned, RunRecord};
-use crate::store::{OutboxCounts, Store, StoreError};
+use crate::store::{EntryFilter, OutboxCounts, ReasonTally, Store, StoreError};
 use crate::sync::{self, SyncResult};
 
 /// A request on the state file, as the CLI and the control socket carry it.
@@ -25,6 +29,10 @@ pub enum Request {
     Sync {
         as_of: Option<jiff::civil::Date>,
         dry_run: bool,
+        /// One employee on demand: only their rows read, their change
+        /// alone committed as a run of its own.
+        #[serde(default)]
+        employee: Option<String>,
     },
     Status,
     History {
@@ -52,7 +60,16 @@ pub enum Request {
         csv: bool,
     },
     OutboxRetry {
-        sink: Option<String>,
+        #[serde(flatten)]
+        filter: EntryFilter,
+    },
+    OutboxList {
+        #[serde(flatten)]
+        filter: EntryFilter,
+        limit: usize,
+    },
+    OutboxShow {
+        seq: u64,
     },
     /// The target's users no employee matches; with `deactivate`, the
     /// number of active ones the admin saw and wants deactivated.
@@ -78,6 +95,9 @@ pub struct Delivery {
     /// was delivered.
     #[serde(default)]
     pub unmanaged: Option<Sweep>,
+    /// What is dead or waiting after the delivery, per sink and reason.
+    #[serde(default)]
+    pub reasons: Vec<(String, ReasonTally)>,
 }
 
 impl Delivery {
@@ -142,6 +162,9 @@ pub enum Reply {
     Employee {
         current: Option<Provisioned>,
         history: Vec<(u64, Mutation)>,
+        /// Where the employee stands at each configured sink.
+        #[serde(default)]
+        sinks: Vec<EmployeeAtSink>,
     },
     Plans {
         plans: Vec<HeldPlan>,
@@ -163,7 +186,11 @@ pub enum Reply {
     Requeued {
         entries: u64,
     },
+    OutboxList(OutboxList),
+    OutboxEntry(Box<EntryStory>),
     Unmanaged(Sweep),
+    /// `sync --employee KEY`: every step for one employee.
+    OneEmployee(Box<on_demand::OneReport>),
 }
 
 /// Why a request failed.
@@ -173,6 +200,9 @@ pub enum AppError {
     Store(String),
     #[error("no employee with key {0} in the state file")]
     NoEmployee(String),
+    /// A sync of one employee that could not be done (AFAS, the key).
+    #[error("{0}")]
+    Sync(String),
     /// A control-socket request that could not be read.
     #[error("{0}")]
     Request(String),
@@ -210,7 +240,15 @@ pub async fn handle(
     row: &mut (dyn FnMut(&Provisioned) + Send),
 ) -> Result<Reply, AppError> {
     match req {
-        Request::Sync { as_of, dry_run } => Ok(sync_now(config, store, *as_of, *dry_run, deliver).await),
+        Request::Sync {
+            as_of,
+            dry_run,
+            employee: Some(key),
+        } => {
+            let as_of = as_of.unwrap_or_else(|| today(config));
+            on_demand::one(config, store, key, as_of, *dry_run, deliver).await
+        }
+        Request::Sync { as_of, dry_run, .. } => Ok(sync_now(config, store, *as_of, *dry_run, deliver).await),
         Request::Status => status(store),
         Request::History { limit } => Ok(Reply::History {
             runs: store.runs(*limit)?,
@@ -221,7 +259,11 @@ pub async fn handle(
         }),
         Request::Employee { key } => match store.employee(key)? {
             (None, h) if h.is_empty() => Err(AppError::NoEmployee(key.clone())),
-            (current, history) => Ok(Reply::Employee { current, history }),
+            (current, history) => Ok(Reply::Employee {
+                current,
+                history,
+                sinks: outbox::employee(config, store, key)?,
+            }),
         },
         Request::PlanShow { run } => {
             let plans = match run {
@@ -255,9 +297,11 @@ pub async fn handle(
             false => Err(AppError::NoEmployee(key.clone())),
         },
         Request::Export { .. } => export(store, row),
-        Request::OutboxRetry { sink } => Ok(Reply::Requeued {
-            entries: store.outbox_retry(sink.as_deref(), jiff::Timestamp::now().as_second())?,
+        Request::OutboxRetry { filter } => Ok(Reply::Requeued {
+            entries: store.outbox_retry(filter, jiff::Timestamp::now().as_second())?,
         }),
+        Request::OutboxList { filter, limit } => Ok(Reply::OutboxList(outbox::list(store, filter, *limit)?)),
+        Request::OutboxShow { seq } => Ok(Reply::OutboxEntry(Box::new(outbox::show(store, *seq)?))),
         Request::Unmanaged { deactivate } => {
             let ask = deactivate.map(Ask::Deactivate).unwrap_or(Ask::List);
             match unmanaged::sweep(config, store, ask).await {
@@ -373,19 +417,23 @@ pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<Deliv
     };
     let wait = std::time::Duration::from_secs(config.delivery.sync_wait_secs);
     match crate::delivery::deliver_until_done(config, store, &sinks, wait).await {
-        Ok(r) => Some(Delivery {
-            delivered: r.delivered,
-            retried: r.retried,
-            dead_lettered: r.dead_lettered,
-            pending: r.pending,
-            down: r.down,
-            dead_total: store
-                .outbox_counts()
-                .map(|c| c.values().map(|c| c.dead).sum())
-                .unwrap_or(0),
-            failed: None,
-            unmanaged: None,
-        }),
+        Ok(r) => {
+            let counts = store.outbox_counts().unwrap_or_default();
+            Some(Delivery {
+                delivered: r.delivered,
+                retried: r.retried,
+                dead_lettered: r.dead_lettered,
+                pending: r.pending,
+                down: r.down,
+                dead_total: counts.values().map(|c| c.dead).sum(),
+                failed: None,
+                unmanaged: None,
+                reasons: counts
+                    .into_iter()
+                    .flat_map(|(s, c)| c.reasons.into_iter().map(move |t| (s.clone(), t)))
+                    .collect(),
+            })
+        }
         Err(e) => Some(Delivery {
             failed: Some(format!("delivery failed: {e}")),
             ..Delivery::default()

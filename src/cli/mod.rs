@@ -4,6 +4,7 @@
 mod demo;
 mod emulate;
 mod generate;
+mod outbox;
 pub mod render;
 mod watch;
 
@@ -11,6 +12,7 @@ use demo::*;
 pub use demo::{scim2_server, EXTRA_CONNECTORS};
 use emulate::*;
 pub use generate::{Generate, Shell};
+pub use outbox::OutboxAction;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +71,10 @@ pub enum Command {
         /// Compute as of this date (YYYY-MM-DD) instead of today.
         #[arg(long)]
         as_of: Option<jiff::civil::Date>,
+        /// One employee on demand: read only their rows, show every step,
+        /// and (without --dry-run) commit and deliver their change alone.
+        #[arg(long, value_name = "KEY")]
+        employee: Option<String>,
     },
     /// Show the state: employees, last run, held plans, outbox.
     Status,
@@ -145,16 +151,6 @@ pub enum PlanAction {
     Approve { run: u64 },
     /// Drop a held plan.
     Reject { run: u64 },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum OutboxAction {
-    /// Queue dead-lettered entries again and make waiting ones due now
-    /// (of one sink, or all).
-    Retry {
-        #[arg(long)]
-        sink: Option<String>,
-    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -472,12 +468,17 @@ pub async fn run(cli: Cli) -> i32 {
             fetch(&cfg, *connector, *limit).await
         }
         Command::Emulate(args) => emulate(args).await,
-        Command::Sync { dry_run, as_of } => {
+        Command::Sync {
+            dry_run,
+            as_of,
+            employee,
+        } => {
             state_request(
                 &cli,
                 Request::Sync {
                     as_of: *as_of,
                     dry_run: *dry_run,
+                    employee: employee.clone(),
                 },
             )
             .await
@@ -506,9 +507,7 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
-        Command::Outbox {
-            action: OutboxAction::Retry { sink },
-        } => state_request(&cli, Request::OutboxRetry { sink: sink.clone() }).await,
+        Command::Outbox { action } => state_request(&cli, action.request()).await,
         Command::Unmanaged { deactivate } => {
             state_request(
                 &cli,

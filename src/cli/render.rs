@@ -47,6 +47,9 @@ macro_rules! esay {
 }
 
 // After the macros, which it uses.
+mod employee;
+mod one;
+mod outbox;
 mod takeover;
 use takeover::takeover_out;
 
@@ -124,7 +127,11 @@ fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
         }
         Reply::History { runs } => history_out(runs, json_out, o),
         Reply::RunShow { run, mutations } => run_show_out(run, mutations, json_out, o),
-        Reply::Employee { current, history } => employee_out(current, history, json_out, o),
+        Reply::Employee {
+            current,
+            history,
+            sinks,
+        } => employee::employee_out(current, history, sinks, json_out, o),
         Reply::Plans { plans } => plans_out(plans, json_out, o),
         Reply::Approved { run: r, delivery } => approved_out(r, delivery, json_out, o),
         Reply::Rejected { run } => {
@@ -147,6 +154,9 @@ fn reply_out(reply: &Reply, json_out: bool, o: &mut Out) -> i32 {
             exit::OK
         }
         Reply::Unmanaged(s) => takeover::unmanaged_out(s, json_out, o),
+        Reply::OutboxList(l) => outbox::list_out(l, json_out, o),
+        Reply::OutboxEntry(e) => outbox::show_out(e, json_out, o),
+        Reply::OneEmployee(r) => one::one_out(r, json_out, o),
     }
 }
 
@@ -285,29 +295,6 @@ fn run_show_out(run: &RunRecord, mutations: &[Mutation], json_out: bool, o: &mut
     exit::OK
 }
 
-fn employee_out(current: &Option<Provisioned>, history: &[(u64, Mutation)], json_out: bool, o: &mut Out) -> i32 {
-    if json_out {
-        say!(
-            o,
-            "{}",
-            json!({"current": current.as_ref().map(provisioned_json),
-                   "history": history.iter().map(|(run, m)| { let mut v = mutation_json(m); v["run"] = json!(run); v }).collect::<Vec<_>>()})
-        );
-    } else {
-        if let Some(p) = current {
-            say!(
-                o,
-                "{}",
-                serde_json::to_string_pretty(&provisioned_json(p)).unwrap_or_default()
-            );
-        }
-        for (run, m) in history {
-            say!(o, "run {run}: {} — {}", m.kind.as_str(), m.reason);
-        }
-    }
-    exit::OK
-}
-
 fn plans_out(plans: &[HeldPlan], json_out: bool, o: &mut Out) -> i32 {
     if json_out {
         say!(
@@ -377,9 +364,12 @@ fn delivery_out(d: &Delivery, o: &mut Out) -> bool {
     if d.dead_total > 0 {
         say!(
             o,
-            "{} dead-lettered entries: see `afas-sync status`, then `afas-sync outbox retry`",
+            "{} dead-lettered: fix the cause, then `afas-sync outbox retry`",
             d.dead_total
         );
+    }
+    for (sink, t) in &d.reasons {
+        outbox::tallies_out(sink, std::slice::from_ref(t), "  ", o);
     }
     if let Some(s) = &d.unmanaged {
         takeover::sweep_out(s, o);
@@ -403,6 +393,7 @@ fn status_out(s: &StatusReport, json_out: bool, o: &mut Out) {
                 "learnt_at": jiff::Timestamp::from_second(p.at).ok().map(|t| t.to_string()),
             })),
             "oldest_pending_at": c.oldest_pending_at.and_then(|t| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()),
+            "reasons": outbox::tallies_json(&c.reasons),
         }))).collect::<serde_json::Map<_, _>>(),
     });
     if json_out {
@@ -459,6 +450,9 @@ fn status_out(s: &StatusReport, json_out: bool, o: &mut Out) {
                     );
                     if let Some(why) = c["stopped"].as_str() {
                         say!(o, "  STOPPED: {why}");
+                    }
+                    if let Some(counts) = s.outbox.get(sink) {
+                        outbox::tallies_out(sink, &counts.reasons, "  ", o);
                     }
                     if let Some(p) = c["pace"].as_object() {
                         say!(

@@ -68,6 +68,7 @@ async fn run_sync(shared: &Shared) -> bool {
     let req = Request::Sync {
         as_of: None,
         dry_run: false,
+        employee: None,
     };
     let result = app::handle(&config, &shared.store, &req, Deliver::Leave, &mut |_| {}).await;
     if let Some(ts) = last_success(&shared.store) {
@@ -107,6 +108,8 @@ async fn answer(shared: &Shared, call: control::Call, stream: &mut tokio::net::U
             | Request::PlanShow { .. }
             | Request::Export { .. }
             | Request::Unmanaged { deactivate: None }
+            | Request::OutboxList { .. }
+            | Request::OutboxShow { .. }
     );
     let _guard = if mutating {
         Some(shared.run_lock.lock().await)

@@ -108,13 +108,13 @@ async fn deliver(pass: &SinkPass, work: Work, out: &Out) -> Vec<usize> {
             let took = permit.elapsed();
             let load = results
                 .iter()
-                .map(|(_, r)| load_of(r, took))
+                .map(|(_, r, _)| load_of(r, took))
                 .max_by_key(super::limit::Load::weight)
                 .unwrap_or(super::limit::Load::Unknown);
             permit.done(load);
-            for (job, r) in results {
+            for (job, r, steps) in results {
                 let i = index.iter().find(|(seq, _)| *seq == job.seq).map(|(_, i)| *i);
-                if !report(pass, job, r, out) {
+                if !report(pass, job, r, steps, out) {
                     stopped.extend(i);
                 }
             }

@@ -14,12 +14,14 @@ mod limit;
 mod pass;
 mod record;
 pub mod scim;
+mod trail;
 pub mod webhook;
 mod worker;
 
 pub use events::*;
 pub use pass::SAME_REFUSALS_TO_STOP;
 pub use record::{DeliveryError, PassReport};
+pub use trail::{reason_of, traced};
 pub use worker::*;
 
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::model::Employee;
+use crate::model::Reason;
 use crate::model::RunRecord;
 use crate::model::{Mutation, MutationKind};
 use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError, TargetRef};
@@ -50,10 +53,26 @@ pub enum SinkError {
     /// This entry can never succeed as it is (400, 409): dead-letter it.
     #[error("{reason}")]
     Permanent { reason: String },
+    /// As [`SinkError::Permanent`]: the user the employee matches cannot be
+    /// theirs (`class` says why) until someone acts.
+    #[error("{reason}")]
+    Conflict { reason: String, class: Reason },
     /// The whole sink is unusable (401, 403, 410): stop it for this pass
     /// without spending the entries' attempts.
     #[error("{reason}")]
     Down { reason: String },
+}
+
+impl SinkError {
+    /// How long the target asked to wait, when it said.
+    pub fn after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Retry { after, .. } | SinkError::Busy { after, .. } | SinkError::Throttled { after, .. } => {
+                *after
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Maps an HTTP answer of a target to a delivery outcome.

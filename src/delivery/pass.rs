@@ -6,6 +6,7 @@
 use super::limit::{Limiter, Load, Permit};
 use super::record::*;
 use super::*;
+use crate::model::{Attempt, Step};
 
 /// The wait after a failed delivery: 30 s doubling to 1 h, with random
 /// jitter (the one backoff policy, [`crate::net::backoff`]).
@@ -81,7 +82,7 @@ pub(super) async fn slot(pass: &SinkPass) -> Option<Permit> {
 /// What a delivery's outcome says about the target's load.
 pub(super) fn load_of(r: &Result<Delivered, SinkError>, took: Duration) -> Load {
     match r {
-        Ok(_) | Err(SinkError::Permanent { .. }) => Load::Answered(took),
+        Ok(_) | Err(SinkError::Permanent { .. } | SinkError::Conflict { .. }) => Load::Answered(took),
         Err(SinkError::Throttled { .. }) => Load::Throttled,
         Err(SinkError::Busy { .. }) => Load::Busy,
         Err(_) => Load::Unknown,
@@ -101,8 +102,8 @@ pub(super) async fn deliver_one(pass: &SinkPass, job: Job, out: &Out) -> bool {
             return false;
         };
         let mut stop = pass.stop.clone();
-        let delivered = tokio::select! {
-            r = pass.sink.deliver(&job) => r,
+        let (delivered, steps) = tokio::select! {
+            r = traced(pass.sink.deliver(&job)) => r,
             _ = stop.wait_for(|s| *s) => return false,
         };
         let took = permit.elapsed();
@@ -111,7 +112,7 @@ pub(super) async fn deliver_one(pass: &SinkPass, job: Job, out: &Out) -> bool {
             Err(SinkError::Throttled { after: Some(d), .. }) if *d <= MAX_PAUSE && retry < 3 => {
                 throttled(pass, Some(*d));
             }
-            _ => return report(pass, job, delivered, out),
+            _ => return report(pass, job, delivered, steps, out),
         }
     }
     false
@@ -130,8 +131,14 @@ pub(super) fn throttled(pass: &SinkPass, after: Option<Duration>) {
 
 /// Sends what a delivery means for its entry to the recorder; true when
 /// the employee's next entry may follow.
-pub(super) fn report(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>, out: &Out) -> bool {
-    let (handled, go_on) = handled(pass, job, delivered);
+pub(super) fn report(
+    pass: &SinkPass,
+    job: Job,
+    delivered: Result<Delivered, SinkError>,
+    steps: Vec<Step>,
+    out: &Out,
+) -> bool {
+    let (handled, go_on) = handled(pass, job, delivered, steps);
     if let Some(h) = handled {
         let _ = out.send(h);
     }
@@ -140,7 +147,28 @@ pub(super) fn report(pass: &SinkPass, job: Job, delivered: Result<Delivered, Sin
 
 /// What one delivery's outcome means for its entry, and whether the
 /// employee's next entry may follow.
-fn handled(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>) -> (Option<Handled>, bool) {
+fn handled(
+    pass: &SinkPass,
+    job: Job,
+    delivered: Result<Delivered, SinkError>,
+    steps: Vec<Step>,
+) -> (Option<Handled>, bool) {
+    let attempt = |e: &SinkError, steps: Vec<Step>| Attempt {
+        at: pass.now,
+        reason: reason_of(e, &steps, pass.name == "files"),
+        message: e.to_string(),
+        steps,
+    };
+    if let Err(e) = &delivered {
+        let a = attempt(e, steps.clone());
+        tracing::debug!(
+            sink = pass.name,
+            seq = job.seq,
+            reason = a.reason.as_str(),
+            "not delivered: {}",
+            a.message
+        );
+    }
     match delivered {
         Ok(d) => {
             let target_id = match (&job.entry.item, d.id) {
@@ -154,7 +182,21 @@ fn handled(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>) -
             if let Ok(mut r) = pass.refusals.lock() {
                 r.delivered();
             }
-            (Some(Handled::Result(job.seq, EntryResult::Done { target_id })), true)
+            // What succeeded needs no detail.
+            let steps = steps
+                .into_iter()
+                .map(|s| Step {
+                    scim_type: None,
+                    detail: None,
+                    ..s
+                })
+                .collect();
+            let done = EntryResult::Done {
+                target_id,
+                at: pass.now,
+                steps,
+            };
+            (Some(Handled::Result(job.seq, done)), true)
         }
         Err(SinkError::Down { reason }) => {
             if let Ok(mut d) = pass.down.lock() {
@@ -163,21 +205,27 @@ fn handled(pass: &SinkPass, job: Job, delivered: Result<Delivered, SinkError>) -
             // Nothing spent: the entry stays as it is.
             (None, false)
         }
-        Err(SinkError::Permanent { reason }) => {
+        Err(e @ (SinkError::Permanent { .. } | SinkError::Conflict { .. })) => {
+            let a = attempt(&e, steps);
+            let reason = a.message.clone();
             let stops = pass.refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
             if stops {
                 if let Ok(mut d) = pass.down.lock() {
                     d.get_or_insert(format!("the {} target refuses every change: {reason}", pass.name));
                 }
             }
-            (Some(Handled::Refused(job.seq, job.entry, reason)), !stops)
+            (Some(Handled::Refused(job.seq, job.entry, a)), !stops)
         }
-        Err(SinkError::Retry { reason, after }) => {
-            (Some(retry_later(pass, job.seq, job.entry, reason, after, false)), false)
+        Err(e @ SinkError::Retry { .. }) => {
+            let a = attempt(&e, steps);
+            let after = e.after();
+            (Some(retry_later(pass, job.seq, job.entry, a, after, false)), false)
         }
-        Err(SinkError::Busy { reason, after } | SinkError::Throttled { reason, after }) => {
+        Err(e @ (SinkError::Busy { .. } | SinkError::Throttled { .. })) => {
+            let a = attempt(&e, steps);
+            let after = e.after();
             throttled(pass, after);
-            (Some(retry_later(pass, job.seq, job.entry, reason, after, true)), false)
+            (Some(retry_later(pass, job.seq, job.entry, a, after, true)), false)
         }
     }
 }
@@ -192,7 +240,7 @@ fn retry_later(
     pass: &SinkPass,
     seq: u64,
     mut e: OutboxEntry,
-    reason: String,
+    attempt: Attempt,
     after: Option<Duration>,
     busy: bool,
 ) -> Handled {
@@ -207,9 +255,9 @@ fn retry_later(
             }
         });
     e.next_at = pass.now.saturating_add(wait.max(1));
-    e.last_error = Some(reason);
+    e.last_error = Some(attempt.message.clone());
     if pass.now - e.created_at >= pass.max_age {
         e.dead = true;
     }
-    Handled::Result(seq, EntryResult::Update(e))
+    Handled::Result(seq, EntryResult::Update(e, Some(attempt)))
 }

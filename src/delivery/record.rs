@@ -22,7 +22,7 @@ pub(super) enum Handled {
     Result(u64, EntryResult),
     /// Refused as it is (4xx): dead-lettered, unless the same refusal
     /// stopped the sink.
-    Refused(u64, OutboxEntry, String),
+    Refused(u64, OutboxEntry, crate::model::Attempt),
 }
 
 /// Why a delivery pass could not do its work (a sink's refusal is not one:
@@ -83,11 +83,11 @@ impl Recorder<'_> {
                     self.report.delivered += 1;
                     "delivered"
                 }
-                EntryResult::Update(e) if e.dead => {
+                EntryResult::Update(e, _) if e.dead => {
                     self.report.dead_lettered += 1;
                     "dead_lettered"
                 }
-                EntryResult::Update(_) => {
+                EntryResult::Update(..) => {
                     self.report.retried += 1;
                     "retried"
                 }
@@ -107,20 +107,21 @@ impl Recorder<'_> {
     /// what is left.
     pub(super) async fn finish(mut self, h: SinkOutcome) -> Result<(), DeliveryError> {
         for x in h.refused {
-            let Handled::Refused(seq, mut e, reason) = x else {
+            let Handled::Refused(seq, mut e, attempt) = x else {
                 continue;
             };
+            let reason = attempt.message.clone();
             if h.stopped_on.as_deref() == Some(reason.as_str()) {
                 // The target refuses everything, not this entry: it stays
                 // pending with no attempt spent, and says why.
                 e.last_error = h.stop_message.clone().or(Some(reason));
-                self.batch.push((seq, EntryResult::Update(e)));
+                self.batch.push((seq, EntryResult::Update(e, Some(attempt))));
                 continue;
             }
             e.attempts += 1;
             e.dead = true;
             e.last_error = Some(reason);
-            self.batch.push((seq, EntryResult::Update(e)));
+            self.batch.push((seq, EntryResult::Update(e, Some(attempt))));
         }
         let (name, report) = (self.name, &mut *self.report);
         let m = crate::metrics::metrics();
@@ -135,25 +136,21 @@ impl Recorder<'_> {
         self.flush().await?;
         let s = self.store.clone();
         let stopped = h.stop_message;
-        let remaining = blocking(move || {
+        let counts = blocking(move || {
             s.set_sink_stopped(name, stopped.as_deref())?;
-            s.outbox_entries(name)
+            s.outbox_counts()
         })
         .await?;
-        let mut dead = 0;
-        let mut pending = 0;
-        for (_, e) in &remaining {
-            if e.dead {
-                dead += 1;
-                continue;
-            }
-            pending += 1;
-            self.report.next_due = Some(self.report.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
+        let c = counts.get(name).cloned().unwrap_or_default();
+        let (pending, dead) = (c.pending, c.dead);
+        if let Some(due) = c.next_due {
+            self.report.next_due = Some(self.report.next_due.map_or(due, |n| n.min(due)));
         }
         self.report.pending += pending;
+        crate::metrics::set_dead_by_reason(name, c.dead_by_class());
         crate::progress::end_delivery(name);
         m.outbox_pending.get_or_create(&sink).set(pending as i64);
-        m.outbox_dead.get_or_create(&sink).set(dead);
+        m.outbox_dead.get_or_create(&sink).set(dead as i64);
         Ok(())
     }
 }

@@ -80,8 +80,12 @@ impl WebhookSink {
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error(&e, "the webhook receiver"))?;
+            .map_err(|e| {
+                super::trail::note(format!("POST {}", self.url.path()), None, None, None);
+                transport_error(&e, "the webhook receiver")
+            })?;
         let status = resp.status().as_u16();
+        super::trail::note(format!("POST {}", self.url.path()), Some(status), None, None);
         if (200..300).contains(&status) {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 //! mutations and plans. No I/O, no wire format, no configuration: every
 //! other room imports this one, and it imports none of them.
 
+pub mod attempt;
 pub mod day;
 mod decimal;
 mod employee;
@@ -9,6 +10,7 @@ pub mod plan;
 pub mod run;
 mod secret;
 
+pub use attempt::{Attempt, LastDelivery, Reason, Step};
 pub use decimal::Decimal;
 pub use employee::*;
 pub use plan::{

@@ -7,6 +7,7 @@
 //! the same transaction so a later open can prove the snapshot is exactly
 //! the one the last run committed.
 
+mod attempts;
 pub mod chunk;
 pub mod codec;
 mod migrate;
@@ -15,6 +16,7 @@ mod queries;
 mod retention;
 mod writer;
 
+pub use attempts::*;
 use migrate::*;
 pub use outbox::*;
 pub use queries::*;
@@ -60,6 +62,13 @@ const TARGET_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("ta
 /// its last answer to us: an update sends it as `If-Match` without reading
 /// the user first. Added within schema 3; absent means not known.
 const TARGET_VERSIONS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_versions");
+/// (sink, outbox sequence) → the employee key and the entry's last
+/// attempts (`model::Attempt`): what the target answered. Removed with the
+/// entry. Added within schema 3; absent means none recorded.
+const ATTEMPTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox_attempts");
+/// (sink, employee key) → the last change delivered (`model::LastDelivery`).
+/// Added within schema 3.
+const DELIVERED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("last_delivered");
 /// (leave date as yyyymmdd, employee key) of leavers whose personal data is
 /// still kept: the retention purge reads only the ones that are due
 /// instead of decoding the whole snapshot every run (~7 % of a no-op
@@ -312,6 +321,8 @@ impl Store {
         txn.open_table(TARGET_IDS)?;
         txn.open_table(TARGET_VERSIONS)?;
         txn.open_table(LEAVERS)?;
+        txn.open_table(ATTEMPTS)?;
+        txn.open_table(DELIVERED)?;
         txn.commit()?;
         Ok(())
     }

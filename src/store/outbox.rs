@@ -2,6 +2,7 @@
 //! ids targets gave employees.
 
 use super::*;
+use crate::model::Reason;
 
 /// What an outbox entry delivers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,10 +87,16 @@ pub enum RunEvent {
 /// The result of delivering one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryResult {
-    /// Delivered: the entry is removed; the target's id is remembered.
-    Done { target_id: Option<TargetRef> },
-    /// Not (yet) delivered: the entry's new retry state.
-    Update(OutboxEntry),
+    /// Delivered: the entry is removed; the target's id is remembered, and
+    /// for a mutation when and how it was delivered.
+    Done {
+        target_id: Option<TargetRef>,
+        at: i64,
+        steps: Vec<crate::model::Step>,
+    },
+    /// Not (yet) delivered: the entry's new retry state, and the attempt
+    /// that led to it (none when nothing was tried).
+    Update(OutboxEntry, Option<crate::model::Attempt>),
 }
 
 /// The target's user for an employee, as its last answer described it.
@@ -112,6 +119,59 @@ pub struct OutboxCounts {
     /// What the sink learnt about its target's pace.
     #[serde(default)]
     pub pace: Option<SinkPace>,
+    /// The earliest `next_at` among pending entries.
+    #[serde(default)]
+    pub next_due: Option<i64>,
+    /// Dead entries, and pending ones tried before, by reason (the most
+    /// first).
+    #[serde(default)]
+    pub reasons: Vec<ReasonTally>,
+}
+
+/// How many entries of a sink are dead (or waiting) for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReasonTally {
+    pub dead: bool,
+    /// `None`: dead before attempts were kept (an earlier release).
+    pub reason: Option<Reason>,
+    pub count: u64,
+    /// One such entry and its last error.
+    pub example_seq: u64,
+    pub example: Option<String>,
+}
+
+impl OutboxCounts {
+    fn tally(&mut self, dead: bool, reason: Option<Reason>, seq: u64, e: &OutboxEntry) {
+        match self.reasons.iter_mut().find(|t| t.dead == dead && t.reason == reason) {
+            Some(t) => t.count += 1,
+            None => self.reasons.push(ReasonTally {
+                dead,
+                reason,
+                count: 1,
+                example_seq: seq,
+                example: e.last_error.clone(),
+            }),
+        }
+    }
+
+    /// Dead entries for every reason class, and `unknown` for those dead
+    /// before attempts were kept.
+    pub fn dead_by_class(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Reason::ALL
+            .into_iter()
+            .map(Some)
+            .chain([None])
+            .map(|r| (r.map_or("unknown", Reason::as_str), self.dead_for(r)))
+    }
+
+    /// Dead entries for one reason.
+    pub fn dead_for(&self, reason: Option<Reason>) -> u64 {
+        self.reasons
+            .iter()
+            .filter(|t| t.dead && t.reason == reason)
+            .map(|t| t.count)
+            .sum()
+    }
 }
 
 pub(super) fn unix_now() -> i64 {
@@ -158,10 +218,26 @@ impl Store {
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut ids = txn.open_table(TARGET_IDS)?;
             let mut versions = txn.open_table(TARGET_VERSIONS)?;
+            let mut attempts = txn.open_table(ATTEMPTS)?;
+            let mut delivered = txn.open_table(DELIVERED)?;
             for (seq, result) in results {
                 match result {
-                    EntryResult::Done { target_id } => {
-                        outbox.remove((sink, *seq))?;
+                    EntryResult::Done { target_id, at, steps } => {
+                        let gone = outbox.remove((sink, *seq))?;
+                        attempts.remove((sink, *seq))?;
+                        let item = match gone {
+                            Some(g) => dec::<OutboxEntry>("outbox entry", g.value()).ok().map(|e| e.item),
+                            None => None,
+                        };
+                        if let Some(OutboxItem::Mutation { run, index, key }) = item {
+                            let last = crate::model::LastDelivery {
+                                at: *at,
+                                run,
+                                index,
+                                steps: steps.clone(),
+                            };
+                            delivered.insert((sink, key.as_str()), enc("last delivery", &last)?.as_slice())?;
+                        }
                         if let Some(t) = target_id {
                             ids.insert((sink, t.key.as_str()), t.id.as_str())?;
                             match &t.version {
@@ -170,8 +246,11 @@ impl Store {
                             };
                         }
                     }
-                    EntryResult::Update(entry) => {
+                    EntryResult::Update(entry, attempt) => {
                         outbox.insert((sink, *seq), enc("outbox entry", entry)?.as_slice())?;
+                        if let Some(a) = attempt {
+                            record_attempt(&mut attempts, sink, *seq, entry.item.order_key(), a)?;
+                        }
                     }
                 }
             }
@@ -228,7 +307,8 @@ impl Store {
         Ok(())
     }
 
-    /// Pending and dead entries per sink, and why a sink is stopped.
+    /// Pending and dead entries per sink, grouped by the reason of their
+    /// last attempt, and why a sink is stopped.
     pub fn outbox_counts(&self) -> Result<BTreeMap<String, OutboxCounts>, StoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(OUTBOX)?;
@@ -248,39 +328,67 @@ impl Store {
                 out.entry(sink.to_string()).or_default().pace = dec("sink pace", v.value()).ok();
             }
         }
+        // Both tables are in (sink, seq) order: read side by side.
+        let mut logs = LastAttempts::open(&txn)?;
         for item in t.iter()? {
             let (k, v) = item?;
+            let (sink, seq) = k.value();
             let e: OutboxEntry = dec("outbox entry", v.value())?;
-            let c = out.entry(k.value().0.to_string()).or_default();
+            let last = logs.of(sink, seq)?;
+            let c = out.entry(sink.to_string()).or_default();
             if e.dead {
                 c.dead += 1;
             } else {
                 c.pending += 1;
                 c.oldest_pending_at = Some(c.oldest_pending_at.map_or(e.created_at, |o| o.min(e.created_at)));
+                c.next_due = Some(c.next_due.map_or(e.next_at, |n| n.min(e.next_at)));
             }
+            // An entry not tried yet waits for its turn, with no reason.
+            if e.dead || last.is_some() {
+                c.tally(e.dead, last, seq, &e);
+            }
+        }
+        for c in out.values_mut() {
+            c.reasons
+                .sort_by(|a, b| b.dead.cmp(&a.dead).then(b.count.cmp(&a.count)));
         }
         Ok(out)
     }
 
-    /// Puts dead-lettered entries (of one sink, or all) back in the queue
-    /// with a fresh age. Returns how many.
-    pub fn outbox_retry(&self, sink: Option<&str>, now: i64) -> Result<u64, StoreError> {
+    /// Puts dead-lettered entries back in the queue with a fresh age, and
+    /// makes waiting ones due now — those `filter` means. Returns how many.
+    pub fn outbox_retry(&self, filter: &EntryFilter, now: i64) -> Result<u64, StoreError> {
+        let stopped: Vec<String> = self
+            .outbox_counts()?
+            .into_iter()
+            .filter(|(_, c)| c.stopped.is_some())
+            .map(|(s, _)| s)
+            .collect();
         let txn = self.db.begin_write()?;
         let mut n = 0;
         {
             let mut outbox = txn.open_table(OUTBOX)?;
+            let logs = txn.open_table(ATTEMPTS)?;
             let mut revive = Vec::new();
             for item in outbox.iter()? {
                 let (k, v) = item?;
                 let (s, seq) = k.value();
-                if sink.is_some_and(|want| want != s) {
+                if filter.sink.as_deref().is_some_and(|want| want != s) {
                     continue;
                 }
                 let e: OutboxEntry = dec("outbox entry", v.value())?;
                 // Dead entries start over; waiting ones (backing off after
                 // a failure) keep their attempts and age but are due now,
                 // for an operator who just fixed the target.
-                if e.dead || e.next_at > now {
+                if !(e.dead || e.next_at > now) {
+                    continue;
+                }
+                let reason = match filter.reason {
+                    Some(_) => last_reason(&logs, s, seq)?,
+                    None => None,
+                };
+                let state = EntryState::of(&e, stopped.iter().any(|x| x == s));
+                if filter.matches(s, state, reason) {
                     revive.push((s.to_string(), seq, e));
                 }
             }

@@ -156,6 +156,11 @@ impl Store {
                 meta.insert("leaver_index", [1u8].as_slice())?;
                 changed = true;
             }
+            // What targets answered about these employees can quote them.
+            if !scrub.is_empty() {
+                let keys: std::collections::HashSet<&str> = scrub.iter().map(|p| p.key.as_str()).collect();
+                drop_attempts_of(&mut txn.open_table(ATTEMPTS)?, &keys)?;
+            }
             for mut p in scrub {
                 p.employee = None;
                 let bytes = enc("employee", &p)?;
@@ -245,6 +250,11 @@ impl Store {
                 ids.remove((sink.as_str(), key))?;
                 versions.remove((sink.as_str(), key))?;
             }
+            let mut delivered = txn.open_table(DELIVERED)?;
+            for sink in SINKS {
+                found |= delivered.remove((sink, key))?.is_some();
+            }
+            drop_attempts_of(&mut txn.open_table(ATTEMPTS)?, &[key].into_iter().collect())?;
             let mut leavers = txn.open_table(LEAVERS)?;
             let mut doomed_days = Vec::new();
             for item in leavers.iter()? {

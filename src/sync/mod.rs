@@ -6,12 +6,14 @@
 //! plan, exactly as computed, for approval.
 
 mod merge;
+mod one;
 pub mod plan;
 mod read;
 pub mod spill;
 mod state_metrics;
 
 use merge::*;
+pub use one::{one, OneEmployee};
 pub use read::*;
 pub use state_metrics::*;
 

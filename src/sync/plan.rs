@@ -49,11 +49,11 @@ pub struct GuardInput<'a> {
     pub mapping_fingerprint: &'a str,
 }
 
-fn eligible(e: &Employee, as_of: Date, rules: &Rules) -> bool {
+pub(crate) fn eligible(e: &Employee, as_of: Date, rules: &Rules) -> bool {
     e.access != Some(false) && e.employment.employed_on(as_of, rules.lead_days)
 }
 
-fn leave_reason(e: &Employee, as_of: Date) -> String {
+pub(crate) fn leave_reason(e: &Employee, as_of: Date) -> String {
     if e.access == Some(false) {
         "Alleo access removed".into()
     } else if let Some(end) = e.employment.end.filter(|end| *end < as_of) {

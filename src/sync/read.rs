@@ -161,6 +161,20 @@ fn unreadable_contract(
 /// and normalizes the rows as they stream in, sorted by key; joining each
 /// employee with its contracts and pay is left to [`Unfinished::finish`].
 pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<Unfinished, SyncError> {
+    read_of(config, client, as_of, None).await
+}
+
+/// As [`read`]; with `only`, that employee's rows alone.
+pub async fn read_of(
+    config: &Config,
+    client: &AfasClient,
+    as_of: Date,
+    only: Option<&str>,
+) -> Result<Unfinished, SyncError> {
+    let spec = |source, conn| match only {
+        Some(key) => afas::read_spec_of(config, source, conn, key),
+        None => afas::read_spec(config, source, conn),
+    };
     check_mapping(config, client).await?;
     // Salary, wage components and leave are small per employee: each is
     // read in its own task while employees and contracts stream in here.
@@ -168,19 +182,19 @@ pub async fn read(config: &Config, client: &AfasClient, as_of: Date) -> Result<U
         .into_iter()
         .filter(|(s, _)| matches!(s, Source::Salary | Source::WageComponents | Source::Leave))
         .map(|(source, conn)| {
-            let rx = client.read(afas::read_spec(config, source, conn));
+            let rx = client.read(spec(source, conn));
             let mapping = config.mapping.clone();
             tokio::spawn(read_extra(source, rx, mapping))
         })
         .collect();
 
     let mapping = &config.mapping;
-    let mut emp_rx = client.read(afas::read_spec(config, Source::Employees, &config.afas.employees));
+    let mut emp_rx = client.read(spec(Source::Employees, &config.afas.employees));
     let mut con_rx = config
         .afas
         .contracts
         .as_ref()
-        .map(|c| client.read(afas::read_spec(config, Source::Contracts, c)));
+        .map(|c| client.read(spec(Source::Contracts, c)));
     let mut acc = Rejections::default();
     let dir = spill_dir(config);
     let limit = config.sync.sort_memory_mib as usize * 1024 * 1024;

@@ -73,6 +73,7 @@ pub fn refresh_outbox_metrics(store: &Store) -> Result<(), StoreError> {
         m.outbox_dead
             .get_or_create(&crate::metrics::SinkLabels { sink: sink.into() })
             .set(c.dead as i64);
+        crate::metrics::set_dead_by_reason(sink, c.dead_by_class());
     }
     // Shown at 0 from the start, so that an alert on it has a series; the
     // look at the target sets it.

@@ -76,6 +76,27 @@ impl Env {
         assert_eq!(code, 0, "{out}");
     }
 
+    /// Starts the daemon on this environment with `/metrics` on a free
+    /// port and no scheduled run before 03:00 (it runs once at start); the
+    /// config as it was before, the daemon and the port.
+    pub fn spawn_daemon(&self) -> (String, tokio::process::Child, u16) {
+        let port = free_port();
+        let before = std::fs::read_to_string(&self.cfg).expect("cfg");
+        std::fs::write(
+            &self.cfg,
+            format!("{before}\n[http]\nbind = \"127.0.0.1:{port}\"\n\n[schedule]\ntimes = [\"03:00\"]\n"),
+        )
+        .expect("cfg");
+        let daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_afas-sync"))
+            .args(["--config", &self.cfg, "run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("daemon");
+        (before, daemon, port)
+    }
+
     pub async fn sync(&self, as_of: jiff::civil::Date) -> (i32, String) {
         let (code, out, err) = run_bin(&["--config", &self.cfg, "sync", "--as-of", &as_of.to_string()]).await;
         (code, format!("{out}\n{err}"))

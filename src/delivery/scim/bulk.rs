@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use super::known::Known;
 use super::{Answer, Delivered, Ready, ScimSink, PATCH_URN};
 use crate::config::Deprovision;
+use crate::delivery::traced;
 use crate::delivery::{Job, SinkError};
-use crate::model::MutationKind;
+use crate::model::{MutationKind, Step};
 
 const BULK_REQUEST_URN: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
 
@@ -116,7 +117,7 @@ impl ScimSink {
     }
 
     /// Sends the operations as one Bulk request; each job's outcome.
-    pub async fn send_bulk(&self, batch: Vec<(Job, BulkOp)>) -> Vec<(Job, Result<Delivered, SinkError>)> {
+    pub async fn send_bulk(&self, batch: Vec<(Job, BulkOp)>) -> Vec<Outcome> {
         let mut operations = Vec::with_capacity(batch.len());
         for (i, (_, op)) in batch.iter().enumerate() {
             if op.method == "POST" {
@@ -129,16 +130,24 @@ impl ScimSink {
             operations.push(o);
         }
         let body = json!({"schemas": [BULK_REQUEST_URN], "Operations": operations});
-        let answer = self.send(Method::POST, self.url(&["Bulk"]), Some(&body), None).await;
+        let (answer, steps) = traced(self.send(Method::POST, self.url(&["Bulk"]), Some(&body), None)).await;
         let a = match answer {
             Ok(a) if a.status == 200 => a,
             Ok(a) if matches!(a.status, 401 | 403 | 408 | 429 | 500..=599) => {
                 let e = self.failure(&a, "bulk");
-                return batch.into_iter().map(|(job, _)| (job, Err(e.clone()))).collect();
+                return batch
+                    .into_iter()
+                    .map(|(job, _)| (job, Err(e.clone()), steps.clone()))
+                    .collect();
             }
             // Too large, not understood after all: each on its own.
             Ok(_) => return self.each_alone(batch).await,
-            Err(e) => return batch.into_iter().map(|(job, _)| (job, Err(e.clone()))).collect(),
+            Err(e) => {
+                return batch
+                    .into_iter()
+                    .map(|(job, _)| (job, Err(e.clone()), steps.clone()))
+                    .collect()
+            }
         };
         let results = a
             .body
@@ -177,7 +186,8 @@ impl ScimSink {
                     match id {
                         Some(id) => {
                             self.remember(Some(&op.key), &id, version.as_deref());
-                            out.push((job, Ok(Delivered { id: Some(id), version })));
+                            let step = bulk_step(&op, status, None);
+                            out.push((job, Ok(Delivered { id: Some(id), version }), vec![step]));
                         }
                         // Created without saying where: the single path
                         // looks it up.
@@ -202,7 +212,8 @@ impl ScimSink {
                     } else {
                         "bulk patch"
                     };
-                    out.push((job, Err(self.refused(&answer, what).await)));
+                    let step = bulk_step(&op, status, Some(&answer.body));
+                    out.push((job, Err(self.refused(&answer, what).await), vec![step]));
                 }
             }
         }
@@ -210,7 +221,7 @@ impl ScimSink {
         out
     }
 
-    async fn each_alone(&self, batch: Vec<(Job, BulkOp)>) -> Vec<(Job, Result<Delivered, SinkError>)> {
+    async fn each_alone(&self, batch: Vec<(Job, BulkOp)>) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(batch.len());
         for (job, op) in batch {
             if let Some(id) = &op.id {
@@ -218,9 +229,28 @@ impl ScimSink {
                 // the user is stale.
                 self.forget_version(id);
             }
-            let r = self.deliver(&job).await;
-            out.push((job, r));
+            let (r, steps) = traced(self.deliver(&job)).await;
+            out.push((job, r, steps));
         }
         out
+    }
+}
+
+/// One job's outcome in a Bulk request, with the requests it took.
+pub type Outcome = (Job, Result<Delivered, SinkError>, Vec<Step>);
+
+/// An operation inside a Bulk request, as its attempt shows it.
+fn bulk_step(op: &BulkOp, status: u16, response: Option<&Value>) -> Step {
+    let text = |k: &str| {
+        response
+            .and_then(|r| r.get(k))
+            .and_then(Value::as_str)
+            .map(|t| crate::net::printable(t, 300))
+    };
+    Step {
+        op: format!("POST /Bulk: {} {}", op.method, op.path),
+        status: Some(status),
+        scim_type: text("scimType"),
+        detail: text("detail"),
     }
 }

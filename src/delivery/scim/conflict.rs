@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Ready, ScimSink, Wrote};
 use crate::config::MatchRule;
 use crate::delivery::SinkError;
-use crate::model::Status;
+use crate::model::{Reason, Status};
 
 impl ScimSink {
     /// Sets one user's `userName`: PATCH, or the user read and put back
@@ -40,7 +40,8 @@ impl ScimSink {
         };
         let id = holder.id.clone();
         let external = holder.external_id.as_deref().unwrap_or("");
-        let not_ours = || SinkError::Permanent {
+        let not_ours = || SinkError::Conflict {
+            class: Reason::ForeignHolder,
             reason: format!(
                 "the SCIM server gives userName {value} to user {id}{}, which afas-sync did not provision; \
                  free the value there (or remove that user), then run `afas-sync outbox retry`",
@@ -86,7 +87,8 @@ impl ScimSink {
                 .as_ref()
                 .is_some_and(|e| self.user_name_of(e).eq_ignore_ascii_case(value));
         if still_wanted {
-            return Err(SinkError::Permanent {
+            return Err(SinkError::Conflict {
+                class: Reason::SharedAddress,
                 reason: format!(
                     "userName {value} belongs to employee {external} (user {id}) as well; \
                      two employees in AFAS share this address: correct one of them in AFAS"

@@ -15,7 +15,7 @@ use super::known::{Held, Known, Learnt};
 use super::{Found, Ready, ScimSink};
 use crate::config::{Adopt, MatchRule};
 use crate::delivery::SinkError;
-use crate::model::{Employee, Status};
+use crate::model::{Employee, Reason, Status};
 
 /// Where an employee's user is.
 pub(super) struct Located {
@@ -98,7 +98,8 @@ impl ScimSink {
             }
         };
         if users.len() > 1 {
-            return Err(SinkError::Permanent {
+            return Err(SinkError::Conflict {
+                class: Reason::Duplicates,
                 reason: format!(
                     "the SCIM server holds {} users with externalId {key}; remove the duplicates there",
                     users.len()
@@ -237,7 +238,8 @@ impl ScimSink {
                         // Another employee's user, with this value of its
                         // own: never a second owner.
                         Some(true) => {
-                            return Err(SinkError::Permanent {
+                            return Err(SinkError::Conflict {
+                                class: Reason::SharedAddress,
                                 reason: format!(
                                     "conflict: user {} at the SCIM server matches employee {key} by {} {value}, \
                                      but it belongs to employee {x}, who has that value too; two employees in \
@@ -261,7 +263,8 @@ impl ScimSink {
                 1 => return self.adopt(key, rule, &value, open.remove(0)).map(Some),
                 n => {
                     let ids: Vec<&str> = open.iter().map(|h| h.id.as_str()).collect();
-                    return Err(SinkError::Permanent {
+                    return Err(SinkError::Conflict {
+                        class: Reason::Duplicates,
                         reason: format!(
                             "conflict: {n} users at the SCIM server match employee {key} by {} {value} ({}); \
                              remove the duplicates there, then run `afas-sync outbox retry`",
@@ -284,7 +287,8 @@ impl ScimSink {
         let how = format!("matches employee {key} by {} {value}", rule.as_str());
         match (&h.external_id, self.adopt) {
             (None, Adopt::Never) => {
-                return Err(SinkError::Permanent {
+                return Err(SinkError::Conflict {
+                    class: Reason::ForeignHolder,
                     reason: format!(
                         "conflict: {user} {how} and has no externalId, and sink.scim.adopt = \"never\"; \
                          set it to \"unlinked\" to take such users over, or remove the user there, \
@@ -293,7 +297,8 @@ impl ScimSink {
                 })
             }
             (Some(other), Adopt::Unlinked | Adopt::Never) => {
-                return Err(SinkError::Permanent {
+                return Err(SinkError::Conflict {
+                    class: Reason::ForeignHolder,
                     reason: format!(
                         "conflict: {user} {how} but is linked to externalId {other} of another system; \
                          set sink.scim.adopt = \"any\" to take it over, or unlink or remove it there, \
@@ -304,7 +309,8 @@ impl ScimSink {
             _ => {}
         }
         if let Some(first) = self.claim(&h.id, key) {
-            return Err(SinkError::Permanent {
+            return Err(SinkError::Conflict {
+                class: Reason::SharedAddress,
                 reason: format!(
                     "conflict: {user} {how}, but employee {first} took it over already; \
                      two employees in AFAS share this address: correct one of them in AFAS"

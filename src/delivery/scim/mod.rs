@@ -13,6 +13,7 @@ mod conflict;
 mod known;
 pub mod mapping;
 mod matching;
+mod one;
 mod preview;
 mod probe;
 pub mod schema;
@@ -27,9 +28,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use self::mapping::Mapping;
+pub use self::one::WouldSend;
 pub use self::preview::{Adoption, Conflict, Takeover, Unmanaged, LISTED};
 pub use self::schema::{Capabilities, Target, CORE_URN, ENTERPRISE_URN, EXTENSION_URN};
-use super::{classify, transport_error};
+use super::transport_error;
 use super::{Delivered, Job, SinkError};
 use crate::config::{Adopt, Deprovision, MatchRule, ScimAuth, ScimConfig, UpdateMode, UserNameSource};
 use crate::model::Employee;
@@ -225,7 +227,14 @@ impl ScimSink {
             }
         };
         let started = std::time::Instant::now();
-        let resp = crate::net::send_refreshing(oauth, send).await?;
+        let op = format!("{method} {}", self.path_of(&url));
+        let resp = match crate::net::send_refreshing(oauth, send).await {
+            Ok(r) => r,
+            Err(e) => {
+                crate::delivery::trail::note(op, None, None, None);
+                return Err(e);
+            }
+        };
         let status = resp.status().as_u16();
         let retry_after = crate::net::retry_after(resp.headers());
         let etag = resp
@@ -242,6 +251,12 @@ impl ScimSink {
             .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() })
             .observe(started.elapsed().as_secs_f64());
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        crate::delivery::trail::note(
+            op,
+            Some(status),
+            body.get("scimType").and_then(Value::as_str),
+            body.get("detail").and_then(Value::as_str),
+        );
         let version = body
             .pointer("/meta/version")
             .and_then(Value::as_str)
@@ -253,17 +268,6 @@ impl ScimSink {
             retry_after,
             version,
         })
-    }
-
-    fn failure(&self, a: &Answer, what: &str) -> SinkError {
-        let detail = [a.body.get("scimType"), a.body.get("detail")]
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(": ");
-        let detail: String = detail.chars().take(300).collect();
-        classify(a.status, a.retry_after, &format!("the SCIM server ({what})"), &detail)
     }
 
     /// A discovery GET: the body on 200, `None` when the target does not

@@ -133,7 +133,7 @@ impl ScimSink {
                         }
                     }
                 }
-                Err(SinkError::Permanent { reason }) => {
+                Err(SinkError::Permanent { reason } | SinkError::Conflict { reason, .. }) => {
                     // The users it meets are matched, not unmanaged.
                     for rule in [true, false] {
                         let value = if rule {

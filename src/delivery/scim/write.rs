@@ -8,7 +8,7 @@ use super::known::Learnt;
 use super::matching::Located;
 use super::{Answer, Applied, Delivered, Found, Ready, ScimSink, Wrote, PATCH_URN};
 use crate::config::UpdateMode;
-use crate::delivery::SinkError;
+use crate::delivery::{classify, SinkError};
 use crate::model::Employee;
 
 impl ScimSink {
@@ -291,5 +291,28 @@ impl ScimSink {
             reason: "the user kept changing at the SCIM server (412 three times)".into(),
             after: None,
         })
+    }
+}
+
+impl ScimSink {
+    /// A request's path below the base URL, without its query.
+    pub(super) fn path_of(&self, url: &url::Url) -> String {
+        let base = self.base.path().trim_end_matches('/');
+        let path = url.path();
+        path.strip_prefix(base)
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or(path)
+            .to_string()
+    }
+
+    pub(super) fn failure(&self, a: &Answer, what: &str) -> SinkError {
+        let detail = [a.body.get("scimType"), a.body.get("detail")]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(": ");
+        let detail = crate::net::printable(&detail, 300);
+        classify(a.status, a.retry_after, &format!("the SCIM server ({what})"), &detail)
     }
 }
