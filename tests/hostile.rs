@@ -98,6 +98,7 @@ fn corpus() -> Vec<(&'static str, Value)> {
         ("alleo_monthly_all_budget", json!("0.00001")),
         ("EmployeeId", json!("")),
         ("EmployeeId", json!("x".repeat(100))),
+        ("EmployeeId", json!("77\n\u{1b}[2J")),
     ]
 }
 
@@ -194,6 +195,12 @@ async fn a_corpus_of_bad_rows_is_rejected_row_by_row_and_creates_no_leaver() {
                 "{rej:?}"
             );
             assert!(rej.reason.len() < 300, "reasons stay short: {}", rej.reason.len());
+            // What reaches the journal and `run show`: no newline or
+            // terminal escape from AFAS as it is.
+            assert!(
+                !rej.reason.chars().chain(rej.row.chars()).any(char::is_control),
+                "{rej:?}"
+            );
         }
     }
     let snap = store.snapshot().expect("snapshot");

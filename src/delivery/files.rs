@@ -20,10 +20,18 @@ pub struct FileSink {
 
 /// One CSV field, quoted when it holds a separator, quote or line break.
 pub fn csv_field(s: &str) -> String {
+    // A spreadsheet runs a cell that starts like a formula: `=`, `+`, `-`,
+    // `@`, a tab or a carriage return (OWASP's CSV injection). A quote in
+    // front keeps it text.
+    let s: std::borrow::Cow<'_, str> = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s.into_owned()
     }
 }
 
@@ -212,5 +220,25 @@ impl FileSink {
         })?;
         // A full disk or a missing permission may clear up: retry.
         result.map_err(|reason| SinkError::Retry { reason, after: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn a_field_that_a_spreadsheet_would_run_stays_text() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field("+31 6"), "'+31 6");
+        assert_eq!(csv_field("-2"), "'-2");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        assert_eq!(csv_field("van der Berg"), "van der Berg");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("2026-11-24"), "2026-11-24");
     }
 }

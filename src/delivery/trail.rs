@@ -28,7 +28,7 @@ pub(crate) fn note(op: String, status: Option<u16>, scim_type: Option<&str>, det
     let failed = status.is_none_or(|s| s >= 400);
     let text = |t: Option<&str>| {
         t.filter(|_| failed)
-            .map(|t| crate::net::printable(t, 300))
+            .map(|t| crate::model::printable(t, 300))
             .filter(|t| !t.is_empty())
     };
     let step = Step {

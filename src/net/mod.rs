@@ -101,24 +101,6 @@ where
     Ok(resp)
 }
 
-/// A peer's text made safe to print or log: control characters (newlines,
-/// terminal escapes) shown as `\u{..}`, at most `max` characters.
-pub fn printable(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i >= max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// An error with every cause after it: "error: cause: deeper cause".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

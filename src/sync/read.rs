@@ -32,6 +32,13 @@ pub(super) struct Rejections {
 const LOGGED_REJECTIONS: u64 = 10;
 
 pub(super) fn reject(acc: &mut Rejections, r: Rejection) {
+    // Keys and values come from AFAS: a newline or a terminal escape in
+    // one must not reach the journal or the admin's screen as it is.
+    let r = Rejection {
+        row: crate::model::printable(&r.row, 300),
+        reason: crate::model::printable(&r.reason, 600),
+        ..r
+    };
     let stats = &mut acc.stats;
     stats.rejected += 1;
     // A big company has hundreds of rows without an e-mail every day: the

@@ -103,7 +103,7 @@ pub(super) fn sinks_out(sinks: &[EmployeeAtSink], o: &mut Out) {
                 label(e.last_status, e.reason, e.state == crate::store::EntryState::Dead),
                 e.last_error
                     .as_deref()
-                    .map(|x| format!(" — {}", crate::net::printable(x, 300)))
+                    .map(|x| format!(" — {}", crate::model::printable(x, 300)))
                     .unwrap_or_default()
             );
         }

@@ -45,7 +45,7 @@ pub(super) fn one_out(r: &OneReport, json_out: bool, o: &mut Out) -> i32 {
         }
     }
     for why in &one.rejected {
-        say!(o, "   rejected {}", crate::net::printable(why, 400));
+        say!(o, "   rejected {}", crate::model::printable(why, 400));
     }
     say!(o, "2. the employee they make:");
     match &one.employee {
@@ -79,7 +79,7 @@ pub(super) fn one_out(r: &OneReport, json_out: bool, o: &mut Out) -> i32 {
         None => say!(o, "5. the change: none (the snapshot already says this)"),
     }
     if let Some(w) = &r.scim {
-        say!(o, "6. SCIM target: {}", crate::net::printable(&w.matched, 600));
+        say!(o, "6. SCIM target: {}", crate::model::printable(&w.matched, 600));
         match &w.op {
             Some(op) => {
                 say!(o, "   would send: {op}");
@@ -93,7 +93,7 @@ pub(super) fn one_out(r: &OneReport, json_out: bool, o: &mut Out) -> i32 {
         }
     }
     if let Some(e) = &r.scim_error {
-        say!(o, "6. SCIM target: cannot look: {}", crate::net::printable(e, 600));
+        say!(o, "6. SCIM target: cannot look: {}", crate::model::printable(e, 600));
     }
     if let Some(run) = &one.run {
         say!(o, "committed as run {} (`afas-sync run show {}`)", run.id, run.id);

@@ -59,7 +59,7 @@ pub(super) fn tallies_out(sink: &str, tallies: &[ReasonTally], indent: &str, o: 
                 o,
                 "{indent}  e.g. entry {}: {}",
                 t.example_seq,
-                crate::net::printable(e, 400)
+                crate::model::printable(e, 400)
             );
         }
     }
@@ -85,7 +85,7 @@ pub(super) fn step_line(s: &Step) -> String {
     );
     for t in [&s.scim_type, &s.detail].into_iter().flatten() {
         out.push_str(": ");
-        out.push_str(&crate::net::printable(t, 300));
+        out.push_str(&crate::model::printable(t, 300));
     }
     out
 }
@@ -163,7 +163,7 @@ fn attempt_out(a: &Attempt, indent: &str, o: &mut Out) {
         "{indent}{}  {}: {}",
         when(a.at),
         a.reason.as_str(),
-        crate::net::printable(&a.message, 600)
+        crate::model::printable(&a.message, 600)
     );
     for s in &a.steps {
         say!(o, "{indent}    {}", step_line(s));
@@ -204,7 +204,7 @@ pub(super) fn show_out(s: &EntryStory, json_out: bool, o: &mut Out) -> i32 {
         say!(o, "  reason:   {} — {}", r.as_str(), r.explain());
     }
     if let Some(e) = &l.last_error {
-        say!(o, "  last:     {}", crate::net::printable(e, 600));
+        say!(o, "  last:     {}", crate::model::printable(e, 600));
     }
     if let Some(m) = &s.mutation {
         say!(o, "  change:   {} — {}", m.kind.as_str(), m.reason);

@@ -245,7 +245,7 @@ fn bulk_step(op: &BulkOp, status: u16, response: Option<&Value>) -> Step {
         response
             .and_then(|r| r.get(k))
             .and_then(Value::as_str)
-            .map(|t| crate::net::printable(t, 300))
+            .map(|t| crate::model::printable(t, 300))
     };
     Step {
         op: format!("POST /Bulk: {} {}", op.method, op.path),

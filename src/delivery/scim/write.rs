@@ -312,7 +312,7 @@ impl ScimSink {
             .filter_map(Value::as_str)
             .collect::<Vec<_>>()
             .join(": ");
-        let detail = crate::net::printable(&detail, 300);
+        let detail = crate::model::printable(&detail, 300);
         classify(a.status, a.retry_after, &format!("the SCIM server ({what})"), &detail)
     }
 }
