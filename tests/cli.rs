@@ -161,6 +161,19 @@ async fn config_errors_name_the_key_and_exit_2() {
     std::fs::write(&path, "[afas]\nprofit_id = \"12345\"\n\npage_size = \"big\"\n").expect("write");
     let (_, _, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
     assert!(err.contains("line 4"), "{err}");
+    // A token pasted under a misspelled key, or under a key of another
+    // type: the key and line are named, the text never.
+    for text in [
+        "[afas]\nprofit_id = \"12345\"\ntokenn = \"s3cr3t-pasted-token\"\n",
+        "[afas]\nprofit_id = \"12345\"\npage_size = \"s3cr3t-pasted-token\"\n",
+        "[afas]\nprofit_id = \"12345\"\ns3cr3t-pasted-token\n",
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let (code, _, err) = run_bin(&["--config", path.to_str().expect("path"), "config", "check"]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(!err.contains("s3cr3t"), "the text is never printed: {err}");
+    }
     // A missing file.
     let (code, _, err) = run_bin(&["--config", "/nonexistent/afas.toml", "check"]).await;
     assert_eq!(code, 2);

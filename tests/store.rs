@@ -572,3 +572,115 @@ fn the_installation_id_is_made_once_per_state_file_and_survives_a_restart() {
     assert_eq!(offsets(id(a.path())), offsets(first));
     assert_ne!(offsets(first), offsets(other));
 }
+
+/// Retention never purges a run whose changes still wait for a sink: the
+/// entry would point at nothing and the change be lost.
+#[test]
+fn a_run_whose_changes_still_wait_is_not_purged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V3), &path).expect("copy fixture");
+    let store = Store::open(&path).expect("open");
+    let runs: Vec<u64> = store.runs(10).expect("runs").iter().map(|r| r.id).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let waiting_before: Vec<u64> = ["scim", "webhook", "files"]
+        .iter()
+        .flat_map(|s| store.outbox_entries(s).expect("entries"))
+        .map(|(_, e)| match e.item {
+            OutboxItem::Mutation { run, .. } | OutboxItem::Run { run } => run,
+        })
+        .collect();
+    let first = *runs.iter().min().expect("a run");
+    let key = store.run_mutations(first).expect("mutations")[0].key.clone();
+    let entry = OutboxEntry::new(
+        OutboxItem::Mutation {
+            run: first,
+            index: 0,
+            key,
+        },
+        0,
+    );
+    store
+        .outbox_apply("webhook", &[(999_999, EntryResult::Update(entry, None))])
+        .expect("apply");
+    // Both runs are far past `history_days`.
+    let far = today().checked_add(jiff::ToSpan::days(2000)).expect("date");
+    let stats = store.purge(far, 400, 90).expect("purge");
+    let left: Vec<u64> = store.runs(10).expect("runs").iter().map(|r| r.id).collect();
+    assert!(left.contains(&first), "the waiting run is kept: {left:?}");
+    assert!(
+        !store.run_mutations(first).expect("mutations").is_empty(),
+        "with its changes"
+    );
+    for id in runs.iter().filter(|r| **r != first && !waiting_before.contains(r)) {
+        assert!(!left.contains(id), "run {id} has nothing waiting and goes: {left:?}");
+    }
+    assert_eq!(stats.runs as usize, runs.len() - left.len());
+}
+
+/// `sync --as-of` in the future computes a plan for that day; retention
+/// still counts from the real one, so the history stays.
+#[tokio::test]
+async fn a_sync_as_of_a_later_year_does_not_age_the_history() {
+    let env = common::sync_env::Env::new(10, "[sink.files]\ndir = \"out\"\n").await;
+    let (code, out) = env.sync(common::sync_env::day0()).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = env.sync("2035-01-01".parse().expect("date")).await;
+    assert!(code == 0 || code == 4, "{out}");
+    let store = Store::open(&env.store_path).expect("store");
+    let runs: Vec<u64> = store.runs(10).expect("runs").iter().map(|r| r.id).collect();
+    assert_eq!(runs, vec![2, 1], "run 1 is kept");
+    assert!(!store.run_mutations(1).expect("mutations").is_empty());
+}
+
+/// `forget` erases the employee from held plans too: approving the plan
+/// afterwards must not bring their record back.
+#[tokio::test]
+async fn forget_takes_the_employee_out_of_held_plans() {
+    let env = common::sync_env::Env::new(12, "[sink.files]\ndir = \"out\"\n").await;
+    let (code, out) = env.sync(common::sync_env::day0()).await;
+    assert_eq!(code, 0, "{out}");
+    let cfg = std::fs::read_to_string(&env.cfg).expect("cfg");
+    std::fs::write(
+        &env.cfg,
+        cfg.replace(
+            "max_leavers_percent = 100.0",
+            "max_leavers = 1\nmax_leavers_percent = 100.0",
+        ),
+    )
+    .expect("cfg");
+    // Three leave at once: held by the leaver guard.
+    let leaving: Vec<String> = env
+        .snapshot()
+        .into_iter()
+        .filter(|(_, p)| p.status == Status::Active)
+        .map(|(k, _)| k)
+        .take(3)
+        .collect();
+    env.emu.state.with_data(|d| {
+        let rows = &mut d.connectors.get_mut("Profit_Contract").expect("contracts").rows;
+        for r in rows
+            .iter_mut()
+            .filter(|r| leaving.iter().any(|k| r["EmployeeId"] == k.as_str()))
+        {
+            if r["DateEnd"].is_null() {
+                r.insert("DateEnd".into(), serde_json::json!("2026-11-01T00:00:00Z"));
+            }
+        }
+    });
+    let (code, out) = env.sync(common::sync_env::day0()).await;
+    assert_eq!(code, 3, "held: {out}");
+    let gone = &leaving[0];
+    let (code, out, err) = run_bin(&["--config", &env.cfg, "forget", gone]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run_bin(&["--config", &env.cfg, "plan", "approve", "2"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let snap = env.snapshot();
+    assert!(!snap.contains_key(gone), "forgotten stays forgotten");
+    for k in &leaving[1..] {
+        assert!(matches!(snap[k].status, Status::Left { .. }), "{k} left");
+    }
+    let store = Store::open(&env.store_path).expect("store");
+    let (current, history) = store.employee(gone).expect("employee");
+    assert!(current.is_none() && history.is_empty(), "{current:?} {history:?}");
+}

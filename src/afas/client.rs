@@ -147,9 +147,9 @@ pub struct ReadSpec {
     pub take: u32,
     /// The fields to keep of each row; the key fields must be among them.
     pub fields: Fields,
-    /// Only the rows whose first key field equals this value (one
-    /// employee's rows, for `sync --employee`).
-    pub only: Option<String>,
+    /// Only the rows whose field (the mapped employee key) equals the
+    /// value: one employee's rows, for `sync --employee`.
+    pub only: Option<(String, String)>,
 }
 
 /// One page of rows, in order. Entries that were not JSON objects are kept

@@ -148,11 +148,20 @@ pub fn read_spec_all(config: &Config, conn: &ConnectorConfig) -> ReadSpec {
     }
 }
 
-/// As [`read_spec`], for one employee's rows only (a filter on the first
-/// key field, read with skip/take: keyset paging filters on the key too).
+/// As [`read_spec`], for one employee's rows only: a filter on the field
+/// the mapping reads the employee's key from, read with skip/take (keyset
+/// paging filters on the connector's key).
 pub fn read_spec_of(config: &Config, source: Source, conn: &ConnectorConfig, key: &str) -> ReadSpec {
+    let m = &config.mapping;
+    let field = match source {
+        Source::Employees => &m.employees.key,
+        Source::Contracts => &m.contracts.employee_key,
+        Source::Salary => &m.salary.employee_key,
+        Source::WageComponents => &m.wage_components.employee_key,
+        Source::Leave => &m.leave.employee_key,
+    };
     ReadSpec {
-        only: Some(key.to_string()),
+        only: Some((field.clone(), key.to_string())),
         paging: crate::config::PagingMode::Skip,
         ..read_spec(config, source, conn)
     }

@@ -91,8 +91,8 @@ impl AfasClient {
             ("orderbyfieldids".into(), spec.order.join(",")),
             ("take".into(), spec.take.to_string()),
         ];
-        if let (Some(value), Some(field)) = (&spec.only, spec.order.first()) {
-            q.push(("filterfieldids".into(), field.trim_start_matches('-').to_string()));
+        if let Some((field, value)) = &spec.only {
+            q.push(("filterfieldids".into(), field.clone()));
             q.push(("filtervalues".into(), value.clone()));
             q.push(("operatortypes".into(), "1".into()));
         }

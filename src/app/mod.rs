@@ -29,10 +29,15 @@ pub enum Request {
     Sync {
         as_of: Option<jiff::civil::Date>,
         dry_run: bool,
-        /// One employee on demand: only their rows read, their change
-        /// alone committed as a run of its own.
-        #[serde(default)]
-        employee: Option<String>,
+    },
+    /// One employee on demand: only their rows read, their change alone
+    /// committed as a run of its own. A request of its own (not a field of
+    /// `sync`), so a daemon of an earlier release refuses it instead of
+    /// running a whole sync.
+    SyncEmployee {
+        as_of: Option<jiff::civil::Date>,
+        dry_run: bool,
+        key: String,
     },
     Status,
     History {
@@ -59,6 +64,9 @@ pub enum Request {
     Export {
         csv: bool,
     },
+    /// A tag of its own for the same reason: an earlier daemon would
+    /// drop the filters it does not know and queue everything.
+    #[serde(rename = "outbox_retry_where")]
     OutboxRetry {
         #[serde(flatten)]
         filter: EntryFilter,
@@ -226,8 +234,7 @@ pub enum Deliver {
 /// "Today" in the configured time zone: the day hire and termination dates
 /// are compared with.
 pub fn today(config: &Config) -> jiff::civil::Date {
-    let tz = jiff::tz::TimeZone::get(&config.schedule.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
-    jiff::Zoned::now().with_time_zone(tz).date()
+    sync::today(config)
 }
 
 /// Runs one request. `row` receives an export's rows as they are read, so
@@ -240,15 +247,11 @@ pub async fn handle(
     row: &mut (dyn FnMut(&Provisioned) + Send),
 ) -> Result<Reply, AppError> {
     match req {
-        Request::Sync {
-            as_of,
-            dry_run,
-            employee: Some(key),
-        } => {
+        Request::SyncEmployee { as_of, dry_run, key } => {
             let as_of = as_of.unwrap_or_else(|| today(config));
             on_demand::one(config, store, key, as_of, *dry_run, deliver).await
         }
-        Request::Sync { as_of, dry_run, .. } => Ok(sync_now(config, store, *as_of, *dry_run, deliver).await),
+        Request::Sync { as_of, dry_run } => Ok(sync_now(config, store, *as_of, *dry_run, deliver).await),
         Request::Status => status(store),
         Request::History { limit } => Ok(Reply::History {
             runs: store.runs(*limit)?,
@@ -336,7 +339,7 @@ async fn sync_now(
     let result = sync::run(config, store.clone(), as_of, dry_run).await;
     let delivery = || async {
         match deliver {
-            Deliver::Wait => deliver_outbox(config, store).await,
+            Deliver::Wait => deliver_outbox(config, store, true).await,
             Deliver::Leave => None,
         }
     };
@@ -395,16 +398,17 @@ fn status(store: &Store) -> Result<Reply, AppError> {
 /// Delivers the outbox, then looks at the target's unmanaged users when
 /// everything went out (a sweep skips itself while changes wait).
 async fn deliver_and_sweep(config: &Config, store: &Arc<Store>) -> Option<Delivery> {
-    let mut d = deliver_outbox(config, store).await?;
+    let mut d = deliver_outbox(config, store, true).await?;
     if d.failed.is_none() {
         d.unmanaged = unmanaged::sweep(config, store, Ask::Setting).await;
     }
     Some(d)
 }
 
-/// Delivers the outbox for up to `delivery.sync_wait_secs`. `None` when no
-/// sink is configured.
-pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<Delivery> {
+/// Delivers the outbox for up to `delivery.sync_wait_secs`; `force` first
+/// tries every pending entry, backoff or not (a whole sync does). `None`
+/// when no sink is configured.
+pub async fn deliver_outbox(config: &Config, store: &Arc<Store>, force: bool) -> Option<Delivery> {
     let sinks = match crate::delivery::sinks(config, store.clone()) {
         Ok(s) if s.is_empty() => return None,
         Ok(s) => s,
@@ -416,7 +420,7 @@ pub async fn deliver_outbox(config: &Config, store: &Arc<Store>) -> Option<Deliv
         }
     };
     let wait = std::time::Duration::from_secs(config.delivery.sync_wait_secs);
-    match crate::delivery::deliver_until_done(config, store, &sinks, wait).await {
+    match crate::delivery::deliver_until_done(config, store, &sinks, wait, force).await {
         Ok(r) => {
             let counts = store.outbox_counts().unwrap_or_default();
             Some(Delivery {

@@ -60,7 +60,8 @@ pub async fn one(
             }
         }
     } else if report.one.run.is_some() && deliver == Deliver::Wait {
-        report.delivery = deliver_outbox(config, store).await;
+        // What is due: other employees' entries that back off keep waiting.
+        report.delivery = deliver_outbox(config, store, false).await;
     }
     report.sinks = outbox::employee(config, store, key)?;
     Ok(Reply::OneEmployee(Box::new(report)))

@@ -249,7 +249,6 @@ pub(super) async fn demo_inner(employees: u64, seed: u64) -> Result<(), String> 
         Request::Sync {
             as_of: Some(day2),
             dry_run: false,
-            employee: None,
         },
     )
     .await;
@@ -372,7 +371,6 @@ async fn move_to_oauth(
         Request::Sync {
             as_of: Some(day3),
             dry_run: false,
-            employee: None,
         },
     )
     .await?;

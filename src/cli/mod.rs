@@ -316,7 +316,7 @@ async fn state_request(cli: &Cli, req: Request) -> i32 {
     // Long work shows what it is doing: sync, export, outbox retry.
     let long = matches!(
         req,
-        Request::Sync { .. } | Request::Export { .. } | Request::OutboxRetry { .. }
+        Request::Sync { .. } | Request::SyncEmployee { .. } | Request::Export { .. } | Request::OutboxRetry { .. }
     );
     let daemon = crate::daemon::control::socket_path(&cfg).exists();
     // An export's rows on the terminal would be torn by bars drawn beside.
@@ -473,15 +473,18 @@ pub async fn run(cli: Cli) -> i32 {
             as_of,
             employee,
         } => {
-            state_request(
-                &cli,
-                Request::Sync {
+            let req = match employee {
+                Some(key) => Request::SyncEmployee {
                     as_of: *as_of,
                     dry_run: *dry_run,
-                    employee: employee.clone(),
+                    key: key.clone(),
                 },
-            )
-            .await
+                None => Request::Sync {
+                    as_of: *as_of,
+                    dry_run: *dry_run,
+                },
+            };
+            state_request(&cli, req).await
         }
         Command::Status => state_request(&cli, Request::Status).await,
         Command::History { limit } => state_request(&cli, Request::History { limit: *limit }).await,

@@ -550,7 +550,7 @@ fn plan_json(plan: &Plan) -> Value {
 
 fn exit_for(outcome: Outcome) -> i32 {
     match outcome {
-        Outcome::Success => exit::OK,
+        Outcome::Success | Outcome::OnDemand => exit::OK,
         Outcome::NothingToDo => exit::NOTHING_TO_DO,
         Outcome::Held => exit::HELD,
         Outcome::Rejected | Outcome::Failed => exit::FAILURE,

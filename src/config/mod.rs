@@ -155,7 +155,7 @@ impl Config {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: parse_message(text, &e),
         })?;
         let mut warnings = Vec::new();
         let base_dir = origin.parent().unwrap_or(Path::new("."));
@@ -273,6 +273,52 @@ pub fn load_secret(
         });
     }
     Ok(Secret::new(value))
+}
+
+/// A TOML error as "line L, column C: what", never the text of the line
+/// (it may be a token pasted under a misspelled key), and with any quoted
+/// value a type error repeats left out.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let mut what = String::new();
+    let mut quoted = false;
+    for c in e.message().trim_end().chars() {
+        match c {
+            '"' if !quoted => {
+                quoted = true;
+                what.push_str("\"…");
+            }
+            '"' => {
+                quoted = false;
+                what.push('"');
+            }
+            _ if quoted => {}
+            _ => what.push(c),
+        }
+    }
+    let Some(span) = e.span() else {
+        return what;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    // The key of that line (never its value), under its table.
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = text
+        .lines()
+        .take(line)
+        .filter_map(|l| l.trim().strip_prefix('[')?.split(']').next())
+        .last()
+        .map(|t| t.trim_matches(['[', ' ']));
+    match (table, key) {
+        (Some(t), Some(k)) => format!("line {line}, column {column}, key `{t}.{k}`: {what}"),
+        (None, Some(k)) => format!("line {line}, column {column}, key `{k}`: {what}"),
+        _ => format!("line {line}, column {column}: {what}"),
+    }
 }
 
 /// A fully commented example configuration. `config example` prints it and a

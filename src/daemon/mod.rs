@@ -45,8 +45,12 @@ fn notify(state: &[sd_notify::NotifyState]) {
 
 /// When the latest run started (any outcome): the slot it served.
 fn last_run_started(store: &Store) -> Option<Timestamp> {
-    let runs = store.runs(1).ok()?;
-    runs.first()?.started_at.parse().ok()
+    let runs = store.runs(200).ok()?;
+    runs.iter()
+        .find(|r| r.outcome != crate::model::Outcome::OnDemand)?
+        .started_at
+        .parse()
+        .ok()
 }
 
 fn last_success(store: &Store) -> Option<Timestamp> {
@@ -68,7 +72,6 @@ async fn run_sync(shared: &Shared) -> bool {
     let req = Request::Sync {
         as_of: None,
         dry_run: false,
-        employee: None,
     };
     let result = app::handle(&config, &shared.store, &req, Deliver::Leave, &mut |_| {}).await;
     if let Some(ts) = last_success(&shared.store) {

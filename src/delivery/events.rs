@@ -132,7 +132,9 @@ pub fn run_event_type(r: &RunRecord) -> &'static str {
     match r.outcome {
         crate::model::Outcome::Held => "sync.held",
         crate::model::Outcome::Failed | crate::model::Outcome::Rejected => "sync.failed",
-        crate::model::Outcome::Success | crate::model::Outcome::NothingToDo => "sync.completed",
+        crate::model::Outcome::Success | crate::model::Outcome::NothingToDo | crate::model::Outcome::OnDemand => {
+            "sync.completed"
+        }
     }
 }
 

@@ -155,7 +155,7 @@ fn handled(
 ) -> (Option<Handled>, bool) {
     let attempt = |e: &SinkError, steps: Vec<Step>| Attempt {
         at: pass.now,
-        reason: reason_of(e, &steps, pass.name == "files"),
+        reason: reason_of(e, &steps, pass.name),
         message: e.to_string(),
         steps,
     };
@@ -165,8 +165,7 @@ fn handled(
             sink = pass.name,
             seq = job.seq,
             reason = a.reason.as_str(),
-            "not delivered: {}",
-            a.message
+            "not delivered (the class only: the target's words can quote an address)"
         );
     }
     match delivered {

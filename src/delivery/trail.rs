@@ -52,7 +52,8 @@ const MAPPING: [&str; 5] = ["invalidValue", "invalidPath", "noTarget", "mutabili
 
 /// The fixed class of a failed delivery, from its error and the last
 /// answer it met.
-pub fn reason_of(e: &SinkError, steps: &[Step], local_sink: bool) -> Reason {
+pub fn reason_of(e: &SinkError, steps: &[Step], sink: &str) -> Reason {
+    let local_sink = sink == "files";
     let failed = steps.iter().rev().find(|s| s.status.is_none_or(|c| c >= 400));
     let status = failed.and_then(|s| s.status);
     let scim_type = failed.and_then(|s| s.scim_type.as_deref());
@@ -71,7 +72,8 @@ pub fn reason_of(e: &SinkError, steps: &[Step], local_sink: bool) -> Reason {
             _ => Reason::Local,
         },
         SinkError::Permanent { .. } => match (status, scim_type) {
-            (Some(409), _) | (_, Some("uniqueness")) => Reason::Uniqueness,
+            // Only SCIM keeps values unique; a webhook's 409 is its own.
+            (Some(409), _) | (_, Some("uniqueness")) if sink == "scim" => Reason::Uniqueness,
             (_, Some(t)) if MAPPING.contains(&t) => Reason::Mapping,
             (Some(500..=599), _) => Reason::TargetError,
             _ => Reason::Refused,

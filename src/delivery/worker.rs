@@ -260,9 +260,9 @@ pub async fn deliver_until_done(
     store: &Arc<Store>,
     sinks: &[Arc<Sink>],
     wait: Duration,
+    mut force: bool,
 ) -> Result<PassReport, DeliveryError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut force = true;
     let (mut delivered, mut dead_lettered) = (0, 0);
     loop {
         let now = jiff::Timestamp::now().as_second();

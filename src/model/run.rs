@@ -17,6 +17,9 @@ pub enum Outcome {
     Rejected,
     /// Fetching or committing failed; nothing changed.
     Failed,
+    /// One employee's change, committed on demand (`sync --employee`):
+    /// not a whole run, so it is no run's success, baseline or slot.
+    OnDemand,
 }
 
 impl Outcome {
@@ -27,6 +30,7 @@ impl Outcome {
             Outcome::Held => "held",
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
+            Outcome::OnDemand => "on-demand",
         }
     }
 }

@@ -196,10 +196,11 @@ impl Store {
             return Ok(Vec::new());
         };
         let v = t.get((sink, seq))?;
-        match v {
-            Some(v) => Ok(dec::<Kept>("delivery log", v.value())?.attempts),
-            None => Ok(Vec::new()),
-        }
+        // A log that cannot be read (damaged, or written by a later
+        // release) is shown as none: it never stops a command.
+        Ok(v.and_then(|v| dec::<Kept>("delivery log", v.value()).ok())
+            .map(|k| k.attempts)
+            .unwrap_or_default())
     }
 
     /// Every outbox entry (of one sink, or all) with its attempts, in order,
@@ -216,10 +217,11 @@ impl Store {
             }
             let entry: OutboxEntry = dec("outbox entry", v.value())?;
             let attempts = match &logs {
-                Some(t) => match t.get((s, seq))? {
-                    Some(g) => dec::<Kept>("delivery log", g.value())?.attempts,
-                    None => Vec::new(),
-                },
+                Some(t) => t
+                    .get((s, seq))?
+                    .and_then(|g| dec::<Kept>("delivery log", g.value()).ok())
+                    .map(|k| k.attempts)
+                    .unwrap_or_default(),
                 None => Vec::new(),
             };
             let log = EntryLog {
@@ -256,8 +258,8 @@ impl Store {
         };
         let mut out = Vec::new();
         for sink in SINKS {
-            if let Some(v) = t.get((sink, key))? {
-                out.push((sink.to_string(), dec("last delivery", v.value())?));
+            if let Some(d) = t.get((sink, key))?.and_then(|v| dec("last delivery", v.value()).ok()) {
+                out.push((sink.to_string(), d));
             }
         }
         Ok(out)

@@ -114,7 +114,15 @@ impl Store {
             let mut runs = txn.open_table(RUNS)?;
             let mut mutations = txn.open_table(MUTATIONS)?;
             let mut history = txn.open_table(HISTORY)?;
-            purge_runs(&mut runs, &mut mutations, &mut history, runs_before, &mut stats)?;
+            let outbox = txn.open_table(OUTBOX)?;
+            purge_runs(
+                &mut runs,
+                &mut mutations,
+                &mut history,
+                &outbox,
+                runs_before,
+                &mut stats,
+            )?;
 
             let mut meta = txn.open_table(META)?;
             let mut digest = stored_digest(&meta)?;
@@ -255,6 +263,26 @@ impl Store {
                 found |= delivered.remove((sink, key))?.is_some();
             }
             drop_attempts_of(&mut txn.open_table(ATTEMPTS)?, &[key].into_iter().collect())?;
+            // A held plan carries the whole record: approved later, it
+            // would bring the employee back.
+            let mut held = txn.open_table(HELD)?;
+            let mut rewritten = Vec::new();
+            for item in held.iter()? {
+                let (k, v) = item?;
+                let mut plan: Plan = dec("held plan", v.value())?;
+                let before = (plan.mutations.len(), plan.writes.len());
+                plan.mutations.retain(|m| m.key.as_str() != key);
+                plan.writes.retain(|w| match w {
+                    Write::Upsert(p) => p.key.as_str() != key,
+                });
+                if (plan.mutations.len(), plan.writes.len()) != before {
+                    rewritten.push((k.value(), enc("held plan", &plan)?));
+                }
+            }
+            for (run, bytes) in rewritten {
+                held.insert(run, bytes.as_slice())?;
+                found = true;
+            }
             let mut leavers = txn.open_table(LEAVERS)?;
             let mut doomed_days = Vec::new();
             for item in leavers.iter()? {
@@ -285,6 +313,7 @@ fn purge_runs(
     runs: &mut redb::Table<u64, &[u8]>,
     mutations: &mut redb::Table<(u64, u32), &[u8]>,
     history: &mut redb::Table<(&str, u64), u32>,
+    outbox: &redb::Table<(&str, u64), &[u8]>,
     before: Date,
     stats: &mut PurgeStats,
 ) -> Result<(), StoreError> {
@@ -296,6 +325,19 @@ fn purge_runs(
             old_runs.push(k.value());
         }
     }
+    if old_runs.is_empty() {
+        return Ok(());
+    }
+    // A run whose changes still wait for a sink keeps them (and itself)
+    // until they are delivered or dead letters are dealt with.
+    let mut waiting = std::collections::BTreeSet::new();
+    for item in outbox.iter()? {
+        let (_, v) = item?;
+        match dec::<OutboxEntry>("outbox entry", v.value())?.item {
+            OutboxItem::Mutation { run, .. } | OutboxItem::Run { run } => waiting.insert(run),
+        };
+    }
+    old_runs.retain(|id| !waiting.contains(id));
     for id in old_runs {
         let mut chunks = Vec::new();
         let mut keys = Vec::new();

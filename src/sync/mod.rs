@@ -261,7 +261,10 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
     };
     let retention = config.retention.clone();
     let s = store.clone();
-    let purged = blocking(move || s.purge(as_of, retention.history_days, retention.leaver_personal_data_days)).await?;
+    // Retention counts from the real day: `--as-of 2035-01-01` computes a
+    // plan for that day, it does not age the history.
+    let day = as_of.min(today(config));
+    let purged = blocking(move || s.purge(day, retention.history_days, retention.leaver_personal_data_days)).await?;
     if purged.runs > 0 || purged.scrubbed_leavers > 0 {
         tracing::info!(runs = purged.runs, leavers = purged.scrubbed_leavers, "retention purge");
     }
@@ -276,6 +279,13 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
         "sync committed"
     );
     Ok(SyncResult::Committed(committed))
+}
+
+/// "Today" in the configured time zone: the day hire and termination dates
+/// are compared with, and retention counts from.
+pub fn today(config: &Config) -> Date {
+    let tz = jiff::tz::TimeZone::get(&config.schedule.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    jiff::Zoned::now().with_time_zone(tz).date()
 }
 
 /// The committed state the guards compare a run with.

@@ -120,6 +120,14 @@ pub async fn one(
     if dry_run || out.mutation.is_none() {
         return Ok(out);
     }
+    let s = store.clone();
+    if let Some((held, _)) = blocking(move || s.held_plans()).await?.first() {
+        // Committing would move the snapshot on, and the held plan could
+        // no longer be approved.
+        return Err(SyncError::Internal(format!(
+            "run {held} is held for approval: `afas-sync plan approve {held}` or `plan reject {held}` first (`--dry-run` still shows every step)"
+        )));
+    }
     // The committed state the guards compare the next whole run with stays
     // as the last whole run left it.
     let plan = Plan {
@@ -139,7 +147,7 @@ pub async fn one(
     let run = blocking(move || {
         let mut record = RunRecord::new(s.next_run_id()?, as_of);
         record.fill_counts(&plan);
-        record.outcome = Outcome::Success;
+        record.outcome = Outcome::OnDemand;
         let who = plan.mutations.first().map(|m| m.key.to_string()).unwrap_or_default();
         record.message = format!("employee {who} on demand (`sync --employee`)");
         record.finished_at = now();
@@ -147,6 +155,10 @@ pub async fn one(
     })
     .await?;
     tracing::info!(run = run.id, employee = %key, "one employee committed on demand");
+    let s = store.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || refresh_state_metrics(&s)).await {
+        tracing::warn!("cannot refresh state metrics: {e}");
+    }
     out.run = Some(run);
     Ok(out)
 }

@@ -80,7 +80,7 @@ pub(super) fn tallies_json(tallies: &[ReasonTally]) -> Value {
 pub(super) fn step_line(s: &Step) -> String {
     let mut out = format!(
         "{} → {}",
-        s.op,
+        crate::model::printable(&s.op, 300),
         s.status.map_or("no answer".to_string(), |c| c.to_string())
     );
     for t in [&s.scim_type, &s.detail].into_iter().flatten() {

@@ -242,10 +242,13 @@ impl ScimSink {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&e.without_url(), "the SCIM server"))?;
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                crate::delivery::trail::note(op, None, None, Some("the answer broke off"));
+                return Err(transport_error(&e.without_url(), "the SCIM server"));
+            }
+        };
         crate::metrics::metrics()
             .sink_latency
             .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() })
