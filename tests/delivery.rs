@@ -374,6 +374,8 @@ async fn webhooks_are_verified_by_an_independent_implementation_including_rotati
         first["data"]["employee"]["email"].is_string() && first["timestamp"].is_string(),
         "{first}"
     );
+    let ids: BTreeSet<String> = got.iter().map(|(_, b)| b["data"]["id"].to_string()).collect();
+    assert_eq!(ids.len(), got.len(), "every event its own id");
 
     // A tampered body with the original headers is rejected by the receiver.
     let body = got[0].1.to_string();
@@ -438,7 +440,8 @@ async fn file_sink_writes_whole_files_per_run() {
         for (index, (line, m)) in text.lines().zip(&mutations).enumerate() {
             let v: Value = serde_json::from_str(line).expect("json line");
             assert_eq!(v["key"], json!(m.key.as_str()));
-            assert_eq!(v["id"], json!(format!("evt_{run}_{index}")));
+            let installation = store.installation_id().expect("installation");
+            assert_eq!(v["id"], json!(format!("evt_{installation:016x}_{run}_{index}")));
         }
     }
     let csv = std::fs::read_to_string(outdir.join("afas-sync-snapshot-000002.csv")).expect("csv");
@@ -704,4 +707,69 @@ async fn server_errors_lost_answers_timeouts_and_resets_are_retried_without_dupl
     assert_eq!(code, 4, "{out}");
     assert_server_matches(&scim, &env.snapshot()).await;
     assert_eq!(proxy.injected.lock().expect("log").len(), 6);
+}
+
+/// A held run's `sync.held` and, once approved, its `sync.completed` are
+/// two events with two ids: a receiver that drops repeats by id keeps both.
+#[tokio::test]
+async fn a_held_and_then_approved_run_sends_two_events_with_two_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "whsec_c2VjcmV0LWtleS1mb3ItYWZhcy1zeW5jLXRlc3Q=";
+    let receiver = WebhookPeer::start(secret, dir.path()).await;
+    let env = Env::new(
+        12,
+        &format!(
+            "[sink.webhook]\nurl = \"{}\"\nsecret_file = \"webhook-secrets\"\n",
+            receiver.url()
+        ),
+    )
+    .await;
+    let secrets = env.dir.path().join("webhook-secrets");
+    std::fs::write(&secrets, format!("{secret}\n")).expect("secrets");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 0, "{out}");
+    let cfg = std::fs::read_to_string(&env.cfg).expect("cfg");
+    std::fs::write(
+        &env.cfg,
+        cfg.replace(
+            "max_leavers_percent = 100.0",
+            "max_leavers = 1\nmax_leavers_percent = 100.0",
+        ),
+    )
+    .expect("cfg");
+    let leaving: Vec<String> = env.snapshot().into_keys().take(3).collect();
+    env.emu.state.with_data(|d| {
+        let rows = &mut d.connectors.get_mut("Profit_Contract").expect("contracts").rows;
+        for r in rows
+            .iter_mut()
+            .filter(|r| leaving.iter().any(|k| r["EmployeeId"] == k.as_str()))
+        {
+            if r["DateEnd"].is_null() {
+                r.insert("DateEnd".into(), json!("2026-11-01T00:00:00Z"));
+            }
+        }
+    });
+    let (code, out) = env.sync(day0()).await;
+    assert_eq!(code, 3, "held: {out}");
+    let (code, out, err) = common::run_bin(&["--config", &env.cfg, "plan", "approve", "2"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let got = receiver.received();
+    assert!(got.iter().all(|(ok, _)| *ok), "every signature verifies");
+    let of_run_2: Vec<&Value> = got
+        .iter()
+        .map(|(_, b)| b)
+        .filter(|b| b["data"]["run"] == 2 && b["type"].as_str().is_some_and(|t| t.starts_with("sync.")))
+        .collect();
+    let types: Vec<&str> = of_run_2.iter().filter_map(|b| b["type"].as_str()).collect();
+    assert!(
+        types.contains(&"sync.held") && types.contains(&"sync.completed"),
+        "{types:?}"
+    );
+    let ids: BTreeSet<String> = got.iter().map(|(_, b)| b["data"]["id"].to_string()).collect();
+    assert_eq!(ids.len(), got.len(), "no two events share an id: {ids:?}");
 }

@@ -77,6 +77,27 @@ async fn dead_entries(env: &Env) -> Vec<(u64, String, Value)> {
         .collect()
 }
 
+/// `/metrics` of a daemon started on `env` once it shows dead letters by
+/// reason; the daemon is stopped and the config put back.
+async fn scrape_dead_by_reason(env: &Env) -> String {
+    let (cfg, mut daemon, port) = env.spawn_daemon();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut scrape = String::new();
+    for _ in 0..100 {
+        if let Ok(r) = http().get(&url).send().await {
+            scrape = r.text().await.unwrap_or_default();
+            if scrape.contains("afas_sync_outbox_dead{") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    daemon.kill().await.expect("kill");
+    let _ = daemon.wait().await;
+    std::fs::write(&env.cfg, cfg).expect("cfg");
+    scrape
+}
+
 #[tokio::test]
 async fn a_conflict_says_why_everywhere_and_retry_takes_its_reason() {
     let scim = ScimPeer::start().await;
@@ -173,6 +194,14 @@ async fn a_conflict_says_why_everywhere_and_retry_takes_its_reason() {
     let status = cli_json(&env, &["status"]).await;
     assert_eq!(status["outbox"]["scim"]["reasons"][0]["count"], 3, "{status}");
 
+    // /metrics: by class, never by text.
+    let scrape = scrape_dead_by_reason(&env).await;
+    assert!(
+        scrape.contains("afas_sync_outbox_dead{sink=\"scim\",reason=\"conflict-foreign-holder\"} 3"),
+        "{scrape}"
+    );
+    assert!(!scrape.contains("entra-"), "no target text in metrics");
+
     // Retry by reason: another reason queues nothing; this one all three,
     // and with `adopt = "any"` they go through.
     let (code, text) = cli(&env, &["outbox", "retry", "--reason", "unreachable"]).await;
@@ -224,29 +253,22 @@ async fn a_refused_write_and_an_unreachable_target_show_the_answer_and_metrics_c
         "the target's detail: {story}"
     );
     assert!(story.contains("reason:   target-refused"), "{story}");
+    let (_, text) = cli(&env, &["employee", key]).await;
+    assert!(
+        text.contains(&format!("entry {seq} dead (joiner, 1 attempts): 400 target-refused")),
+        "{text}"
+    );
+    let (_, text) = cli(&env, &["status"]).await;
+    assert!(text.contains("dead:    1 × target-refused"), "{text}");
 
     // /metrics counts dead entries by reason class, never by text.
-    let (cfg, mut daemon, port) = env.spawn_daemon();
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let mut scrape = String::new();
-    for _ in 0..100 {
-        if let Ok(r) = http().get(&url).send().await {
-            scrape = r.text().await.unwrap_or_default();
-            if scrape.contains("afas_sync_outbox_dead{") {
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let scrape = scrape_dead_by_reason(&env).await;
     for r in Reason::ALL {
         let n = if r == Reason::Refused { 1 } else { 0 };
         let series = format!("afas_sync_outbox_dead{{sink=\"scim\",reason=\"{}\"}} {n}", r.as_str());
         assert!(scrape.contains(&series), "missing {series} in\n{scrape}");
     }
     assert!(!scrape.contains("injected"), "no target text in metrics");
-    daemon.kill().await.expect("kill");
-    let _ = daemon.wait().await;
-    std::fs::write(&env.cfg, cfg).expect("cfg");
 
     // Forget erases the entry and its attempts.
     let store = Store::open(&env.store_path).expect("store");
@@ -282,4 +304,14 @@ async fn a_refused_write_and_an_unreachable_target_show_the_answer_and_metrics_c
     assert!(n >= 1, "{waiting}");
     let (_, text) = cli(&env, &["status"]).await;
     assert!(text.contains(&format!("waiting: {n} × unreachable")), "{text}");
+    let first = &waiting["entries"][0];
+    let (seq, key) = (first["seq"].as_u64().expect("seq"), first["key"].as_str().expect("key"));
+    let (_, story) = cli(&env, &["outbox", "show", &seq.to_string()]).await;
+    assert!(story.contains("reason:   unreachable"), "{story}");
+    assert!(story.contains("→ no answer"), "{story}");
+    let (_, text) = cli(&env, &["employee", key]).await;
+    assert!(
+        text.contains(&format!("entry {seq} pending")) && text.contains("unreachable"),
+        "{text}"
+    );
 }

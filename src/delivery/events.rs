@@ -75,6 +75,8 @@ impl serde::Serialize for EmployeeJson<'_> {
 /// The event for one mutation, serialized as [`mutation_event`] shows it.
 pub struct MutationEvent<'a> {
     pub mutation: &'a Mutation,
+    /// This state file's installation id (see [`mutation_event_id`]).
+    pub installation: u64,
     pub run: u64,
     pub index: u32,
 }
@@ -103,7 +105,7 @@ impl serde::Serialize for MutationEvent<'_> {
         let mut out = s.serialize_map(Some(7))?;
         out.serialize_entry("changes", &Changes(&m.changes))?;
         out.serialize_entry("employee", &m.employee.as_ref().map(EmployeeJson))?;
-        out.serialize_entry("id", &mutation_event_id(self.run, self.index))?;
+        out.serialize_entry("id", &mutation_event_id(self.installation, self.run, self.index))?;
         out.serialize_entry("key", m.key.as_str())?;
         out.serialize_entry("reason", &m.reason)?;
         out.serialize_entry("run", &self.run)?;
@@ -112,16 +114,26 @@ impl serde::Serialize for MutationEvent<'_> {
     }
 }
 
-/// A stable event id: the same on every retry of the same entry.
-pub fn mutation_event_id(run: u64, index: u32) -> String {
-    format!("evt_{run}_{index}")
+/// A stable event id: the same on every retry of the same entry, and
+/// never the same for two events — of two installations (the state file's
+/// random installation id), or of one installation whose state file was
+/// made anew (a new id, while run numbers start again).
+pub fn mutation_event_id(installation: u64, run: u64, index: u32) -> String {
+    format!("evt_{installation:016x}_{run}_{index}")
+}
+
+/// A run's event id: its outcome is part of it, so a held run's
+/// `sync.held` and, once approved, its `sync.completed` are two events.
+pub fn run_event_id(installation: u64, r: &RunRecord) -> String {
+    format!("evt_{installation:016x}_{}_{}", r.id, r.outcome.as_str())
 }
 
 /// The event for one mutation (webhook body `data`, file sink line).
-pub fn mutation_event(m: &Mutation, run: u64, index: u32) -> Value {
+pub fn mutation_event(m: &Mutation, installation: u64, run: u64, index: u32) -> Value {
     // Cannot fail, as above.
     serde_json::to_value(MutationEvent {
         mutation: m,
+        installation,
         run,
         index,
     })
@@ -138,9 +150,9 @@ pub fn run_event_type(r: &RunRecord) -> &'static str {
     }
 }
 
-pub fn run_event(r: &RunRecord) -> Value {
+pub fn run_event(r: &RunRecord, installation: u64) -> Value {
     json!({
-        "id": format!("evt_{}_run", r.id),
+        "id": run_event_id(installation, r),
         "type": run_event_type(r),
         "run": r.id,
         "as_of": r.as_of.to_string(),

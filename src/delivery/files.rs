@@ -16,6 +16,7 @@ pub struct FileSink {
     dir: PathBuf,
     csv: bool,
     store: Arc<Store>,
+    installation: u64,
 }
 
 /// One CSV field, quoted when it holds a separator, quote or line break.
@@ -83,7 +84,7 @@ const WORKERS: usize = 2;
 /// which keeps the file's order without sorting. Channels are bounded, so
 /// memory stays a few chunks whatever the run's size; an error anywhere
 /// closes the channels and the others stop.
-fn write_events(store: &Store, run: u64, w: &mut dyn Write) -> std::io::Result<()> {
+fn write_events(store: &Store, installation: u64, run: u64, w: &mut dyn Write) -> std::io::Result<()> {
     use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
     type Lines = Result<Vec<u8>, StoreError>;
     std::thread::scope(|scope| {
@@ -102,6 +103,7 @@ fn write_events(store: &Store, run: u64, w: &mut dyn Write) -> std::io::Result<(
                     let done = chunk_mutations(run, &stored, |index, m| {
                         let event = MutationEvent {
                             mutation: &m,
+                            installation,
                             run,
                             index,
                         };
@@ -156,11 +158,12 @@ impl FileSink {
         &self.dir
     }
 
-    pub fn new(c: &FilesConfig, store: Arc<Store>) -> Self {
+    pub fn new(c: &FilesConfig, store: Arc<Store>, installation: u64) -> Self {
         FileSink {
             dir: c.dir.clone(),
             csv: c.csv_snapshot,
             store,
+            installation,
         }
     }
 
@@ -177,11 +180,11 @@ impl FileSink {
         let csv_path = self
             .csv
             .then(|| self.dir.join(format!("afas-sync-snapshot-{run:06}.csv")));
-        let store = self.store.clone();
+        let (store, installation) = (self.store.clone(), self.installation);
         let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
             // Mutations and snapshot rows are streamed from the store into
             // the files, one at a time.
-            write_atomic_with(&path, |w| write_events(&store, run, w))
+            write_atomic_with(&path, |w| write_events(&store, installation, run, w))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             if let Some(csv_path) = csv_path {
                 write_atomic_with(&csv_path, |w| {

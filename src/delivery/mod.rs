@@ -195,11 +195,18 @@ pub fn sinks(config: &Config, store: Arc<Store>) -> Result<Vec<Arc<Sink>>, Strin
             Some(store.clone()),
         )?))));
     }
+    if config.sinks.webhook.is_none() && config.sinks.files.is_none() {
+        return Ok(out);
+    }
+    // Event ids carry it (see `mutation_event_id`).
+    let installation = store
+        .installation_id()
+        .map_err(|e| format!("cannot read the installation id from the state file: {e}"))?;
     if let Some(c) = &config.sinks.webhook {
-        out.push(Arc::new(Sink::Webhook(webhook::WebhookSink::new(c)?)));
+        out.push(Arc::new(Sink::Webhook(webhook::WebhookSink::new(c, installation)?)));
     }
     if let Some(c) = &config.sinks.files {
-        out.push(Arc::new(Sink::Files(files::FileSink::new(c, store))));
+        out.push(Arc::new(Sink::Files(files::FileSink::new(c, store, installation))));
     }
     Ok(out)
 }
@@ -257,14 +264,15 @@ mod tests {
             };
             let event = MutationEvent {
                 mutation: &m,
+                installation: 0xabc,
                 run: 7,
                 index: 3,
             };
             let direct = serde_json::to_string(&event).expect("json");
-            let value = mutation_event(&m, 7, 3);
+            let value = mutation_event(&m, 0xabc, 7, 3);
             assert_eq!(direct, value.to_string());
             assert_eq!(value["type"], "employee.updated");
-            assert_eq!(value["id"], "evt_7_3");
+            assert_eq!(value["id"], "evt_0000000000000abc_7_3");
             assert_eq!(value["changes"][0]["old"], "Bergh");
             if let Some(e) = value.get("employee").filter(|e| !e.is_null()) {
                 assert_eq!(e["display_name"], "Jan \"JJ\" van der Berg");

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{classify, mutation_event, mutation_event_id, run_event, transport_error, Job, SinkError};
+use super::{classify, mutation_event, mutation_event_id, run_event, run_event_id, transport_error, Job, SinkError};
 use crate::config::WebhookConfig;
 use crate::store::OutboxItem;
 
@@ -14,6 +14,7 @@ pub struct WebhookSink {
     http: reqwest::Client,
     url: url::Url,
     keys: Vec<Vec<u8>>,
+    installation: u64,
 }
 
 /// `v1,<sig>` entries, space-separated, over `{id}.{timestamp}.{body}`.
@@ -40,7 +41,7 @@ impl WebhookSink {
         &self.url
     }
 
-    pub fn new(c: &WebhookConfig) -> Result<Self, String> {
+    pub fn new(c: &WebhookConfig, installation: u64) -> Result<Self, String> {
         let http = crate::net::client(&crate::net::ClientSpec {
             timeout: Some(c.timeout),
             ..Default::default()
@@ -50,15 +51,19 @@ impl WebhookSink {
             http,
             url: c.url.clone(),
             keys,
+            installation,
         })
     }
 
     pub async fn deliver(&self, job: &Job) -> Result<(), SinkError> {
         let (id, event) = match (&job.entry.item, &job.mutation, &job.run) {
             (OutboxItem::Mutation { run, index, .. }, Some(m), _) => {
-                (mutation_event_id(*run, *index), mutation_event(m, *run, *index))
+                let i = self.installation;
+                (mutation_event_id(i, *run, *index), mutation_event(m, i, *run, *index))
             }
-            (OutboxItem::Run { run }, _, Some(r)) => (format!("evt_{run}_run"), run_event(r)),
+            (OutboxItem::Run { .. }, _, Some(r)) => {
+                (run_event_id(self.installation, r), run_event(r, self.installation))
+            }
             // Erased by `forget` or retention since: nothing left to send.
             _ => return Ok(()),
         };
