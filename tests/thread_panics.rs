@@ -182,12 +182,14 @@ async fn a_panic_in_the_file_sink_writes_no_file_and_the_retry_writes_it_whole()
         let text = std::fs::read_to_string(s.out.join(&names[0])).expect("read");
         let mutations = s.store.run_mutations(run).expect("mutations");
         assert!(mutations.len() > 7000, "{}", mutations.len());
+        let installation = s.store.installation_id().expect("installation");
         let expected: String = mutations
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let event = MutationEvent {
                     mutation: m,
+                    installation,
                     run,
                     index: i as u32,
                 };
