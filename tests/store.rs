@@ -684,3 +684,72 @@ async fn forget_takes_the_employee_out_of_held_plans() {
     let (current, history) = store.employee(gone).expect("employee");
     assert!(current.is_none() && history.is_empty(), "{current:?} {history:?}");
 }
+
+/// The state holds the company's personal data: under umask 022 (an
+/// admin's `sudo afas-sync sync`, cron) its directory is made 0700, the
+/// file 0600 (a wider one is narrowed at the next open), and the file
+/// sink's files take `sink.files.file_mode` (0600 by default).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_state_and_the_file_sinks_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = common::sync_env::Env::new(10, "[sink.files]\ndir = \"out\"\n").await;
+    let state_dir = env.dir.path().join("state").join("afas-sync");
+    let state = state_dir.join("state.redb");
+    let cfg = std::fs::read_to_string(&env.cfg).expect("cfg");
+    let cfg = cfg.replace(&env.store_path.display().to_string(), &state.display().to_string());
+    std::fs::write(&env.cfg, &cfg).expect("cfg");
+    let bin = env!("CARGO_BIN_EXE_afas-sync");
+    // On the test's runtime, which also serves the emulator.
+    let sync = |as_of: &str| {
+        tokio::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("umask 022; exec {bin} --config {} sync --as-of {as_of}", env.cfg),
+            ])
+            .output()
+    };
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    let out = sync("2026-11-24").await.expect("sync");
+    assert!(out.status.code() == Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&state_dir), 0o700);
+    assert_eq!(mode(&state), 0o600);
+    let files: Vec<PathBuf> = std::fs::read_dir(env.dir.path().join("out"))
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(!files.is_empty());
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    // Made readable by others meanwhile: narrowed again; a group mode for
+    // the files' consumer is taken.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(
+        &env.cfg,
+        cfg.replace("dir = \"out\"", "dir = \"out\"\nfile_mode = \"0640\""),
+    )
+    .expect("cfg");
+    env.emu.state.with_data(|d| {
+        let rows = &mut d.connectors.get_mut("Profit_Employees_Alleo").expect("rows").rows;
+        rows[0].insert("BirthName".into(), serde_json::json!("Anders"));
+    });
+    let out = sync("2026-11-25").await.expect("sync");
+    assert!(out.status.code() == Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&state), 0o600);
+    let newest = std::fs::read_dir(env.dir.path().join("out"))
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .find(|p| !files.contains(p))
+        .expect("the second run's file");
+    assert_eq!(mode(&newest), 0o640, "{}", newest.display());
+    // A mode others could read is refused, naming the key.
+    std::fs::write(
+        &env.cfg,
+        cfg.replace("dir = \"out\"", "dir = \"out\"\nfile_mode = \"0644\""),
+    )
+    .expect("cfg");
+    let (code, _, err) = run_bin(&["--config", &env.cfg, "config", "check"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sink.files.file_mode"), "{err}");
+}

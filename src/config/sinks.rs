@@ -199,6 +199,27 @@ pub struct FilesConfig {
     /// Also write a CSV of the full snapshot per run.
     #[serde(default)]
     pub csv_snapshot: bool,
+    /// The files' mode, octal: `0600` (only the service's user) unless the
+    /// consumer reads them through a group (`0640`); never readable by all.
+    #[serde(default = "default_file_mode")]
+    pub file_mode: String,
+}
+
+fn default_file_mode() -> String {
+    "0600".into()
+}
+
+impl FilesConfig {
+    /// The validated [`FilesConfig::file_mode`].
+    pub fn mode(&self) -> u32 {
+        parse_file_mode(&self.file_mode).unwrap_or(0o600)
+    }
+}
+
+fn parse_file_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m & 0o007 == 0 && *m & 0o600 == 0o600 && *m <= 0o770)
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -239,6 +260,12 @@ pub(super) fn validate_sinks(raw: RawSinks, base_dir: &Path, warnings: &mut Vec<
             }
             if f.dir.is_relative() {
                 f.dir = base_dir.join(&f.dir);
+            }
+            if parse_file_mode(&f.file_mode).is_none() {
+                return Err(invalid(
+                    "sink.files.file_mode",
+                    "an octal mode the service's user can read and write, and others cannot read (\"0600\", \"0640\")",
+                ));
             }
             Some(f)
         }

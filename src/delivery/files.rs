@@ -15,6 +15,7 @@ use crate::store::{chunk_mutations, OutboxItem, Store, StoreError};
 pub struct FileSink {
     dir: PathBuf,
     csv: bool,
+    mode: u32,
     store: Arc<Store>,
     installation: u64,
 }
@@ -38,12 +39,16 @@ pub fn csv_field(s: &str) -> String {
 
 /// Writes `content` to `path` atomically: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    write_atomic_with(path, |w| w.write_all(content))
+    write_atomic_with(path, 0o600, |w| w.write_all(content))
 }
 
 /// [`write_atomic`] for content written piece by piece (a first import's
 /// 100k mutations are never one string in memory).
-pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> std::io::Result<()> {
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -52,7 +57,24 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // A leftover of a crash (or a link someone put there) goes; the new
+        // one is made here or not at all, so no link is followed, and with
+        // its mode from the start, whatever the umask.
+        let _ = std::fs::remove_file(&tmp);
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            open.mode(mode);
+        }
+        let file = open.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        let mut f = std::io::BufWriter::new(file);
         fill(&mut f)?;
         f.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
@@ -162,6 +184,7 @@ impl FileSink {
         FileSink {
             dir: c.dir.clone(),
             csv: c.csv_snapshot,
+            mode: c.mode(),
             store,
             installation,
         }
@@ -180,14 +203,14 @@ impl FileSink {
         let csv_path = self
             .csv
             .then(|| self.dir.join(format!("afas-sync-snapshot-{run:06}.csv")));
-        let (store, installation) = (self.store.clone(), self.installation);
+        let (store, installation, mode) = (self.store.clone(), self.installation, self.mode);
         let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
             // Mutations and snapshot rows are streamed from the store into
             // the files, one at a time.
-            write_atomic_with(&path, |w| write_events(&store, installation, run, w))
+            write_atomic_with(&path, mode, |w| write_events(&store, installation, run, w))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             if let Some(csv_path) = csv_path {
-                write_atomic_with(&csv_path, |w| {
+                write_atomic_with(&csv_path, mode, |w| {
                     w.write_all(
                         b"key,status,email,first_name,prefix,last_name,department,employment_start,employment_end\n",
                     )?;

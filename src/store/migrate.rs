@@ -66,10 +66,12 @@ pub(super) fn backup(path: &Path, version: u32) -> Result<(), StoreError> {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".schema{version}.bak"));
     let target = path.with_file_name(name);
-    std::fs::copy(path, &target).map_err(|e| StoreError::Backup {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    std::fs::copy(path, &target)
+        .and_then(|_| private(&target))
+        .map_err(|e| StoreError::Backup {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     Ok(())
 }
 

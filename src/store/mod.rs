@@ -35,6 +35,22 @@ use crate::model::EmployeeKey;
 use crate::model::RunRecord;
 use crate::model::{Mutation, MutationKind, Plan, Provisioned, Status, Write};
 
+/// Makes the state file readable by its owner only (a file an admin's
+/// `sudo afas-sync sync` made under umask 022 was readable by every user).
+fn private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// The schema this binary writes. Bump it with a migration in [`migrate`].
 pub const SCHEMA_VERSION: u32 = 3;
 
@@ -231,12 +247,22 @@ impl Store {
     }
 
     fn open_once(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |e: std::io::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
+                // The state holds the company's personal data: only the
+                // service's user enters its directory, whatever the umask.
+                let mut b = std::fs::DirBuilder::new();
+                b.recursive(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    b.mode(0o700);
+                }
+                b.create(dir).map_err(open_err)?;
             }
         }
         let existed = path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
@@ -244,6 +270,7 @@ impl Store {
             probe_read_only(path)?;
         }
         let db = builder().create(path).map_err(|e| map_open_error(e, path))?;
+        private(path).map_err(open_err)?;
         let mut store = Store {
             db,
             path: path.to_path_buf(),
