@@ -753,3 +753,33 @@ async fn the_state_and_the_file_sinks_files_are_private_whatever_the_umask() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sink.files.file_mode"), "{err}");
 }
+
+/// A plan held longer than `retention.history_days` goes with its run: it
+/// holds whole employee records and could never be approved any more.
+#[test]
+fn a_plan_held_past_the_history_goes_with_its_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V3), &path).expect("copy fixture");
+    let store = Store::open(&path).expect("open");
+    let mut record = afas_sync::model::RunRecord::new(store.next_run_id().expect("id"), today());
+    record.outcome = afas_sync::sync::Outcome::Held;
+    let plan = afas_sync::model::Plan {
+        as_of: today(),
+        base_run: store.meta().expect("meta").last_committed_run,
+        mutations: Vec::new(),
+        writes: Vec::new(),
+        source: Default::default(),
+        active_before: 0,
+        mapping_fingerprint: String::new(),
+    };
+    store.hold(&record, &plan, &[]).expect("hold");
+    assert_eq!(store.held_plans().expect("held").len(), 1);
+    let far = today().checked_add(jiff::ToSpan::days(2000)).expect("date");
+    store.purge(far, 400, 90).expect("purge");
+    assert!(
+        store.held_plans().expect("held").is_empty(),
+        "no held plan outlives its run"
+    );
+    assert!(store.runs(10).expect("runs").iter().all(|r| r.id != record.id));
+}

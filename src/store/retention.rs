@@ -115,10 +115,12 @@ impl Store {
             let mut mutations = txn.open_table(MUTATIONS)?;
             let mut history = txn.open_table(HISTORY)?;
             let outbox = txn.open_table(OUTBOX)?;
+            let mut held = txn.open_table(HELD)?;
             purge_runs(
                 &mut runs,
                 &mut mutations,
                 &mut history,
+                &mut held,
                 &outbox,
                 runs_before,
                 &mut stats,
@@ -313,6 +315,7 @@ fn purge_runs(
     runs: &mut redb::Table<u64, &[u8]>,
     mutations: &mut redb::Table<(u64, u32), &[u8]>,
     history: &mut redb::Table<(&str, u64), u32>,
+    held: &mut redb::Table<u64, &[u8]>,
     outbox: &redb::Table<(&str, u64), &[u8]>,
     before: Date,
     stats: &mut PurgeStats,
@@ -357,6 +360,9 @@ fn purge_runs(
             stats.mutations += 1;
         }
         runs.remove(id)?;
+        // A plan held that long was never approved: it goes with its run
+        // (it holds whole records, and could not be approved any more).
+        held.remove(id)?;
         stats.runs += 1;
     }
     Ok(())
