@@ -358,11 +358,12 @@ impl Unfinished {
             take_key(&mut contracts, &key, Ordering::Less, |_| {}).map_err(spill_err)?;
             mine.clear();
             take_key(&mut contracts, &key, Ordering::Equal, |c| mine.push(c)).map_err(spill_err)?;
+            // Sorted by sequence within the key: a repeat sits next to its
+            // twin (comparing each with all before it was quadratic).
             let twice = mine
-                .iter()
-                .enumerate()
-                .find(|(i, c)| mine[..*i].iter().any(|x| x.sequence == c.sequence))
-                .map(|(_, c)| format!("contract row: contract {} appears twice", c.sequence));
+                .windows(2)
+                .find(|w| w[0].sequence == w[1].sequence)
+                .map(|w| format!("contract row: contract {} appears twice", w[1].sequence));
             // Duplicate keys: neither row can be trusted, so all are rejected.
             let problem = if n > 1 {
                 Some(format!("duplicate key: {n} rows share it"))
