@@ -551,6 +551,15 @@ async fn refused_credentials_stop_the_sink_and_keep_everything_pending() {
         "nothing spent, nothing lost"
     );
     drop(store);
+    // The list says why everything waits: the sink is stopped.
+    let (code, list, err) = common::run_bin(&["--config", &env.cfg, "outbox", "list", "--state", "stopped"]).await;
+    assert_eq!(code, 0, "{list}{err}");
+    assert!(
+        list.starts_with("scim is STOPPED: ") && list.contains("refused the credentials (HTTP 401)"),
+        "{list}"
+    );
+    assert!(list.contains(" stopped "), "{list}");
+    assert!(!list.contains("wrong-token"), "the token is never printed");
     std::fs::write(env.dir.path().join("scim-token"), SCIM_TOKEN).expect("token");
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 4, "{out}");

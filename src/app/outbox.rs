@@ -46,6 +46,9 @@ pub struct OutboxList {
     pub entries: Vec<EntryLine>,
     /// Entries that matched beyond the limit.
     pub more: u64,
+    /// Sinks that are stopped, with why.
+    #[serde(default)]
+    pub stopped: Vec<(String, String)>,
 }
 
 /// `outbox show`: one entry, the change it carries and its attempts.
@@ -66,13 +69,18 @@ pub struct EmployeeAtSink {
     pub entries: Vec<EntryLine>,
 }
 
-fn stopped_sinks(store: &Store) -> Result<Vec<String>, AppError> {
+/// Sinks the last pass stopped, with why (a refusal of the credentials
+/// spends no entry's attempt, so this is where it shows).
+fn stopped_sinks(store: &Store) -> Result<Vec<(String, String)>, AppError> {
     Ok(store
         .outbox_counts()?
         .into_iter()
-        .filter(|(_, c)| c.stopped.is_some())
-        .map(|(s, _)| s)
+        .filter_map(|(s, c)| Some((s, c.stopped?)))
         .collect())
+}
+
+fn is_stopped(stopped: &[(String, String)], sink: &str) -> bool {
+    stopped.iter().any(|(s, _)| s == sink)
 }
 
 fn line(store: &Store, l: &EntryLog, state: EntryState) -> EntryLine {
@@ -111,9 +119,10 @@ pub fn list(store: &Store, filter: &EntryFilter, limit: usize) -> Result<OutboxL
         groups: Vec::new(),
         entries: Vec::new(),
         more: 0,
+        stopped: Vec::new(),
     };
     store.each_entry_log(filter.sink.as_deref(), |l| {
-        let state = EntryState::of(&l.entry, stopped.contains(&l.sink));
+        let state = EntryState::of(&l.entry, is_stopped(&stopped, &l.sink));
         let reason = l.attempts.last().map(|a| a.reason);
         if !filter.matches(&l.sink, state, reason) {
             return true;
@@ -140,6 +149,10 @@ pub fn list(store: &Store, filter: &EntryFilter, limit: usize) -> Result<OutboxL
     })?;
     out.groups
         .sort_by(|a, b| b.count.cmp(&a.count).then(a.sink.cmp(&b.sink)));
+    out.stopped = stopped
+        .into_iter()
+        .filter(|(s, _)| filter.sink.as_deref().is_none_or(|w| w == s))
+        .collect();
     Ok(out)
 }
 
@@ -151,7 +164,7 @@ pub fn show(store: &Store, seq: u64) -> Result<EntryStory, AppError> {
         )));
     };
     let stopped = stopped_sinks(store)?;
-    let state = EntryState::of(&l.entry, stopped.contains(&l.sink));
+    let state = EntryState::of(&l.entry, is_stopped(&stopped, &l.sink));
     let mutation = match &l.entry.item {
         OutboxItem::Mutation { run, index, .. } => store.mutation(*run, *index)?,
         OutboxItem::Run { .. } => None,
@@ -186,7 +199,7 @@ pub fn employee(config: &Config, store: &Store, key: &str) -> Result<Vec<Employe
         let entries = logs
             .iter()
             .filter(|l| l.sink == sink)
-            .map(|l| line(store, l, EntryState::of(&l.entry, stopped.iter().any(|s| s == sink))))
+            .map(|l| line(store, l, EntryState::of(&l.entry, is_stopped(&stopped, sink))))
             .collect();
         out.push(EmployeeAtSink {
             sink: sink.to_string(),

@@ -114,6 +114,9 @@ pub(super) fn list_out(l: &OutboxList, json_out: bool, o: &mut Out) -> i32 {
         say!(o, "{}", serde_json::to_value(l).unwrap_or_default());
         return exit::OK;
     }
+    for (sink, why) in &l.stopped {
+        say!(o, "{sink} is STOPPED: {}", crate::model::printable(why, 600));
+    }
     if l.groups.is_empty() {
         say!(o, "no outbox entries match");
         return exit::OK;
