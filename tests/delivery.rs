@@ -742,27 +742,9 @@ async fn a_held_and_then_approved_run_sends_two_events_with_two_ids() {
     }
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 0, "{out}");
-    let cfg = std::fs::read_to_string(&env.cfg).expect("cfg");
-    std::fs::write(
-        &env.cfg,
-        cfg.replace(
-            "max_leavers_percent = 100.0",
-            "max_leavers = 1\nmax_leavers_percent = 100.0",
-        ),
-    )
-    .expect("cfg");
+    env.max_leavers(1);
     let leaving: Vec<String> = env.snapshot().into_keys().take(3).collect();
-    env.emu.state.with_data(|d| {
-        let rows = &mut d.connectors.get_mut("Profit_Contract").expect("contracts").rows;
-        for r in rows
-            .iter_mut()
-            .filter(|r| leaving.iter().any(|k| r["EmployeeId"] == k.as_str()))
-        {
-            if r["DateEnd"].is_null() {
-                r.insert("DateEnd".into(), json!("2026-11-01T00:00:00Z"));
-            }
-        }
-    });
+    env.end_contracts(&leaving);
     let (code, out) = env.sync(day0()).await;
     assert_eq!(code, 3, "held: {out}");
     let (code, out, err) = common::run_bin(&["--config", &env.cfg, "plan", "approve", "2"]).await;

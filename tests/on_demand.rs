@@ -150,23 +150,8 @@ async fn one_employee_goes_through_every_step_alone() {
     );
 
     // A leaver: one employee's leaver is allowed, whatever the guards.
-    let cfg = std::fs::read_to_string(&env.cfg).expect("cfg");
-    std::fs::write(
-        &env.cfg,
-        cfg.replace(
-            "max_leavers_percent = 100.0",
-            "max_leavers = 0\nmax_leavers_percent = 0.0",
-        ),
-    )
-    .expect("cfg");
-    env.emu.state.with_data(|d| {
-        let rows = &mut d.connectors.get_mut("Profit_Contract").expect("contracts").rows;
-        for r in rows.iter_mut().filter(|r| r["EmployeeId"] == k.as_str()) {
-            if r["DateEnd"].is_null() {
-                r.insert("DateEnd".into(), json!("2026-11-01T00:00:00Z"));
-            }
-        }
-    });
+    env.max_leavers(0);
+    env.end_contracts(std::slice::from_ref(&k));
     let (code, out) = one(&env, &k, false).await;
     assert_eq!(code, 0, "{out}");
     assert!(

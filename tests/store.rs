@@ -640,15 +640,7 @@ async fn forget_takes_the_employee_out_of_held_plans() {
     let env = common::sync_env::Env::new(12, "[sink.files]\ndir = \"out\"\n").await;
     let (code, out) = env.sync(common::sync_env::day0()).await;
     assert_eq!(code, 0, "{out}");
-    let cfg = std::fs::read_to_string(&env.cfg).expect("cfg");
-    std::fs::write(
-        &env.cfg,
-        cfg.replace(
-            "max_leavers_percent = 100.0",
-            "max_leavers = 1\nmax_leavers_percent = 100.0",
-        ),
-    )
-    .expect("cfg");
+    env.max_leavers(1);
     // Three leave at once: held by the leaver guard.
     let leaving: Vec<String> = env
         .snapshot()
@@ -657,17 +649,7 @@ async fn forget_takes_the_employee_out_of_held_plans() {
         .map(|(k, _)| k)
         .take(3)
         .collect();
-    env.emu.state.with_data(|d| {
-        let rows = &mut d.connectors.get_mut("Profit_Contract").expect("contracts").rows;
-        for r in rows
-            .iter_mut()
-            .filter(|r| leaving.iter().any(|k| r["EmployeeId"] == k.as_str()))
-        {
-            if r["DateEnd"].is_null() {
-                r.insert("DateEnd".into(), serde_json::json!("2026-11-01T00:00:00Z"));
-            }
-        }
-    });
+    env.end_contracts(&leaving);
     let (code, out) = env.sync(common::sync_env::day0()).await;
     assert_eq!(code, 3, "held: {out}");
     let gone = &leaving[0];

@@ -97,6 +97,32 @@ impl Env {
         (before, daemon, port)
     }
 
+    /// Sets `guards.max_leavers` (a run with more leavers is held).
+    pub fn max_leavers(&self, n: u64) {
+        let cfg = std::fs::read_to_string(&self.cfg).expect("cfg");
+        let cfg = cfg.replace(
+            "max_leavers_percent = 100.0",
+            &format!("max_leavers = {n}\nmax_leavers_percent = 100.0"),
+        );
+        std::fs::write(&self.cfg, cfg).expect("cfg");
+    }
+
+    /// Ends the open contracts of these employees on 2026-11-01 in AFAS:
+    /// leavers on the next sync.
+    pub fn end_contracts(&self, keys: &[String]) {
+        self.emu.state.with_data(|d| {
+            let rows = &mut d.connectors.get_mut("Profit_Contract").expect("contracts").rows;
+            for r in rows
+                .iter_mut()
+                .filter(|r| keys.iter().any(|k| r["EmployeeId"] == k.as_str()))
+            {
+                if r["DateEnd"].is_null() {
+                    r.insert("DateEnd".into(), json!("2026-11-01T00:00:00Z"));
+                }
+            }
+        });
+    }
+
     pub async fn sync(&self, as_of: jiff::civil::Date) -> (i32, String) {
         let (code, out, err) = run_bin(&["--config", &self.cfg, "sync", "--as-of", &as_of.to_string()]).await;
         (code, format!("{out}\n{err}"))
