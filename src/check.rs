@@ -44,7 +44,7 @@ fn item(name: &str, result: Result<String, String>) -> CheckItem {
 
 /// Runs the AFAS checks. The config itself was validated by loading it.
 pub async fn run(config: &Config) -> Vec<CheckItem> {
-    let mut items = vec![item("config", Ok("valid".into()))];
+    let mut items = vec![item("config", Ok("valid".into())), state_item(&config.store.path)];
     let opts = match ClientOptions::from_config(&config.afas) {
         Ok(o) => {
             items.push(item("AFAS authentication", Ok(describe_auth(&config.afas.auth))));
@@ -114,6 +114,39 @@ pub async fn run(config: &Config) -> Vec<CheckItem> {
     items.extend(connector_fields(config, &client).await);
     items.extend(scim_items(config).await);
     items
+}
+
+/// Whether other local users can read the state (the company's personal
+/// data): a warning, since the sync works either way.
+fn state_item(path: &std::path::Path) -> CheckItem {
+    let name = "state file private";
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o007 != 0);
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let mut wide = Vec::new();
+        if let Some(d) = dir.filter(|d| open(d) == Some(true)) {
+            wide.push(format!("chmod 700 {}", d.display()));
+        }
+        if open(path) == Some(true) {
+            wide.push(format!("chmod 600 {}", path.display()));
+        }
+        if !wide.is_empty() {
+            return CheckItem {
+                name: name.into(),
+                ok: true,
+                warn: true,
+                detail: format!("other local users can read it: {}", wide.join("; ")),
+            };
+        }
+    }
+    let detail = if path.exists() {
+        "only its owner can read it"
+    } else {
+        "made readable by its owner only at the first sync"
+    };
+    item(name, Ok(detail.into()))
 }
 
 /// How afas-sync signs in to AFAS, in the words of AFAS's screens.

@@ -16,10 +16,16 @@ async fn check_passes_against_the_emulator() {
     let emu = spawn_emulator(company()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), &emu.base_url(), &token().to_xml(), "");
+    // As the unit's StateDirectoryMode leaves it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
     let (code, out, err) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(!out.contains("FAIL"), "{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("PASS")).count(), 8, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("PASS")).count(), 9, "{out}");
     // A classic token always warns: AFAS retires it. The emulator reports
     // 2027-05-01 as AFAS does for existing tokens.
     let warn: Vec<&str> = out.lines().filter(|l| l.starts_with("WARN")).collect();
@@ -29,6 +35,20 @@ async fn check_passes_against_the_emulator() {
             && warn[0].contains("Moving from the App Connector token to OAuth"),
         "{out}"
     );
+    // A state directory others can enter is named, with the fix.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (code, out, _) = run_bin(&["--config", cfg.to_str().expect("path"), "check"]).await;
+        assert_eq!(code, 0, "a warning: {out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("WARN")
+                && l.contains("state file private")
+                && l.contains(&format!("chmod 700 {}", dir.path().display()))),
+            "{out}"
+        );
+    }
 }
 
 #[tokio::test]
