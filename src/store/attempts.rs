@@ -3,9 +3,12 @@
 //! address (a target's `detail`), so it goes with its entry, with
 //! `forget` and with the leaver scrub.
 
-use super::*;
+use serde::{Deserialize, Serialize};
+
+use super::{dec, enc, OutboxEntry, Store, StoreError, ATTEMPTS, DELIVERED, OUTBOX};
 use crate::model::attempt::ATTEMPTS_KEPT;
 use crate::model::{Attempt, LastDelivery, Reason};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 /// What is kept for one entry: whose it is (for `forget` and the scrub,
 /// without reading the outbox), and its attempts, oldest first.

@@ -5,8 +5,19 @@
 //! employee's leaver is allowed. Nobody else is touched: the others are not
 //! read, so their absence counts for nothing.
 
-use super::*;
+use std::sync::Arc;
+
+use jiff::civil::Date;
+use serde::Serialize;
+
+use super::plan::{self, Diff, Plan, Provisioned, Rules, SourceStats};
+use super::{blocking, mapping_fingerprint, outbox_targets, read_of, refresh_state_metrics, SyncError};
+use crate::afas::{self, AfasClient, ClientOptions};
+use crate::config::Config;
+use crate::model::run::now;
 use crate::model::Mutation;
+use crate::model::{Employee, EmployeeKey, Outcome, RunRecord};
+use crate::store::Store;
 
 /// What reading one employee found and decided.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
