@@ -75,11 +75,13 @@ async fn a_first_import_and_a_churn_day_cost_one_request_per_change() {
 }
 
 /// The first import is killed in the middle of its delivery; the restart
-/// sends again only what was delivered after the last recorded batch.
+/// sends again only what was delivered after the last recorded batch. The
+/// pass reads 64 entries at a time: the kill lands windows into it.
 #[tokio::test]
 async fn a_crash_in_the_middle_of_a_first_import_resends_at_most_one_batch() {
     const BATCH: usize = 256;
     const PARALLEL: usize = 8;
+    const WINDOW: usize = 64;
     let scim = ScimPeer::start().await;
     // 20 ms per answer at up to 8 at a time: the delivery takes seconds.
     let proxy = FaultProxy::start_slow(scim.url(), vec![], std::time::Duration::from_millis(20)).await;
@@ -91,7 +93,7 @@ async fn a_crash_in_the_middle_of_a_first_import_resends_at_most_one_batch() {
         &env.cfg,
         text.replace(
             "parallelism = 4",
-            &format!("parallelism = 4\nmax_parallelism = {PARALLEL}"),
+            &format!("parallelism = 4\nmax_parallelism = {PARALLEL}\nwindow = {WINDOW}"),
         ),
     )
     .expect("config");
@@ -119,6 +121,7 @@ async fn a_crash_in_the_middle_of_a_first_import_resends_at_most_one_batch() {
             .count()
     };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Past ten windows of the 1500.
     while posts(&proxy) < 700 {
         assert!(tokio::time::Instant::now() < deadline, "delivery did not get going");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

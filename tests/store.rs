@@ -341,6 +341,7 @@ fn assert_fixture_reads(path: &Path, counted: bool) {
             assert!(store.attempts(sink, seq).expect("attempts").is_empty());
         }
         assert!(c.reasons.iter().all(|t| t.reason.is_none()), "{c:?}");
+        assert_queue_reads_whole(&store, sink);
     }
     let (current, history) = store.employee("1000001").expect("employee");
     let current = current.expect("stored");
@@ -350,6 +351,78 @@ fn assert_fixture_reads(path: &Path, counted: bool) {
         pay.salary.is_some() && pay.holiday_allowance_balance.is_some() && !pay.leave_hours.is_empty(),
         "{pay:?}"
     );
+}
+
+/// A pass reads every live entry of `sink` from the index by employee, in
+/// windows, each employee's entries in their order; returns how many.
+fn assert_queue_reads_whole(store: &Store, sink: &str) -> usize {
+    let live: Vec<u64> = store
+        .outbox_entries(sink)
+        .expect("entries")
+        .into_iter()
+        .filter(|(_, e)| !e.dead)
+        .map(|(seq, _)| seq)
+        .collect();
+    let (mut read, mut after, mut keys) = (Vec::new(), None::<String>, Vec::new());
+    loop {
+        let w = store
+            .due_window(sink, after.as_deref(), 16, i64::MAX, true)
+            .expect("window");
+        for chain in &w.chains {
+            assert!(
+                chain.windows(2).all(|j| j[0].seq < j[1].seq),
+                "{sink}: chain out of order"
+            );
+            let key = chain[0].entry.item.order_key();
+            assert!(chain.iter().all(|j| j.entry.item.order_key() == key));
+            assert!(chain
+                .iter()
+                .all(|j| j.mutation.as_ref().is_some_and(|m| m.key.as_str() == key)));
+            read.extend(chain.iter().map(|j| j.seq));
+            keys.push(key.to_string());
+        }
+        match w.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    read.extend(
+        store
+            .due_run_chain(sink, i64::MAX, true)
+            .expect("run chain")
+            .iter()
+            .map(|j| j.seq),
+    );
+    read.sort_unstable();
+    assert_eq!(read, live, "{sink}");
+    assert!(keys.windows(2).all(|k| k[0] < k[1]), "{keys:?}");
+    live.len()
+}
+
+/// Written by the release before the outbox was indexed by employee
+/// (ec4a3c0), with entries waiting for a SCIM target and the file sink:
+/// opened by this binary, every entry is in the index, and one sync later
+/// the new entries are too.
+#[tokio::test]
+async fn an_outbox_written_before_the_employee_index_is_indexed_when_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    std::fs::copy("tests/fixtures/store-schema3-outbox.redb", &path).expect("copy");
+    let store = Store::open(&path).expect("fixture opens");
+    let scim = assert_queue_reads_whole(&store, "scim");
+    let files = assert_queue_reads_whole(&store, "files");
+    assert!(scim > 20, "{scim}");
+    assert!(files >= 2, "{files}");
+    // Some employee has two entries (a joiner, then a change): one chain.
+    let w = store.due_window("scim", None, 100_000, i64::MAX, true).expect("window");
+    assert!(w.chains.iter().any(|c| c.len() >= 2), "no chain of two");
+    assert!(w.next.is_none());
+    // Nothing is due before its time unless forced.
+    let due = store.due_summary("scim", 0, false).expect("summary");
+    assert_eq!(due.entries, 0);
+    let forced = store.due_summary("scim", 0, true).expect("summary");
+    assert_eq!(forced.entries as usize, scim);
+    assert_eq!(forced.to_create, forced.chains);
 }
 
 #[tokio::test]

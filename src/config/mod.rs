@@ -169,6 +169,9 @@ impl Config {
             ));
         }
         validate_rules(&raw.sync, &raw.guards, &raw.retention)?;
+        if !(16..=65536).contains(&raw.delivery.window) {
+            return Err(invalid("delivery.window", "must be 16 to 65536 entries"));
+        }
         if !(1..=256).contains(&raw.delivery.max_parallelism) {
             return Err(invalid("delivery.max_parallelism", "must be 1 to 256"));
         }

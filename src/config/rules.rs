@@ -151,6 +151,9 @@ pub struct DeliveryConfig {
     pub max_age_hours: u64,
     /// How long `afas-sync sync` keeps delivering before it exits.
     pub sync_wait_secs: u64,
+    /// Outbox entries a pass reads and holds at a time (whole employees'
+    /// chains): what bounds its memory, whatever the outbox holds.
+    pub window: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -160,6 +163,7 @@ impl Default for DeliveryConfig {
             max_parallelism: 64,
             max_age_hours: 14 * 24,
             sync_wait_secs: 120,
+            window: 2048,
         }
     }
 }

@@ -21,13 +21,13 @@ enum Work {
 
 pub(super) async fn rounds(
     pass: &Arc<SinkPass>,
-    plan: BulkPlan,
+    plan: &BulkPlan,
     chains: Vec<Vec<Job>>,
     out: &Out,
 ) -> Result<(), DeliveryError> {
     let mut chains: Vec<VecDeque<Job>> = chains.into_iter().map(VecDeque::from).collect();
     while going(pass) {
-        let work = round(pass, &plan, &mut chains);
+        let work = round(pass, plan, &mut chains);
         if work.is_empty() {
             break;
         }

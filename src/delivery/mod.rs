@@ -113,17 +113,7 @@ pub fn transport_error(e: &reqwest::Error, what: &str) -> SinkError {
 }
 
 /// One entry, with what it needs to be delivered.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub seq: u64,
-    pub entry: OutboxEntry,
-    pub mutation: Option<Mutation>,
-    pub run: Option<RunRecord>,
-    /// The target's id for this employee, from an earlier delivery.
-    pub target_id: Option<String>,
-    /// …and the version of that user the target last answered with.
-    pub target_version: Option<String>,
-}
+pub type Job = crate::store::QueuedJob;
 
 /// What a delivery learnt about the employee's user at the target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,12 +166,11 @@ impl Sink {
         }
     }
 
-    /// Before a pass delivers `first` (each due employee's first entry):
-    /// a chance to learn in a few requests what would otherwise cost one
-    /// per entry.
-    pub async fn prepare(&self, first: &[&Job]) {
+    /// Before a pass delivers what `due` counts: a chance to learn in a
+    /// few requests what would otherwise cost one per entry.
+    pub async fn prepare(&self, due: &crate::store::DueSummary) {
         if let Sink::Scim(s) = self {
-            s.prepare(first).await;
+            s.prepare(due).await;
         }
     }
 }

@@ -56,6 +56,8 @@ pub(super) struct SinkPass {
     pub(super) now: i64,
     pub(super) max_age: i64,
     pub(super) limiter: Arc<Limiter>,
+    /// Outbox entries read and held at a time.
+    pub(super) window: usize,
     /// Why the sink stopped, once it has.
     pub(super) down: std::sync::Mutex<Option<String>>,
     pub(super) refusals: std::sync::Mutex<Refusals>,

@@ -44,6 +44,7 @@ pub async fn deliver_pass_until(
             now,
             max_age: (config.delivery.max_age_hours * 3600) as i64,
             limiter: limiter_for(sink, &config.delivery, store).await,
+            window: config.delivery.window as usize,
             down: std::sync::Mutex::new(None),
             refusals: std::sync::Mutex::new(Refusals::default()),
             stop: stop.clone(),
@@ -121,61 +122,38 @@ async fn keep_pace(store: &Arc<Store>, sink: &Sink, limiter: &Arc<Limiter>) {
 }
 
 /// Delivers the due chains of one sink, as many employees at a time as its
-/// limiter allows, recording results as they come.
+/// limiter allows, recording results as they come. The outbox is read in
+/// windows of whole chains, in employee order, one ahead of delivery; no
+/// more chains are started than one window holds, so memory stays the same
+/// whatever the outbox holds.
 async fn pass_over(
     pass: Arc<SinkPass>,
     store: &Arc<Store>,
     force: bool,
     recorder: &mut Recorder<'_>,
 ) -> Result<SinkOutcome, DeliveryError> {
-    let name = pass.name;
-    let jobs = {
+    let (name, now) = (pass.name, pass.now);
+    let (due, run_chain) = {
         let s = store.clone();
-        blocking(move || load_jobs(&s, name)).await?
+        blocking(move || Ok((s.due_summary(name, now, force)?, s.due_run_chain(name, now, force)?))).await?
     };
-    // Chains per employee, in outbox order.
-    let mut chains: BTreeMap<String, Vec<Job>> = BTreeMap::new();
-    for job in jobs.into_iter().filter(|j| !j.entry.dead) {
-        chains
-            .entry(job.entry.item.order_key().to_string())
-            .or_default()
-            .push(job);
-    }
-    let due = |chain: &Vec<Job>| chain.first().is_some_and(|j| force || j.entry.next_at <= pass.now);
-    chains.retain(|_, chain| due(chain));
-    // Run events ("sync.completed" …) go after the employee events of the
-    // same pass, so a receiver sees the run's changes first.
-    let run_chain = chains.remove("");
-    let entries = chains.values().chain(run_chain.iter()).map(|c| c.len() as u64).sum();
-    crate::progress::begin_delivery(name, entries);
-    if !chains.is_empty() {
-        let first: Vec<&Job> = chains.values().filter_map(|c| c.first()).collect();
-        pass.sink.prepare(&first).await;
+    crate::progress::begin_delivery(name, due.entries + run_chain.len() as u64);
+    if due.chains > 0 {
+        pass.sink.prepare(&due).await;
     }
     let bulk = match pass.sink.as_scim() {
-        Some(s) if !chains.is_empty() => s.bulk_plan().await,
+        Some(s) if due.chains > 0 => s.bulk_plan().await,
         _ => None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handled>();
+    let windows = read_windows(store.clone(), name, now, force, pass.window, due.chains > 0);
     let driver = {
         let pass = pass.clone();
         tokio::spawn(async move {
-            if let Some(plan) = bulk {
-                super::batch::rounds(&pass, plan, chains.into_values().collect(), &tx).await?;
-            } else {
-                let mut tasks = tokio::task::JoinSet::new();
-                for chain in chains.into_values() {
-                    let (pass, tx) = (pass.clone(), tx.clone());
-                    tasks.spawn(async move { run_chain_of(&pass, chain, &tx).await });
-                }
-                while let Some(r) = tasks.join_next().await {
-                    r.map_err(|e| DeliveryError::Task(e.to_string()))?;
-                }
-            }
-            // The first entry of a waiting chain holds the later ones back.
-            if let Some(chain) = run_chain {
-                run_chain_of(&pass, chain, &tx).await;
-            }
+            drive(&pass, bulk, windows, &tx).await?;
+            // Run events ("sync.completed" …) go after the employee events
+            // of the same pass, so a receiver sees the run's changes first.
+            run_chain_of(&pass, run_chain, &tx).await;
             Ok::<(), DeliveryError>(())
         })
     };
@@ -213,6 +191,90 @@ async fn pass_over(
     })
 }
 
+/// The windows of a sink's due chains, read on the blocking pool one
+/// ahead of the one being delivered. A read that fails ends the stream
+/// with its error.
+fn read_windows(
+    store: Arc<Store>,
+    sink: &'static str,
+    now: i64,
+    force: bool,
+    window: usize,
+    any: bool,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<Vec<Job>>, DeliveryError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    if !any {
+        return rx;
+    }
+    tokio::spawn(async move {
+        let mut after: Option<String> = None;
+        loop {
+            let s = store.clone();
+            let from = after.take();
+            let w = blocking(move || s.due_window(sink, from.as_deref(), window, now, force)).await;
+            let (chains, next) = match w {
+                Ok(w) => (Ok(w.chains), w.next),
+                Err(e) => (Err(e), None),
+            };
+            let last = chains.is_err() || next.is_none();
+            if tx.send(chains).await.is_err() || last {
+                return;
+            }
+            after = next;
+        }
+    });
+    rx
+}
+
+/// Delivers the windows' chains: one task per employee, at most a window's
+/// worth at once (the limiter decides how many send), or in Bulk rounds a
+/// window at a time.
+async fn drive(
+    pass: &Arc<SinkPass>,
+    bulk: Option<super::scim::bulk::BulkPlan>,
+    mut windows: tokio::sync::mpsc::Receiver<Result<Vec<Vec<Job>>, DeliveryError>>,
+    out: &Out,
+) -> Result<(), DeliveryError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut open = 0usize;
+    while going(pass) {
+        let Some(chains) = windows.recv().await else { break };
+        let chains = chains?;
+        if let Some(plan) = &bulk {
+            super::batch::rounds(pass, plan, chains, out).await?;
+            continue;
+        }
+        for chain in chains {
+            while open >= pass.window.max(1) {
+                match tasks.join_next().await {
+                    Some(r) => {
+                        open -= chain_len(r)?;
+                    }
+                    None => open = 0,
+                }
+            }
+            if !going(pass) {
+                break;
+            }
+            open += chain.len();
+            let (pass, out) = (pass.clone(), out.clone());
+            let n = chain.len();
+            tasks.spawn(async move {
+                run_chain_of(&pass, chain, &out).await;
+                n
+            });
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        chain_len(r)?;
+    }
+    Ok(())
+}
+
+fn chain_len(r: Result<usize, tokio::task::JoinError>) -> Result<usize, DeliveryError> {
+    r.map_err(|e| DeliveryError::Task(e.to_string()))
+}
+
 /// Delivers one employee's entries in order, until one must wait.
 async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>, out: &Out) {
     for job in chain {
@@ -220,36 +282,6 @@ async fn run_chain_of(pass: &SinkPass, chain: Vec<Job>, out: &Out) {
             break;
         }
     }
-}
-
-pub(super) fn load_jobs(store: &Store, sink: &str) -> Result<Vec<Job>, StoreError> {
-    let mut jobs = Vec::new();
-    let mut runs: BTreeMap<u64, Option<RunRecord>> = BTreeMap::new();
-    for (seq, entry) in store.outbox_entries(sink)? {
-        let (mutation, run, target_id, target_version) = match &entry.item {
-            OutboxItem::Mutation { run, index, key } => (
-                store.mutation(*run, *index)?,
-                None,
-                store.target_id(sink, key.as_str())?,
-                store.target_version(sink, key.as_str())?,
-            ),
-            OutboxItem::Run { run } => {
-                if !runs.contains_key(run) {
-                    runs.insert(*run, store.run_if_exists(*run)?);
-                }
-                (None, runs.get(run).cloned().flatten(), None, None)
-            }
-        };
-        jobs.push(Job {
-            seq,
-            entry,
-            mutation,
-            run,
-            target_id,
-            target_version,
-        });
-    }
-    Ok(jobs)
 }
 
 /// Delivers until the outbox is empty, every sink is down, or `wait` has

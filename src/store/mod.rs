@@ -13,6 +13,7 @@ pub mod codec;
 mod migrate;
 mod outbox;
 mod queries;
+mod queue;
 mod retention;
 mod writer;
 
@@ -20,6 +21,7 @@ pub use attempts::*;
 use migrate::*;
 pub use outbox::*;
 pub use queries::*;
+pub use queue::{DueSummary, QueuedJob, TargetUser, Window};
 pub use retention::*;
 pub use writer::*;
 
@@ -71,6 +73,10 @@ const MUTATIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("muta
 const MUTATIONS_V1: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("mutations");
 /// (sink name, sequence) → outbox entry.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// (sink, employee key, sequence): the outbox in employee order, so a
+/// delivery pass reads it in windows of whole chains (run entries have key
+/// ""). Added within schema 3; see `queue::INDEXED_SEQ`.
+const OUTBOX_BY_KEY: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("outbox_by_key");
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_plans");
 /// (sink, employee key) → the target's id for that employee (the SCIM id).
 const TARGET_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_ids");
@@ -350,6 +356,7 @@ impl Store {
         txn.open_table(LEAVERS)?;
         txn.open_table(ATTEMPTS)?;
         txn.open_table(DELIVERED)?;
+        Store::index_outbox(&txn)?;
         txn.commit()?;
         Ok(())
     }

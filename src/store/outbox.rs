@@ -216,6 +216,7 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             let mut outbox = txn.open_table(OUTBOX)?;
+            let mut index = txn.open_table(OUTBOX_BY_KEY)?;
             let mut ids = txn.open_table(TARGET_IDS)?;
             let mut versions = txn.open_table(TARGET_VERSIONS)?;
             let mut attempts = txn.open_table(ATTEMPTS)?;
@@ -229,6 +230,9 @@ impl Store {
                             Some(g) => dec::<OutboxEntry>("outbox entry", g.value()).ok().map(|e| e.item),
                             None => None,
                         };
+                        if let Some(item) = &item {
+                            index.remove((sink, item.order_key(), *seq))?;
+                        }
                         if let Some(OutboxItem::Mutation { run, index, key }) = item {
                             let last = crate::model::LastDelivery {
                                 at: *at,

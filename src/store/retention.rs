@@ -243,8 +243,10 @@ impl Store {
                     doomed.push((sink.to_string(), seq));
                 }
             }
+            let mut index = txn.open_table(OUTBOX_BY_KEY)?;
             for (sink, seq) in doomed {
                 outbox.remove((sink.as_str(), seq))?;
+                index.remove((sink.as_str(), key, seq))?;
             }
             let mut ids = txn.open_table(TARGET_IDS)?;
             let mut doomed_ids = Vec::new();

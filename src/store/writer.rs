@@ -12,13 +12,22 @@ pub(super) fn enqueue_run_events(
     let mut meta = txn.open_table(META)?;
     let mut seq = meta.get("outbox_seq")?.and_then(|g| read_u64(g.value())).unwrap_or(0);
     let mut outbox = txn.open_table(OUTBOX)?;
-    enqueue_run_entries(&mut outbox, &mut seq, targets, run, false)?;
+    let mut index = txn.open_table(OUTBOX_BY_KEY)?;
+    enqueue_run_entries(&mut outbox, &mut index, &mut seq, targets, run, false)?;
+    set_outbox_seq(&mut meta, seq)?;
+    Ok(())
+}
+
+/// The next outbox sequence, and that the index holds every entry up to it.
+fn set_outbox_seq(meta: &mut redb::Table<&str, &[u8]>, seq: u64) -> Result<(), StoreError> {
     meta.insert("outbox_seq", u64_bytes(seq).as_slice())?;
+    meta.insert(queue::INDEXED_SEQ, u64_bytes(seq).as_slice())?;
     Ok(())
 }
 
 pub(super) fn enqueue_run_entries(
     outbox: &mut redb::Table<(&str, u64), &[u8]>,
+    index: &mut redb::Table<(&str, &str, u64), ()>,
     seq: &mut u64,
     targets: &[OutboxTarget],
     run: u64,
@@ -35,6 +44,7 @@ pub(super) fn enqueue_run_entries(
             *seq += 1;
             let entry = OutboxEntry::new(OutboxItem::Run { run }, now);
             outbox.insert((t.sink.as_str(), *seq), enc("outbox entry", &entry)?.as_slice())?;
+            index.insert((t.sink.as_str(), "", *seq), ())?;
         }
     }
     Ok(())
@@ -57,6 +67,7 @@ pub struct RunWriter<'t> {
     mutations: redb::Table<'t, (u64, u32), &'static [u8]>,
     history: redb::Table<'t, (&'static str, u64), u32>,
     outbox: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    index: redb::Table<'t, (&'static str, &'static str, u64), ()>,
     leavers: redb::Table<'t, (u32, &'static str), ()>,
     packer: MutationPacker,
     targets: &'t [OutboxTarget],
@@ -145,6 +156,7 @@ impl RunWriter<'_> {
                     (t.sink.as_str(), self.seq),
                     enc("outbox entry", &OutboxEntry::new(item, self.now))?.as_slice(),
                 )?;
+                self.index.insert((t.sink.as_str(), key.as_str(), self.seq), ())?;
             }
             self.written = index
                 .checked_add(1)
@@ -338,6 +350,7 @@ impl Store {
                 mutations: txn.open_table(MUTATIONS)?,
                 history: txn.open_table(HISTORY)?,
                 outbox: txn.open_table(OUTBOX)?,
+                index: txn.open_table(OUTBOX_BY_KEY)?,
                 leavers: txn.open_table(LEAVERS)?,
                 packer: MutationPacker::default(),
                 targets,
@@ -369,7 +382,7 @@ impl Store {
             if let Some(c) = w.packer.finish() {
                 w.put_mutations(c)?;
             }
-            enqueue_run_entries(&mut w.outbox, &mut w.seq, targets, run_id, w.written > 0)?;
+            enqueue_run_entries(&mut w.outbox, &mut w.index, &mut w.seq, targets, run_id, w.written > 0)?;
             run.snapshot_digest = w.digest;
             let mut runs = txn.open_table(RUNS)?;
             runs.insert(run.id, enc("run", &run)?.as_slice())?;
@@ -377,7 +390,7 @@ impl Store {
             meta.insert("snapshot_digest", u64_bytes(w.digest).as_slice())?;
             meta.insert("source_rows", u64_bytes(source_rows).as_slice())?;
             meta.insert("mapping_fingerprint", mapping_fingerprint.as_bytes())?;
-            meta.insert("outbox_seq", u64_bytes(w.seq).as_slice())?;
+            set_outbox_seq(&mut meta, w.seq)?;
             meta.insert("active_employees", u64_bytes(w.active).as_slice())?;
             if let Some(id) = approved_held {
                 let mut held = txn.open_table(HELD)?;

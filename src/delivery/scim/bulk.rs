@@ -72,7 +72,7 @@ impl ScimSink {
         let user_name = self.user_name_of(e);
         let (method, path, version, data, id) = match m.kind {
             MutationKind::Joiner | MutationKind::Rehire => match self.known(key) {
-                Known::Absent if job.target_id.is_none() && !self.listed_match(e) => (
+                Known::Absent if job.target.is_none() && !self.listed_match(e) => (
                     "POST",
                     "/Users".to_string(),
                     None,
@@ -85,11 +85,8 @@ impl ScimSink {
                 if self.put_mode(ready) || (m.kind == MutationKind::Leaver && self.deprovision == Deprovision::Delete) {
                     return None;
                 }
-                let (id, version) = match (&job.target_id, self.known(key)) {
-                    (Some(id), _) => (
-                        id.clone(),
-                        self.known_version(id).or_else(|| job.target_version.clone()),
-                    ),
+                let (id, version) = match (&job.target, self.known(key)) {
+                    (Some(t), _) => (t.id.clone(), self.known_version(&t.id).or_else(|| t.version.clone())),
                     (None, Known::At(f)) => (f.id, f.version),
                     (None, _) => return None,
                 };

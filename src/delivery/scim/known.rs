@@ -17,11 +17,10 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::{Found, Ready, ScimSink, CORE_URN};
-use crate::delivery::Job;
-use crate::model::MutationKind;
+use crate::store::DueSummary;
 
 /// Employees to create in a pass from which a listing may pay.
-const LIST_FROM: usize = 16;
+const LIST_FROM: u64 = 16;
 /// Users a listing reads for the cost of one lookup, roughly (a page of
 /// 1000 took scim2-server 1.5 s, a lookup 60 ms): a listing is read only
 /// when the target holds fewer than this many users per employee to create.
@@ -228,16 +227,8 @@ impl ScimSink {
     /// At the start of a pass: with many employees to create and no id for
     /// them, or a target that cannot be asked by filter, read the target's
     /// users once.
-    pub async fn prepare(&self, first: &[&Job]) {
-        let to_create = first
-            .iter()
-            .filter(|j| j.target_id.is_none())
-            .filter(|j| {
-                j.mutation
-                    .as_ref()
-                    .is_some_and(|m| matches!(m.kind, MutationKind::Joiner | MutationKind::Rehire))
-            })
-            .count();
+    pub async fn prepare(&self, due: &DueSummary) {
+        let to_create = due.to_create;
         {
             let mut m = self.memory();
             m.complete = false;
@@ -245,14 +236,14 @@ impl ScimSink {
             m.twice.clear();
         }
         let Ok(ready) = self.ready().await else { return };
-        let must = !self.can_filter(&ready) && first.iter().any(|j| j.target_id.is_none());
+        let must = !self.can_filter(&ready) && due.without_target > 0;
         if to_create < LIST_FROM && !must {
             return;
         }
         let limit = if must {
             u64::MAX
         } else {
-            LISTED_PER_LOOKUP.saturating_mul(to_create as u64)
+            LISTED_PER_LOOKUP.saturating_mul(to_create)
         };
         if let Err(reason) = self.read_listing(&ready, limit).await {
             tracing::info!(

@@ -365,9 +365,9 @@ impl ScimSink {
     /// known of it: a change is written there directly, and only a 404
     /// leads to a lookup.
     fn stored(&self, job: &Job) -> Option<Found> {
-        job.target_id.as_ref().map(|id| Found {
-            id: id.clone(),
-            version: self.known_version(id).or_else(|| job.target_version.clone()),
+        job.target.as_ref().map(|t| Found {
+            id: t.id.clone(),
+            version: self.known_version(&t.id).or_else(|| t.version.clone()),
         })
     }
 
