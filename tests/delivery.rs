@@ -232,9 +232,10 @@ async fn a_week_long_outage_keeps_entries_in_order_and_old_ones_are_dead_lettere
     assert!(total > 40, "{total}");
 
     // A simulated week with the target down: retried, never dead (14 days).
+    let limiters = afas_sync::delivery::Limiters::default();
     let t0 = jiff::Timestamp::now().as_second();
     for day in 0..7 {
-        let r = afas_sync::delivery::deliver_pass(&config, &store, &sinks, t0 + day * 86_400, false)
+        let r = afas_sync::delivery::deliver_pass(&config, &store, &sinks, &limiters, t0 + day * 86_400, false)
             .await
             .expect("pass");
         assert_eq!(r.delivered, 0);
@@ -254,7 +255,7 @@ async fn a_week_long_outage_keeps_entries_in_order_and_old_ones_are_dead_lettere
     let scim = ScimPeer::start_on(port).await;
     let mut now = t0 + 8 * 86_400;
     for _ in 0..5 {
-        let r = afas_sync::delivery::deliver_pass(&config, &store, &sinks, now, false)
+        let r = afas_sync::delivery::deliver_pass(&config, &store, &sinks, &limiters, now, false)
             .await
             .expect("pass");
         if r.pending == 0 {
@@ -286,7 +287,7 @@ async fn a_week_long_outage_keeps_entries_in_order_and_old_ones_are_dead_lettere
     let pending = store.outbox_entries("scim").expect("e").len();
     assert!(pending > 0);
     let t1 = jiff::Timestamp::now().as_second();
-    let r = afas_sync::delivery::deliver_pass(&short, &store, &sinks, t1 + 2 * 86_400, false)
+    let r = afas_sync::delivery::deliver_pass(&short, &store, &sinks, &limiters, t1 + 2 * 86_400, false)
         .await
         .expect("pass");
     assert!(r.dead_lettered > 0, "{r:?}");
@@ -305,7 +306,7 @@ async fn a_week_long_outage_keeps_entries_in_order_and_old_ones_are_dead_lettere
     assert!(revived > 0);
     let mut now = t1 + 2 * 86_400;
     for _ in 0..5 {
-        let r = afas_sync::delivery::deliver_pass(&short, &store, &sinks, now, false)
+        let r = afas_sync::delivery::deliver_pass(&short, &store, &sinks, &limiters, now, false)
             .await
             .expect("pass");
         if r.pending == 0 {

@@ -155,12 +155,13 @@ async fn a_panic_in_the_file_sink_writes_no_file_and_the_retry_writes_it_whole()
         let s = site(&emu.base_url(), "");
         let run = commit(&s, day0).await;
         let sinks = delivery::sinks(&s.config, s.store.clone()).expect("sinks");
+        let limiters = delivery::Limiters::default();
         let now = jiff::Timestamp::now().as_second();
 
         // The first import's ~8,000 joiners fill several chunks; the
         // third one read or written panics.
         fault::arm(point, 3);
-        let report = delivery::deliver_pass(&s.config, &s.store, &sinks, now, true)
+        let report = delivery::deliver_pass(&s.config, &s.store, &sinks, &limiters, now, true)
             .await
             .expect("pass");
         assert!(!fault::armed(), "{point:?}: the fault went off");
@@ -173,7 +174,7 @@ async fn a_panic_in_the_file_sink_writes_no_file_and_the_retry_writes_it_whole()
             "{point:?}: no file, not even a temporary one"
         );
 
-        let report = delivery::deliver_pass(&s.config, &s.store, &sinks, now + 7200, true)
+        let report = delivery::deliver_pass(&s.config, &s.store, &sinks, &limiters, now + 7200, true)
             .await
             .expect("pass");
         assert_eq!((report.delivered, report.pending), (1, 0), "{point:?}: {report:?}");

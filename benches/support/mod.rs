@@ -1,6 +1,10 @@
 //! What both benchmarks start with: a two-worker runtime (the machine's
 //! cores) and the AFAS emulator on loopback, with no data yet.
 
+#![allow(dead_code)]
+
+pub mod measure;
+
 use std::sync::Arc;
 
 use afas_sync::afas::token::AppToken;

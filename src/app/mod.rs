@@ -420,7 +420,9 @@ pub async fn deliver_outbox(config: &Config, store: &Arc<Store>, force: bool) ->
         }
     };
     let wait = std::time::Duration::from_secs(config.delivery.sync_wait_secs);
-    match crate::delivery::deliver_until_done(config, store, &sinks, wait, force).await {
+    // This command's passes share what they learn about each target.
+    let limiters = crate::delivery::Limiters::default();
+    match crate::delivery::deliver_until_done(config, store, &sinks, &limiters, wait, force).await {
         Ok(r) => {
             let counts = store.outbox_counts().unwrap_or_default();
             Some(Delivery {

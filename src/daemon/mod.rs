@@ -36,6 +36,8 @@ struct Shared {
     /// A run committed: look at the target's unmanaged users once its
     /// changes are delivered.
     sweep_due: std::sync::atomic::AtomicBool,
+    /// What delivery passes learnt about each target, for the next pass.
+    limiters: crate::delivery::Limiters,
 }
 
 fn notify(state: &[sd_notify::NotifyState]) {
@@ -337,8 +339,15 @@ async fn deliver_due(
         Ok(s) if !s.is_empty() => s,
         _ => return false,
     };
-    let pass =
-        crate::delivery::deliver_pass_until(config, &shared.store, &sinks, now.as_second(), false, stop.subscribe());
+    let pass = crate::delivery::deliver_pass_until(
+        config,
+        &shared.store,
+        &sinks,
+        &shared.limiters,
+        now.as_second(),
+        false,
+        stop.subscribe(),
+    );
     tokio::pin!(pass);
     let mut stopping = false;
     let report = tokio::select! {
@@ -381,6 +390,7 @@ pub async fn run(
         run_lock: Mutex::new(()),
         health: health.clone(),
         sweep_due: false.into(),
+        limiters: crate::delivery::Limiters::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = spawn_http(http, health, stop_rx)?;

@@ -9,6 +9,7 @@
 
 mod batch;
 mod events;
+mod fate;
 pub mod files;
 mod limit;
 mod pass;
@@ -163,6 +164,15 @@ impl Sink {
         match self {
             Sink::Scim(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// An employee's entries of this pass are done with: what the sink
+    /// kept to deliver them is let go, so its memory stays with the
+    /// chains in flight.
+    pub fn chain_done(&self, key: &str) {
+        if let Sink::Scim(s) = self {
+            s.chain_done(key);
         }
     }
 

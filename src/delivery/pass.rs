@@ -3,16 +3,11 @@
 //! entry (done, retried after a backoff or the target's `Retry-After`,
 //! refused) and for the target's load.
 
+use super::fate::{fate, Clock, Fate, BACKOFF};
 use super::limit::{Limiter, Load, Permit};
 use super::record::*;
 use super::*;
 use crate::model::{Attempt, Step};
-
-/// The wait after a failed delivery: 30 s doubling to 1 h, with random
-/// jitter (the one backoff policy, [`crate::net::backoff`]).
-fn backoff(attempts: u32) -> i64 {
-    crate::net::backoff(attempts, Duration::from_secs(30), Duration::from_secs(3600)).as_secs() as i64
-}
 
 /// Different employees refused in a row with the same answer before the
 /// sink counts as refusing everything (a schema or mapping the target does
@@ -58,6 +53,8 @@ pub(super) struct SinkPass {
     pub(super) limiter: Arc<Limiter>,
     /// Outbox entries read and held at a time.
     pub(super) window: usize,
+    /// Employees' chains being delivered at once, at most.
+    pub(super) in_flight: usize,
     /// Why the sink stopped, once it has.
     pub(super) down: std::sync::Mutex<Option<String>>,
     pub(super) refusals: std::sync::Mutex<Refusals>,
@@ -147,22 +144,29 @@ pub(super) fn report(
     go_on
 }
 
-/// What one delivery's outcome means for its entry, and whether the
-/// employee's next entry may follow.
+/// What one delivery's outcome means for its entry ([`fate`]), its effect
+/// on the pass (a refusal counted, the sink stopped or paused), and
+/// whether the employee's next entry may follow.
 fn handled(
     pass: &SinkPass,
     job: Job,
     delivered: Result<Delivered, SinkError>,
     steps: Vec<Step>,
 ) -> (Option<Handled>, bool) {
-    let attempt = |e: &SinkError, steps: Vec<Step>| Attempt {
+    let clock = Clock {
+        now: pass.now,
+        max_age: pass.max_age,
+        backoff: BACKOFF,
+    };
+    let err = delivered.as_ref().err();
+    let outcome = fate(&job.entry, err.map_or(Ok(()), Err), &clock, fastrand::f64());
+    let attempt = err.map(|e| Attempt {
         at: pass.now,
         reason: reason_of(e, &steps, pass.name),
         message: e.to_string(),
-        steps,
-    };
-    if let Err(e) = &delivered {
-        let a = attempt(e, steps.clone());
+        steps: steps.clone(),
+    });
+    if let Some(a) = &attempt {
         tracing::debug!(
             sink = pass.name,
             seq = job.seq,
@@ -170,13 +174,16 @@ fn handled(
             "not delivered (the class only: the target's words can quote an address)"
         );
     }
-    match delivered {
-        Ok(d) => {
-            let target_id = match (&job.entry.item, d.id) {
-                (OutboxItem::Mutation { key, .. }, Some(id)) => Some(TargetRef {
+    match (outcome, attempt) {
+        (Fate::Delivered, _) => {
+            let target_id = match (
+                &job.entry.item,
+                delivered.ok().and_then(|d| d.id.map(|id| (id, d.version))),
+            ) {
+                (OutboxItem::Mutation { key, .. }, Some((id, version))) => Some(TargetRef {
                     key: key.clone(),
                     id,
-                    version: d.version,
+                    version,
                 }),
                 _ => None,
             };
@@ -199,15 +206,15 @@ fn handled(
             };
             (Some(Handled::Result(job.seq, done)), true)
         }
-        Err(SinkError::Down { reason }) => {
-            if let Ok(mut d) = pass.down.lock() {
-                d.get_or_insert(reason);
+        (Fate::Untouched, _) | (_, None) => {
+            if let Err(SinkError::Down { reason }) = delivered {
+                if let Ok(mut d) = pass.down.lock() {
+                    d.get_or_insert(reason);
+                }
             }
-            // Nothing spent: the entry stays as it is.
             (None, false)
         }
-        Err(e @ (SinkError::Permanent { .. } | SinkError::Conflict { .. })) => {
-            let a = attempt(&e, steps);
+        (Fate::Refused, Some(a)) => {
             let reason = a.message.clone();
             let stops = pass.refusals.lock().map(|mut r| r.refused(&reason)).unwrap_or(false);
             if stops {
@@ -217,16 +224,14 @@ fn handled(
             }
             (Some(Handled::Refused(job.seq, job.entry, a)), !stops)
         }
-        Err(e @ SinkError::Retry { .. }) => {
-            let a = attempt(&e, steps);
-            let after = e.after();
-            (Some(retry_later(pass, job.seq, job.entry, a, after, false)), false)
-        }
-        Err(e @ (SinkError::Busy { .. } | SinkError::Throttled { .. })) => {
-            let a = attempt(&e, steps);
-            let after = e.after();
-            throttled(pass, after);
-            (Some(retry_later(pass, job.seq, job.entry, a, after, true)), false)
+        (Fate::Later(entry), Some(a)) => {
+            if let Err(e @ (SinkError::Busy { .. } | SinkError::Throttled { .. })) = &delivered {
+                throttled(pass, e.after());
+            }
+            (
+                Some(Handled::Result(job.seq, EntryResult::Update(entry, Some(a)))),
+                false,
+            )
         }
     }
 }
@@ -234,31 +239,3 @@ fn handled(
 /// The longest a `Retry-After` holds a whole pass; a longer one leaves
 /// the entries waiting for a later pass.
 pub(super) const MAX_PAUSE: Duration = Duration::from_secs(30);
-
-/// The entry's next attempt: when the target said, else after a backoff —
-/// short when the target was only busy.
-fn retry_later(
-    pass: &SinkPass,
-    seq: u64,
-    mut e: OutboxEntry,
-    attempt: Attempt,
-    after: Option<Duration>,
-    busy: bool,
-) -> Handled {
-    e.attempts += 1;
-    let wait = after
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_else(|| {
-            if busy {
-                crate::net::backoff(e.attempts, Duration::from_secs(1), Duration::from_secs(3600)).as_secs() as i64
-            } else {
-                backoff(e.attempts)
-            }
-        });
-    e.next_at = pass.now.saturating_add(wait.max(1));
-    e.last_error = Some(attempt.message.clone());
-    if pass.now - e.created_at >= pass.max_age {
-        e.dead = true;
-    }
-    Handled::Result(seq, EntryResult::Update(e, Some(attempt)))
-}

@@ -107,20 +107,11 @@ impl Recorder<'_> {
     /// what is left.
     pub(super) async fn finish(mut self, h: SinkOutcome) -> Result<(), DeliveryError> {
         for x in h.refused {
-            let Handled::Refused(seq, mut e, attempt) = x else {
+            let Handled::Refused(seq, e, attempt) = x else {
                 continue;
             };
-            let reason = attempt.message.clone();
-            if h.stopped_on.as_deref() == Some(reason.as_str()) {
-                // The target refuses everything, not this entry: it stays
-                // pending with no attempt spent, and says why.
-                e.last_error = h.stop_message.clone().or(Some(reason));
-                self.batch.push((seq, EntryResult::Update(e, Some(attempt))));
-                continue;
-            }
-            e.attempts += 1;
-            e.dead = true;
-            e.last_error = Some(reason);
+            let e =
+                super::fate::settle_refusal(&e, &attempt.message, h.stopped_on.as_deref(), h.stop_message.as_deref());
             self.batch.push((seq, EntryResult::Update(e, Some(attempt))));
         }
         let (name, report) = (self.name, &mut *self.report);

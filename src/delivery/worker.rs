@@ -14,11 +14,12 @@ pub async fn deliver_pass(
     config: &Config,
     store: &Arc<Store>,
     sinks: &[Arc<Sink>],
+    limiters: &Limiters,
     now: i64,
     force: bool,
 ) -> Result<PassReport, DeliveryError> {
     let (_keep, never) = tokio::sync::watch::channel(false);
-    deliver_pass_until(config, store, sinks, now, force, never).await
+    deliver_pass_until(config, store, sinks, limiters, now, force, never).await
 }
 
 /// [`deliver_pass`] that stops as soon as `stop` turns true (SIGTERM): no
@@ -29,6 +30,7 @@ pub async fn deliver_pass_until(
     config: &Config,
     store: &Arc<Store>,
     sinks: &[Arc<Sink>],
+    limiters: &Limiters,
     now: i64,
     force: bool,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -43,8 +45,9 @@ pub async fn deliver_pass_until(
             name: sink.name(),
             now,
             max_age: (config.delivery.max_age_hours * 3600) as i64,
-            limiter: limiter_for(sink, &config.delivery, store).await,
+            limiter: limiters.get(sink, &config.delivery, store, now).await,
             window: config.delivery.window as usize,
+            in_flight: 2 * config.delivery.max_parallelism as usize,
             down: std::sync::Mutex::new(None),
             refusals: std::sync::Mutex::new(Refusals::default()),
             stop: stop.clone(),
@@ -58,49 +61,58 @@ pub async fn deliver_pass_until(
         let limiter = pass.limiter.clone();
         let outcome = pass_over(Arc::new(pass), store, force, &mut recorder).await?;
         recorder.finish(outcome).await?;
-        keep_pace(store, sink, &limiter).await;
+        keep_pace(store, sink, &limiter, now).await;
     }
     crate::progress::idle();
     Ok(report)
 }
 
-/// One limiter per sink for the life of the process, so what a pass learnt
-/// about the target carries into the next; a reload with other numbers or
-/// another target starts afresh. A new process starts from what the last
-/// one learnt about the same target (kept in the state file), if recent.
-async fn limiter_for(sink: &Sink, c: &crate::config::DeliveryConfig, store: &Arc<Store>) -> Arc<Limiter> {
-    type Limiters = std::collections::HashMap<&'static str, ((u32, u32, u64), Arc<Limiter>)>;
-    static LIMITERS: std::sync::OnceLock<std::sync::Mutex<Limiters>> = std::sync::OnceLock::new();
-    let (name, key) = (sink.name(), (c.parallelism, c.max_parallelism, sink.target()));
-    let all = LIMITERS.get_or_init(Default::default);
-    if let Some((_, l)) = all
-        .lock()
-        .ok()
-        .and_then(|a| a.get(name).filter(|(k, _)| *k == key).cloned())
-    {
-        return l;
-    }
-    let s = store.clone();
-    let kept = match blocking(move || s.sink_pace(name)).await {
-        Ok(kept) => kept,
-        Err(e) => {
-            tracing::debug!(
-                sink = name,
-                "what the last process learnt about the target cannot be read: {e}"
-            );
-            None
+/// Each sink's limiter, owned by the daemon (for its life) or by a command
+/// (for its passes) and handed to every pass, so what a pass learnt about
+/// the target carries into the next; a reload with other numbers or
+/// another target starts afresh. A new owner starts from what the last
+/// process learnt about the same target (kept in the state file), if
+/// recent.
+#[derive(Default)]
+pub struct Limiters {
+    all: std::sync::Mutex<std::collections::HashMap<&'static str, (LimiterKey, Arc<Limiter>)>>,
+}
+
+/// What a limiter was made for: the parallelism settings and the target.
+type LimiterKey = (u32, u32, u64);
+
+impl Limiters {
+    async fn get(&self, sink: &Sink, c: &crate::config::DeliveryConfig, store: &Arc<Store>, now: i64) -> Arc<Limiter> {
+        let (name, key) = (sink.name(), (c.parallelism, c.max_parallelism, sink.target()));
+        if let Some((_, l)) = self
+            .all
+            .lock()
+            .ok()
+            .and_then(|a| a.get(name).filter(|(k, _)| *k == key).cloned())
+        {
+            return l;
         }
-    };
-    let now = jiff::Timestamp::now().as_second();
-    let kept = kept.filter(|p| p.target == key.2 && now - p.at <= PACE_KEPT_FOR && p.at <= now);
-    if let Some(p) = &kept {
-        tracing::debug!(sink = name, concurrency = p.concurrency, rate = ?p.rate, "starting at the pace learnt before");
+        let s = store.clone();
+        let kept = match blocking(move || s.sink_pace(name)).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::debug!(
+                    sink = name,
+                    "what the last process learnt about the target cannot be read: {e}"
+                );
+                None
+            }
+        };
+        let kept = kept.filter(|p| p.target == key.2 && now - p.at <= PACE_KEPT_FOR && p.at <= now);
+        if let Some(p) = &kept {
+            tracing::debug!(sink = name, concurrency = p.concurrency, rate = ?p.rate, "starting at the pace learnt before");
+        }
+        let l = Limiter::new(name, c.parallelism, c.max_parallelism, kept.as_ref());
+        if let Ok(mut a) = self.all.lock() {
+            a.insert(name, (key, l.clone()));
+        }
+        l
     }
-    let l = Limiter::new(name, c.parallelism, c.max_parallelism, kept.as_ref());
-    if let Ok(mut a) = all.lock() {
-        a.insert(name, (key, l.clone()));
-    }
-    l
 }
 
 /// How long what a sink learnt about its target is trusted: a target's
@@ -109,8 +121,7 @@ const PACE_KEPT_FOR: i64 = 7 * 24 * 3600;
 
 /// Keeps what the pass taught the sink's limiter, for the next process. A
 /// failure only means the next process learns it again.
-async fn keep_pace(store: &Arc<Store>, sink: &Sink, limiter: &Arc<Limiter>) {
-    let now = jiff::Timestamp::now().as_second();
+async fn keep_pace(store: &Arc<Store>, sink: &Sink, limiter: &Arc<Limiter>, now: i64) {
     let Some(pace) = limiter.to_keep(sink.target(), now) else {
         return;
     };
@@ -226,9 +237,10 @@ fn read_windows(
     rx
 }
 
-/// Delivers the windows' chains: one task per employee, at most a window's
-/// worth at once (the limiter decides how many send), or in Bulk rounds a
-/// window at a time.
+/// Delivers the windows' chains: one task per employee, twice as many at
+/// once as the limiter may let send (a task costs far more memory than the
+/// entries a window holds), or in Bulk rounds a window at a time. What the
+/// sink remembers of an employee is let go once its chain is done.
 async fn drive(
     pass: &Arc<SinkPass>,
     bulk: Option<super::scim::bulk::BulkPlan>,
@@ -236,42 +248,48 @@ async fn drive(
     out: &Out,
 ) -> Result<(), DeliveryError> {
     let mut tasks = tokio::task::JoinSet::new();
-    let mut open = 0usize;
+    let at_once = pass.in_flight.max(1);
     while going(pass) {
         let Some(chains) = windows.recv().await else { break };
         let chains = chains?;
         if let Some(plan) = &bulk {
+            let keys: Vec<String> = chains.iter().filter_map(|c| c.first()).map(chain_key).collect();
             super::batch::rounds(pass, plan, chains, out).await?;
+            for key in keys {
+                pass.sink.chain_done(&key);
+            }
             continue;
         }
         for chain in chains {
-            while open >= pass.window.max(1) {
-                match tasks.join_next().await {
-                    Some(r) => {
-                        open -= chain_len(r)?;
-                    }
-                    None => open = 0,
+            while tasks.len() >= at_once {
+                if let Some(r) = tasks.join_next().await {
+                    joined(r)?;
                 }
             }
             if !going(pass) {
                 break;
             }
-            open += chain.len();
             let (pass, out) = (pass.clone(), out.clone());
-            let n = chain.len();
             tasks.spawn(async move {
+                let key = chain.first().map(chain_key);
                 run_chain_of(&pass, chain, &out).await;
-                n
+                if let Some(key) = key {
+                    pass.sink.chain_done(&key);
+                }
             });
         }
     }
     while let Some(r) = tasks.join_next().await {
-        chain_len(r)?;
+        joined(r)?;
     }
     Ok(())
 }
 
-fn chain_len(r: Result<usize, tokio::task::JoinError>) -> Result<usize, DeliveryError> {
+fn chain_key(job: &Job) -> String {
+    job.entry.item.order_key().to_string()
+}
+
+fn joined(r: Result<(), tokio::task::JoinError>) -> Result<(), DeliveryError> {
     r.map_err(|e| DeliveryError::Task(e.to_string()))
 }
 
@@ -291,6 +309,7 @@ pub async fn deliver_until_done(
     config: &Config,
     store: &Arc<Store>,
     sinks: &[Arc<Sink>],
+    limiters: &Limiters,
     wait: Duration,
     mut force: bool,
 ) -> Result<PassReport, DeliveryError> {
@@ -298,7 +317,7 @@ pub async fn deliver_until_done(
     let (mut delivered, mut dead_lettered) = (0, 0);
     loop {
         let now = jiff::Timestamp::now().as_second();
-        let mut report = deliver_pass(config, store, sinks, now, force).await?;
+        let mut report = deliver_pass(config, store, sinks, limiters, now, force).await?;
         force = false;
         delivered += report.delivered;
         dead_lettered += report.dead_lettered;

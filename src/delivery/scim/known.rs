@@ -210,6 +210,17 @@ impl ScimSink {
         }
     }
 
+    /// The pass has delivered (or given up on) every entry of `key`: what
+    /// was kept for them goes, but the listing's word on others stays.
+    /// Without this, a first import of a million would keep a million ids.
+    pub fn chain_done(&self, key: &str) {
+        let mut m = self.memory();
+        if let Some(f) = m.users.remove(key) {
+            m.versions.remove(&f.id);
+        }
+        m.ask.remove(key);
+    }
+
     pub(super) fn forget_version(&self, id: &str) {
         self.memory().versions.remove(id);
     }
