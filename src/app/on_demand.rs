@@ -11,6 +11,7 @@ use super::outbox::{self, EmployeeAtSink};
 use super::{deliver_outbox, AppError, Deliver, Delivery, Reply};
 use crate::config::Config;
 use crate::delivery::scim::{ScimSink, WouldSend};
+use crate::model::SinkKind;
 use crate::store::Store;
 use crate::sync::OneEmployee;
 
@@ -51,7 +52,7 @@ pub async fn one(
         if let (Some(c), Some(m)) = (&config.sinks.scim, &report.one.mutation) {
             let look = async {
                 let sink = ScimSink::new(c, Some(store.clone()))?;
-                let id = store.target_id("scim", key).map_err(|e| e.to_string())?;
+                let id = store.target_id(SinkKind::Scim.name(), key).map_err(|e| e.to_string())?;
                 sink.would_send(m, id).await.map_err(|e| e.to_string())
             };
             match look.await {

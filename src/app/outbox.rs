@@ -178,15 +178,7 @@ pub fn show(store: &Store, seq: u64) -> Result<EntryStory, AppError> {
 
 /// The configured sinks' names.
 pub fn sink_names(config: &Config) -> Vec<&'static str> {
-    let s = &config.sinks;
-    [
-        s.scim.as_ref().map(|_| "scim"),
-        s.webhook.as_ref().map(|_| "webhook"),
-        s.files.as_ref().map(|_| "files"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    config.sinks.kinds().into_iter().map(|k| k.name()).collect()
 }
 
 /// Where one employee stands at each configured sink.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::delivery::scim::{ScimSink, Takeover, Unmanaged};
-use crate::model::{Employee, Plan};
+use crate::model::{Employee, Plan, SinkKind};
 use crate::store::Store;
 
 /// The preview, or why it could not be made; `None` without a SCIM sink.
@@ -43,7 +43,7 @@ pub(super) async fn read_target(
         })?;
         let mut out = Vec::with_capacity(all.len());
         for (key, e) in all {
-            let id = s.target_id("scim", &key)?;
+            let id = s.target_id(SinkKind::Scim.name(), &key)?;
             out.push((key, e, id));
         }
         Ok::<_, crate::store::StoreError>(out)

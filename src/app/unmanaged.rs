@@ -13,6 +13,7 @@ use super::preview::read_target;
 use crate::config::{Config, Unmanaged as Setting};
 use crate::delivery::scim::{ScimSink, Unmanaged, LISTED};
 use crate::model::Outcome;
+use crate::model::SinkKind;
 use crate::store::Store;
 
 /// What a look at the target's unmanaged users found and did.
@@ -138,7 +139,9 @@ pub async fn sweep(config: &Config, store: &Arc<Store>, ask: Ask) -> Option<Swee
     let waiting = if s.approval { s.active } else { 0 };
     crate::metrics::metrics()
         .unmanaged_held
-        .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() })
+        .get_or_create(&crate::metrics::SinkLabels {
+            sink: SinkKind::Scim.name().into(),
+        })
         .set(waiting as i64);
     if let Some(why) = s.held.as_ref().filter(|_| s.approval) {
         tracing::warn!(sink = "scim", "{why}");
@@ -197,7 +200,7 @@ fn not_now(store: &Store) -> Result<Option<String>, String> {
         )));
     }
     let counts = store.outbox_counts().map_err(|e| format!("the state file: {e}"))?;
-    match counts.get("scim") {
+    match counts.get(SinkKind::Scim.name()) {
         Some(c) if c.pending > 0 => Ok(Some(format!(
             "{} changes still wait for the SCIM target: target users no employee matches are looked at once they are delivered",
             c.pending

@@ -3,7 +3,7 @@
 use clap::{Subcommand, ValueEnum};
 
 use crate::app::Request;
-use crate::model::Reason;
+use crate::model::{Reason, SinkKind};
 use crate::store::{EntryFilter, EntryState};
 
 #[derive(Debug, Subcommand)]
@@ -38,7 +38,7 @@ pub enum State {
 
 #[derive(Debug, clap::Args)]
 pub struct Filter {
-    #[arg(long, value_parser = ["scim", "webhook", "files"])]
+    #[arg(long, value_parser = SinkKind::NAMES)]
     sink: Option<String>,
     /// pending: waiting for delivery; dead: dead-lettered; stopped: waiting
     /// while their sink is stopped.

@@ -238,6 +238,21 @@ pub struct Sinks {
     pub files: Option<FilesConfig>,
 }
 
+impl Sinks {
+    /// The kinds configured, in delivery order.
+    pub fn kinds(&self) -> Vec<crate::model::SinkKind> {
+        use crate::model::SinkKind;
+        [
+            self.scim.is_some().then_some(SinkKind::Scim),
+            self.webhook.is_some().then_some(SinkKind::Webhook),
+            self.files.is_some().then_some(SinkKind::Files),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 pub(super) fn sink_url(key: &str, text: &str) -> Result<url::Url, ConfigError> {
     let url = url::Url::parse(text).map_err(|e| invalid(key, format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {

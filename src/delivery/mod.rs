@@ -35,8 +35,9 @@ use crate::config::Config;
 use crate::model::Employee;
 use crate::model::Reason;
 use crate::model::RunRecord;
+use crate::model::SinkKind;
 use crate::model::{Mutation, MutationKind};
-use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError, TargetRef};
+use crate::store::{EntryResult, OutboxEntry, OutboxItem, Store, StoreError, TargetRef, TargetUser};
 
 /// Why one delivery did not succeed, and what the worker does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,11 +118,7 @@ pub fn transport_error(e: &reqwest::Error, what: &str) -> SinkError {
 pub type Job = crate::store::QueuedJob;
 
 /// What a delivery learnt about the employee's user at the target.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivered {
-    pub id: Option<String>,
-    pub version: Option<String>,
-}
+pub type Delivered = Option<TargetUser>;
 
 /// A delivery target.
 pub enum Sink {
@@ -131,12 +128,16 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> SinkKind {
         match self {
-            Sink::Scim(_) => "scim",
-            Sink::Webhook(_) => "webhook",
-            Sink::Files(_) => "files",
+            Sink::Scim(_) => SinkKind::Scim,
+            Sink::Webhook(_) => SinkKind::Webhook,
+            Sink::Files(_) => SinkKind::Files,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// Which target this sink delivers to (a hash of its URL or
@@ -154,8 +155,8 @@ impl Sink {
     pub async fn deliver(&self, job: &Job) -> Result<Delivered, SinkError> {
         match self {
             Sink::Scim(s) => s.deliver(job).await,
-            Sink::Webhook(s) => s.deliver(job).await.map(|()| Delivered::default()),
-            Sink::Files(s) => s.deliver(job).await.map(|()| Delivered::default()),
+            Sink::Webhook(s) => s.deliver(job).await.map(|()| None),
+            Sink::Files(s) => s.deliver(job).await.map(|()| None),
         }
     }
 

@@ -176,15 +176,8 @@ fn handled(
     }
     match (outcome, attempt) {
         (Fate::Delivered, _) => {
-            let target_id = match (
-                &job.entry.item,
-                delivered.ok().and_then(|d| d.id.map(|id| (id, d.version))),
-            ) {
-                (OutboxItem::Mutation { key, .. }, Some((id, version))) => Some(TargetRef {
-                    key: key.clone(),
-                    id,
-                    version,
-                }),
+            let target_id = match (&job.entry.item, delivered.ok().flatten()) {
+                (OutboxItem::Mutation { key, .. }, Some(user)) => Some(TargetRef { key: key.clone(), user }),
                 _ => None,
             };
             if let Ok(mut r) = pass.refusals.lock() {

@@ -7,7 +7,7 @@ use std::future::Future;
 
 use super::SinkError;
 use crate::model::attempt::STEPS_KEPT;
-use crate::model::{Reason, Step};
+use crate::model::{Reason, SinkKind, Step};
 
 tokio::task_local! {
     static TRAIL: RefCell<Vec<Step>>;
@@ -53,7 +53,7 @@ const MAPPING: [&str; 5] = ["invalidValue", "invalidPath", "noTarget", "mutabili
 /// The fixed class of a failed delivery, from its error and the last
 /// answer it met.
 pub fn reason_of(e: &SinkError, steps: &[Step], sink: &str) -> Reason {
-    let local_sink = sink == "files";
+    let local_sink = sink == SinkKind::Files.name();
     let failed = steps.iter().rev().find(|s| s.status.is_none_or(|c| c >= 400));
     let status = failed.and_then(|s| s.status);
     let scim_type = failed.and_then(|s| s.scim_type.as_deref());
@@ -73,7 +73,7 @@ pub fn reason_of(e: &SinkError, steps: &[Step], sink: &str) -> Reason {
         },
         SinkError::Permanent { .. } => match (status, scim_type) {
             // Only SCIM keeps values unique; a webhook's 409 is its own.
-            (Some(409), _) | (_, Some("uniqueness")) if sink == "scim" => Reason::Uniqueness,
+            (Some(409), _) | (_, Some("uniqueness")) if sink == SinkKind::Scim.name() => Reason::Uniqueness,
             (_, Some(t)) if MAPPING.contains(&t) => Reason::Mapping,
             (Some(500..=599), _) => Reason::TargetError,
             _ => Reason::Refused,

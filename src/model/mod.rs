@@ -9,6 +9,7 @@ mod employee;
 pub mod plan;
 pub mod run;
 mod secret;
+mod sink;
 
 pub use attempt::{Attempt, LastDelivery, Reason, Step};
 pub use decimal::Decimal;
@@ -18,6 +19,7 @@ pub use plan::{
 };
 pub use run::{Outcome, RunRecord};
 pub use secret::Secret;
+pub use sink::{RunEvent, SinkKind};
 
 /// A peer's text made safe to print or log: control characters (newlines,
 /// terminal escapes) shown as `\u{..}`, at most `max` characters.

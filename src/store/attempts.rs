@@ -19,7 +19,7 @@ struct Kept {
 }
 
 /// The sinks' names, as their outbox entries are keyed.
-pub const SINKS: [&str; 3] = ["scim", "webhook", "files"];
+pub const SINKS: [&str; 3] = crate::model::SinkKind::NAMES;
 
 /// One outbox entry with what is known of its attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]

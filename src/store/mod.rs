@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::EmployeeKey;
 use crate::model::RunRecord;
-use crate::model::{Mutation, MutationKind, Plan, Provisioned, Status, Write};
+use crate::model::{Mutation, MutationKind, Plan, Provisioned, SinkKind, Status, Write};
 
 /// Makes the state file readable by its owner only (a file an admin's
 /// `sudo afas-sync sync` made under umask 022 was readable by every user).

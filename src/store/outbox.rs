@@ -67,23 +67,6 @@ impl OutboxEntry {
     }
 }
 
-/// Which entries a sink gets from a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxTarget {
-    pub sink: String,
-    /// One entry per mutation.
-    pub mutations: bool,
-    /// One entry per run: always, or only for runs with mutations.
-    pub run_event: RunEvent,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEvent {
-    Never,
-    WithMutations,
-    Always,
-}
-
 /// The result of delivering one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryResult {
@@ -103,9 +86,7 @@ pub enum EntryResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetRef {
     pub key: EmployeeKey,
-    pub id: String,
-    /// Its version (ETag), when the target keeps them.
-    pub version: Option<String>,
+    pub user: TargetUser,
 }
 
 /// Pending and dead-lettered entries of one sink.
@@ -243,8 +224,8 @@ impl Store {
                             delivered.insert((sink, key.as_str()), enc("last delivery", &last)?.as_slice())?;
                         }
                         if let Some(t) = target_id {
-                            ids.insert((sink, t.key.as_str()), t.id.as_str())?;
-                            match &t.version {
+                            ids.insert((sink, t.key.as_str()), t.user.id.as_str())?;
+                            match &t.user.version {
                                 Some(v) => versions.insert((sink, t.key.as_str()), v.as_str())?,
                                 None => versions.remove((sink, t.key.as_str()))?,
                             };

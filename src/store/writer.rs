@@ -6,7 +6,7 @@ use super::*;
 /// Run events of a run without mutations (failed, held), in `txn`.
 pub(super) fn enqueue_run_events(
     txn: &redb::WriteTransaction,
-    targets: &[OutboxTarget],
+    targets: &[SinkKind],
     run: u64,
 ) -> Result<(), StoreError> {
     let mut meta = txn.open_table(META)?;
@@ -29,22 +29,17 @@ pub(super) fn enqueue_run_entries(
     outbox: &mut redb::Table<(&str, u64), &[u8]>,
     index: &mut redb::Table<(&str, &str, u64), ()>,
     seq: &mut u64,
-    targets: &[OutboxTarget],
+    targets: &[SinkKind],
     run: u64,
     has_mutations: bool,
 ) -> Result<(), StoreError> {
     let now = unix_now();
     for t in targets {
-        let wanted = match t.run_event {
-            RunEvent::Never => false,
-            RunEvent::WithMutations => has_mutations,
-            RunEvent::Always => true,
-        };
-        if wanted {
+        if t.takes_run(has_mutations) {
             *seq += 1;
             let entry = OutboxEntry::new(OutboxItem::Run { run }, now);
-            outbox.insert((t.sink.as_str(), *seq), enc("outbox entry", &entry)?.as_slice())?;
-            index.insert((t.sink.as_str(), "", *seq), ())?;
+            outbox.insert((t.name(), *seq), enc("outbox entry", &entry)?.as_slice())?;
+            index.insert((t.name(), "", *seq), ())?;
         }
     }
     Ok(())
@@ -70,7 +65,7 @@ pub struct RunWriter<'t> {
     index: redb::Table<'t, (&'static str, &'static str, u64), ()>,
     leavers: redb::Table<'t, (u32, &'static str), ()>,
     packer: MutationPacker,
-    targets: &'t [OutboxTarget],
+    targets: &'t [SinkKind],
     base_run: Option<u64>,
     run_id: u64,
     seq: u64,
@@ -145,7 +140,7 @@ impl RunWriter<'_> {
         for (index, (key, kind)) in (c.first..).zip(c.items) {
             self.counts[kind as usize] += 1;
             self.history.insert((key.as_str(), self.run_id), index)?;
-            for t in self.targets.iter().filter(|t| t.mutations) {
+            for t in self.targets.iter().filter(|t| t.takes_mutations()) {
                 self.seq += 1;
                 let item = OutboxItem::Mutation {
                     run: self.run_id,
@@ -153,10 +148,10 @@ impl RunWriter<'_> {
                     key: key.clone(),
                 };
                 self.outbox.insert(
-                    (t.sink.as_str(), self.seq),
+                    (t.name(), self.seq),
                     enc("outbox entry", &OutboxEntry::new(item, self.now))?.as_slice(),
                 )?;
-                self.index.insert((t.sink.as_str(), key.as_str(), self.seq), ())?;
+                self.index.insert((t.name(), key.as_str(), self.seq), ())?;
             }
             self.written = index
                 .checked_add(1)
@@ -291,7 +286,7 @@ impl Store {
         &self,
         run: RunRecord,
         plan: &Plan,
-        targets: &[OutboxTarget],
+        targets: &[SinkKind],
         approved_held: Option<u64>,
     ) -> Result<RunRecord, StoreError> {
         let committed = self.commit_run(run.id, targets, approved_held, |w| {
@@ -328,7 +323,7 @@ impl Store {
     pub fn commit_run(
         &self,
         run_id: u64,
-        targets: &[OutboxTarget],
+        targets: &[SinkKind],
         approved_held: Option<u64>,
         feed: impl FnOnce(&mut RunWriter<'_>) -> Result<Option<RunOutcome>, StoreError>,
     ) -> Result<Option<RunRecord>, StoreError> {
@@ -411,7 +406,7 @@ impl Store {
 
     /// Records a run that changed nothing (a failed one), with its run
     /// events for the sinks that want them.
-    pub fn record_run(&self, run: &RunRecord, targets: &[OutboxTarget]) -> Result<(), StoreError> {
+    pub fn record_run(&self, run: &RunRecord, targets: &[SinkKind]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut runs = txn.open_table(RUNS)?;
@@ -423,7 +418,7 @@ impl Store {
     }
 
     /// Stores a held plan and its run record together.
-    pub fn hold(&self, run: &RunRecord, plan: &Plan, targets: &[OutboxTarget]) -> Result<(), StoreError> {
+    pub fn hold(&self, run: &RunRecord, plan: &Plan, targets: &[SinkKind]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut runs = txn.open_table(RUNS)?;

@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::model::run::now;
 pub use crate::model::run::{Outcome, RunRecord};
 use crate::model::{Contract, Employee, EmployeeKey, Pay, Rejection};
-use crate::store::{Encoded, EncodedWrite, MutationPacker, OutboxTarget, RunEvent, RunOutcome, Store, StoreError};
+use crate::store::{Encoded, EncodedWrite, MutationPacker, RunOutcome, Store, StoreError};
 use plan::{Baseline, Diff, Judged, MutationKind, Plan, Provisioned, Rules, SourceStats};
 
 /// Rejections kept in a run record; the count is always exact.
@@ -147,7 +147,7 @@ async fn record_failed(config: &Config, store: &Arc<Store>, mut record: RunRecor
     record.message = e.to_string();
     record.finished_at = now();
     let s = store.clone();
-    let targets = outbox_targets(config);
+    let targets = config.sinks.kinds();
     if let Err(store_err) = blocking(move || s.record_run(&record, &targets)).await {
         tracing::error!("could not record the failed run: {store_err}");
     }
@@ -195,7 +195,7 @@ async fn run_inner(config: &Config, store: Arc<Store>, as_of: Date, dry_run: boo
     if dry_run {
         return dry_run_plan(&store, prepared, guards, fingerprint).await;
     }
-    let targets = outbox_targets(config);
+    let targets = config.sinks.kinds();
     let s = store.clone();
     let result = blocking(move || {
         let baseline = baseline(&s)?;
@@ -297,34 +297,6 @@ fn baseline(store: &Store) -> Result<Baseline, StoreError> {
     })
 }
 
-/// The outbox entries each configured sink gets from a run.
-pub fn outbox_targets(config: &Config) -> Vec<OutboxTarget> {
-    let mut out = Vec::new();
-    if config.sinks.scim.is_some() {
-        out.push(OutboxTarget {
-            sink: "scim".into(),
-            mutations: true,
-            run_event: RunEvent::Never,
-        });
-    }
-    if config.sinks.webhook.is_some() {
-        out.push(OutboxTarget {
-            sink: "webhook".into(),
-            mutations: true,
-            run_event: RunEvent::Always,
-        });
-    }
-    if config.sinks.files.is_some() {
-        // One file per run holds all its mutations.
-        out.push(OutboxTarget {
-            sink: "files".into(),
-            mutations: false,
-            run_event: RunEvent::WithMutations,
-        });
-    }
-    out
-}
-
 /// A run's input: the fetched rows and the rules to diff them with.
 struct Prepared {
     input: Input,
@@ -376,5 +348,5 @@ pub fn approve(config: &Config, store: &Store, run_id: u64) -> Result<RunRecord,
     };
     record.message = format!("held plan approved at {}", now());
     record.finished_at = now();
-    store.commit(record, &plan, &outbox_targets(config), Some(run_id))
+    store.commit(record, &plan, &config.sinks.kinds(), Some(run_id))
 }

@@ -11,7 +11,7 @@ use jiff::civil::Date;
 use serde::Serialize;
 
 use super::plan::{self, Diff, Plan, Provisioned, Rules, SourceStats};
-use super::{blocking, mapping_fingerprint, outbox_targets, read_of, refresh_state_metrics, SyncError};
+use super::{blocking, mapping_fingerprint, read_of, refresh_state_metrics, SyncError};
 use crate::afas::{self, AfasClient, ClientOptions};
 use crate::config::Config;
 use crate::model::run::now;
@@ -153,7 +153,7 @@ pub async fn one(
         active_before: meta.active_employees.unwrap_or(0),
         mapping_fingerprint: meta.mapping_fingerprint.unwrap_or_else(|| mapping_fingerprint(config)),
     };
-    let targets = outbox_targets(config);
+    let targets = config.sinks.kinds();
     let s = store.clone();
     let run = blocking(move || {
         let mut record = RunRecord::new(s.next_run_id()?, as_of);

@@ -1,6 +1,7 @@
 //! The run and state-file figures in `/metrics`.
 
 use super::*;
+use crate::model::SinkKind;
 
 /// Records a finished run in the metrics.
 pub(super) fn record_metrics(record: &RunRecord, started: std::time::Instant) {
@@ -65,7 +66,7 @@ pub fn refresh_state_metrics(store: &Store) -> Result<(), StoreError> {
 pub fn refresh_outbox_metrics(store: &Store) -> Result<(), StoreError> {
     let m = crate::metrics::metrics();
     let counts = store.outbox_counts()?;
-    for sink in ["scim", "webhook", "files"] {
+    for sink in SinkKind::NAMES {
         let c = counts.get(sink).cloned().unwrap_or_default();
         m.outbox_pending
             .get_or_create(&crate::metrics::SinkLabels { sink: sink.into() })
@@ -77,8 +78,8 @@ pub fn refresh_outbox_metrics(store: &Store) -> Result<(), StoreError> {
     }
     // Shown at 0 from the start, so that an alert on it has a series; the
     // look at the target sets it.
-    let _ = m
-        .unmanaged_held
-        .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() });
+    let _ = m.unmanaged_held.get_or_create(&crate::metrics::SinkLabels {
+        sink: SinkKind::Scim.name().into(),
+    });
     Ok(())
 }

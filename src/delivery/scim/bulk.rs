@@ -19,6 +19,7 @@ use crate::config::Deprovision;
 use crate::delivery::traced;
 use crate::delivery::{Job, SinkError};
 use crate::model::{MutationKind, Step};
+use crate::store::TargetUser;
 
 const BULK_REQUEST_URN: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
 
@@ -184,7 +185,7 @@ impl ScimSink {
                         Some(id) => {
                             self.remember(Some(&op.key), &id, version.as_deref());
                             let step = bulk_step(&op, status, None);
-                            out.push((job, Ok(Delivered { id: Some(id), version }), vec![step]));
+                            out.push((job, Ok(Some(TargetUser { id, version })), vec![step]));
                         }
                         // Created without saying where: the single path
                         // looks it up.

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Ready, ScimSink, Wrote};
 use crate::config::MatchRule;
 use crate::delivery::SinkError;
-use crate::model::{Reason, Status};
+use crate::model::{Reason, SinkKind, Status};
 
 impl ScimSink {
     /// Sets one user's `userName`: PATCH, or the user read and put back
@@ -64,7 +64,7 @@ impl ScimSink {
         };
         let (store_a, key_a) = (store.clone(), external.to_string());
         let ours = tokio::task::spawn_blocking(move || {
-            let known = store_a.target_id("scim", &key_a)?;
+            let known = store_a.target_id(SinkKind::Scim.name(), &key_a)?;
             let record = store_a.provisioned(&key_a)?;
             Ok::<_, crate::store::StoreError>((known, record))
         })

@@ -35,6 +35,7 @@ use super::transport_error;
 use super::{Delivered, Job, SinkError};
 use crate::config::{Adopt, Deprovision, MatchRule, ScimAuth, ScimConfig, UpdateMode, UserNameSource};
 use crate::model::Employee;
+use crate::model::SinkKind;
 use crate::model::{Mutation, MutationKind};
 use crate::store::Store;
 
@@ -84,11 +85,7 @@ struct Answer {
 }
 
 /// A user found at the target: its id and, with ETags, its version.
-#[derive(Clone)]
-struct Found {
-    id: String,
-    version: Option<String>,
-}
+use crate::store::TargetUser as Found;
 
 /// What one write did.
 enum Wrote {
@@ -107,7 +104,7 @@ enum Applied {
 }
 
 fn done(id: String, version: Option<String>) -> Applied {
-    Applied::Done(Delivered { id: Some(id), version })
+    Applied::Done(Some(Found { id, version }))
 }
 
 impl ScimSink {
@@ -251,7 +248,9 @@ impl ScimSink {
         };
         crate::metrics::metrics()
             .sink_latency
-            .get_or_create(&crate::metrics::SinkLabels { sink: "scim".into() })
+            .get_or_create(&crate::metrics::SinkLabels {
+                sink: SinkKind::Scim.name().into(),
+            })
             .observe(started.elapsed().as_secs_f64());
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         crate::delivery::trail::note(
@@ -391,7 +390,7 @@ impl ScimSink {
 
     async fn deliver_once(&self, job: &Job) -> Result<Delivered, SinkError> {
         let Some(m) = &job.mutation else {
-            return Ok(Delivered::default());
+            return Ok(None);
         };
         let ready = self.ready().await?;
         // A leaver whose address now belongs to someone else steps aside;
@@ -473,7 +472,7 @@ impl ScimSink {
                     return Ok(done(f.id, version));
                 }
             }
-            return Ok(Applied::Done(Delivered::default()));
+            return Ok(Applied::Done(None));
         };
         let user_name = if released {
             self.released_user_name(key)
@@ -509,7 +508,7 @@ impl ScimSink {
                         }
                         self.forget(key, Some(&l.found.id));
                     }
-                    return Ok(Applied::Done(Delivered::default()));
+                    return Ok(Applied::Done(None));
                 }
                 let (user, ops) = self.update_of(ready, m, e, &user_name, released);
                 match found {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::known::Learnt;
 use super::matching::Located;
-use super::{Answer, Applied, Delivered, Found, Ready, ScimSink, Wrote, PATCH_URN};
+use super::{Answer, Applied, Found, Ready, ScimSink, Wrote, PATCH_URN};
 use crate::config::UpdateMode;
 use crate::delivery::{classify, SinkError};
 use crate::model::Employee;
@@ -122,7 +122,7 @@ impl ScimSink {
                     self.forget(key, id.as_deref());
                     break;
                 }
-                Wrote::Done(version) => return Ok(Applied::Done(Delivered { id, version })),
+                Wrote::Done(version) => return Ok(Applied::Done(id.map(|id| Found { id, version }))),
             }
         }
         Err(SinkError::Retry {
