@@ -422,7 +422,7 @@ async fn an_outbox_written_before_the_employee_index_is_indexed_when_opened() {
     assert_eq!(due.entries, 0);
     let forced = store.due_summary("scim", 0, true).expect("summary");
     assert_eq!(forced.entries as usize, scim);
-    assert_eq!(forced.to_create, forced.chains);
+    assert_eq!(forced.without_target, forced.chains);
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ pub const SAME_REFUSALS_TO_STOP: u32 = 3;
 /// The refusals of one pass, in the order they came.
 #[derive(Default)]
 pub(super) struct Refusals {
-    last: Option<String>,
+    pub(super) last: Option<String>,
     in_a_row: u32,
     /// The refusal that stopped the sink.
     pub(super) stopped_on: Option<String>,

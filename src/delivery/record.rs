@@ -76,28 +76,28 @@ impl Recorder<'_> {
             .filter(|(_, r)| matches!(r, EntryResult::Done { .. }))
             .count() as u64;
         crate::progress::delivered(self.name, done, results.len() as u64 - done);
-        let m = crate::metrics::metrics();
+        let mut tally = [0u64; 3];
         for (_, r) in &results {
-            let outcome = match r {
-                EntryResult::Done { .. } => {
-                    self.report.delivered += 1;
-                    "delivered"
-                }
-                EntryResult::Update(e, _) if e.dead => {
-                    self.report.dead_lettered += 1;
-                    "dead_lettered"
-                }
-                EntryResult::Update(..) => {
-                    self.report.retried += 1;
-                    "retried"
-                }
+            let i = match r {
+                EntryResult::Done { .. } => 0,
+                EntryResult::Update(e, _) if e.dead => 1,
+                EntryResult::Update(..) => 2,
             };
-            m.deliveries
-                .get_or_create(&crate::metrics::DeliveryLabels {
-                    sink: self.name.into(),
-                    outcome: outcome.into(),
-                })
-                .inc();
+            tally[i] += 1;
+        }
+        self.report.delivered += tally[0];
+        self.report.dead_lettered += tally[1];
+        self.report.retried += tally[2];
+        let m = crate::metrics::metrics();
+        for (outcome, n) in ["delivered", "dead_lettered", "retried"].into_iter().zip(tally) {
+            if n > 0 {
+                m.deliveries
+                    .get_or_create(&crate::metrics::DeliveryLabels {
+                        sink: self.name.into(),
+                        outcome: outcome.into(),
+                    })
+                    .inc_by(n);
+            }
         }
         let (s, name) = (self.store.clone(), self.name);
         blocking(move || s.outbox_apply(name, &results)).await

@@ -181,7 +181,12 @@ async fn pass_over(
                             recorder.flush().await?;
                         }
                     }
-                    Some(r @ Handled::Refused(..)) => refused.push(r),
+                    Some(r @ Handled::Refused(..)) => {
+                        refused.push(r);
+                        if refused.len() >= REFUSALS_HELD {
+                            settle_old_refusals(&pass, &mut refused, recorder);
+                        }
+                    }
                     None => return Ok(()),
                 },
                 _ = tick.tick() => recorder.flush().await?,
@@ -200,6 +205,37 @@ async fn pass_over(
         stopped_on: pass.refusals.lock().ok().and_then(|r| r.stopped_on.clone()),
         stop_message: pass.down.lock().ok().and_then(|d| d.clone()),
     })
+}
+
+/// Refusals a pass holds for its end before it settles the ones that can
+/// no longer stop the sink: memory stays bounded when every change is
+/// refused with words of its own (a detail quoting each address).
+const REFUSALS_HELD: usize = 1024;
+
+/// Settles, as dead, the held refusals whose reason is neither the one of
+/// the current run of refusals nor the one that stopped the sink. (One of
+/// them could still become the stopping reason later in the pass; then it
+/// stays dead-lettered, with its reason, for `outbox retry`.)
+fn settle_old_refusals(pass: &SinkPass, refused: &mut Vec<Handled>, recorder: &mut Recorder<'_>) {
+    let (last, stopped) = pass
+        .refusals
+        .lock()
+        .map(|r| (r.last.clone(), r.stopped_on.clone()))
+        .unwrap_or_default();
+    refused.retain(|h| {
+        let Handled::Refused(seq, e, attempt) = h else {
+            return true;
+        };
+        let reason = Some(&attempt.message);
+        if reason == last.as_ref() || reason == stopped.as_ref() {
+            return true;
+        }
+        let dead = super::fate::settle_refusal(e, &attempt.message, None, None);
+        recorder
+            .batch
+            .push((*seq, EntryResult::Update(dead, Some(attempt.clone()))));
+        false
+    });
 }
 
 /// The windows of a sink's due chains, read on the blocking pool one

@@ -206,11 +206,16 @@ impl Store {
                 match result {
                     EntryResult::Done { target_id, at, steps } => {
                         let gone = outbox.remove((sink, *seq))?;
-                        attempts.remove((sink, *seq))?;
-                        let item = match gone {
-                            Some(g) => dec::<OutboxEntry>("outbox entry", g.value()).ok().map(|e| e.item),
+                        let gone = match gone {
+                            Some(g) => dec::<OutboxEntry>("outbox entry", g.value()).ok(),
                             None => None,
                         };
+                        // Every recorded attempt left a last error: an entry
+                        // without one has no log to remove.
+                        if gone.as_ref().is_none_or(|e| e.last_error.is_some() || e.attempts > 0) {
+                            attempts.remove((sink, *seq))?;
+                        }
+                        let item = gone.map(|e| e.item);
                         if let Some(item) = &item {
                             index.remove((sink, item.order_key(), *seq))?;
                         }

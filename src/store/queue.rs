@@ -12,7 +12,7 @@ use super::{
     dec, read_u64, u64_bytes, OutboxEntry, OutboxItem, Store, StoreError, META, MUTATIONS, OUTBOX, OUTBOX_BY_KEY, RUNS,
     TARGET_IDS, TARGET_VERSIONS,
 };
-use crate::model::{Mutation, MutationKind, RunRecord};
+use crate::model::{Mutation, RunRecord};
 
 /// Meta: the `outbox_seq` up to which [`OUTBOX_BY_KEY`] holds every entry.
 /// A file an older binary wrote entries to since (it does not index them)
@@ -51,9 +51,8 @@ pub struct Window {
 pub struct DueSummary {
     pub entries: u64,
     pub chains: u64,
-    /// Due chains whose first entry creates a user the target has no id for.
-    pub to_create: u64,
-    /// Due chains with no target id at all.
+    /// Due chains with no target id: users to create, mostly (a leaver
+    /// that was never delivered is one too; the summary decodes no change).
     pub without_target: u64,
 }
 
@@ -111,17 +110,8 @@ impl Store {
         self.walk_due(sink, None, now, force, usize::MAX, false, |chain| {
             sum.entries += chain.len() as u64;
             sum.chains += 1;
-            if let Some(first) = chain.first() {
-                if first.target.is_none() {
-                    sum.without_target += 1;
-                    if first
-                        .mutation
-                        .as_ref()
-                        .is_some_and(|m| matches!(m.kind, MutationKind::Joiner | MutationKind::Rehire))
-                    {
-                        sum.to_create += 1;
-                    }
-                }
+            if chain.first().is_some_and(|j| j.target.is_none()) {
+                sum.without_target += 1;
             }
         })?;
         Ok(sum)
@@ -184,8 +174,8 @@ impl Store {
 
     /// Visits the due chains of employees after `after` in key order until
     /// `max_entries` are visited; returns the last key visited when the
-    /// outbox has more. `full` reads mutations only when needed: the
-    /// summary reads only a chain's first.
+    /// outbox has more. `full`: with each entry's mutation (the summary
+    /// needs none).
     #[allow(clippy::too_many_arguments)]
     fn walk_due(
         &self,
@@ -249,7 +239,7 @@ impl Store {
             }
             let (mutation, target) = match &entry.item {
                 OutboxItem::Mutation { run, index, key } => {
-                    let mutation = if full || chain.is_empty() {
+                    let mutation = if full {
                         chunks.mutation(&mutations, *run, *index)?
                     } else {
                         None
