@@ -549,6 +549,14 @@ fn measure_day(
             }
             eprintln!("{what}: per second {per:?}");
         }
+        // And what they were, by method and path (ids and queries cut).
+        let mut kinds = std::collections::BTreeMap::new();
+        for l in &work {
+            let path = l.path_q.split('?').next().unwrap_or("");
+            let path = path.rsplit_once("/Users/").map_or(path, |_| "/Users/{id}");
+            *kinds.entry(format!("{} {path}", l.method)).or_insert(0u32) += 1;
+        }
+        eprintln!("{what}: requests {kinds:?}");
     }
     // A takeover's floor reads the listing as the sync did; elsewhere the
     // sync's reads are its own overhead.

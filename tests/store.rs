@@ -423,6 +423,8 @@ async fn an_outbox_written_before_the_employee_index_is_indexed_when_opened() {
     let forced = store.due_summary("scim", 0, true).expect("summary");
     assert_eq!(forced.entries as usize, scim);
     assert_eq!(forced.without_target, forced.chains);
+    // The first import's joiners, counted from the index alone.
+    assert!(forced.to_create > 20 && forced.to_create <= forced.chains, "{forced:?}");
 }
 
 #[tokio::test]

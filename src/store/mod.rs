@@ -73,10 +73,12 @@ const MUTATIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("muta
 const MUTATIONS_V1: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("mutations");
 /// (sink name, sequence) → outbox entry.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
-/// (sink, employee key, sequence): the outbox in employee order, so a
-/// delivery pass reads it in windows of whole chains (run entries have key
-/// ""). Added within schema 3; see `queue::INDEXED_SEQ`.
-const OUTBOX_BY_KEY: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("outbox_by_key");
+/// (sink, employee key, sequence) → what the entry is (`queue::kind_byte`):
+/// the outbox in employee order, so a delivery pass reads it in windows of
+/// whole chains (run entries have key ""), and counts what it will create
+/// without decoding a change. Added within schema 3; see
+/// `queue::INDEXED_SEQ`.
+const OUTBOX_BY_KEY: TableDefinition<(&str, &str, u64), u8> = TableDefinition::new("outbox_by_key");
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held_plans");
 /// (sink, employee key) → the target's id for that employee (the SCIM id).
 const TARGET_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("target_ids");

@@ -12,12 +12,23 @@ use super::{
     dec, read_u64, u64_bytes, OutboxEntry, OutboxItem, Store, StoreError, META, MUTATIONS, OUTBOX, OUTBOX_BY_KEY, RUNS,
     TARGET_IDS, TARGET_VERSIONS,
 };
-use crate::model::{Mutation, RunRecord};
+use crate::model::{Mutation, MutationKind, RunRecord};
 
 /// Meta: the `outbox_seq` up to which [`OUTBOX_BY_KEY`] holds every entry.
 /// A file an older binary wrote entries to since (it does not index them)
 /// is indexed again when it is opened.
 pub(super) const INDEXED_SEQ: &str = "outbox_indexed_seq";
+
+/// The index's value for a run entry; a mutation's is [`kind_byte`].
+pub(super) const RUN_ENTRY: u8 = u8::MAX;
+
+pub(super) fn kind_byte(kind: MutationKind) -> u8 {
+    kind as u8
+}
+
+fn creates(byte: u8) -> bool {
+    byte == MutationKind::Joiner as u8 || byte == MutationKind::Rehire as u8
+}
 
 /// The target's user for an employee, as its last answer described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +62,9 @@ pub struct Window {
 pub struct DueSummary {
     pub entries: u64,
     pub chains: u64,
-    /// Due chains with no target id: users to create, mostly (a leaver
-    /// that was never delivered is one too; the summary decodes no change).
+    /// Due chains whose first entry creates a user the target has no id for.
+    pub to_create: u64,
+    /// Due chains with no target id at all.
     pub without_target: u64,
 }
 
@@ -107,11 +119,14 @@ impl Store {
     /// Counts what a pass over `sink` at `now` would deliver.
     pub fn due_summary(&self, sink: &str, now: i64, force: bool) -> Result<DueSummary, StoreError> {
         let mut sum = DueSummary::default();
-        self.walk_due(sink, None, now, force, usize::MAX, false, |chain| {
+        self.walk_due(sink, None, now, force, usize::MAX, false, |chain, first_creates| {
             sum.entries += chain.len() as u64;
             sum.chains += 1;
             if chain.first().is_some_and(|j| j.target.is_none()) {
                 sum.without_target += 1;
+                if first_creates {
+                    sum.to_create += 1;
+                }
             }
         })?;
         Ok(sum)
@@ -129,7 +144,7 @@ impl Store {
         force: bool,
     ) -> Result<Window, StoreError> {
         let mut w = Window::default();
-        let next = self.walk_due(sink, after, now, force, max_entries.max(1), true, |chain| {
+        let next = self.walk_due(sink, after, now, force, max_entries.max(1), true, |chain, _| {
             w.chains.push(chain)
         })?;
         w.next = next;
@@ -185,7 +200,7 @@ impl Store {
         force: bool,
         max_entries: usize,
         full: bool,
-        mut f: impl FnMut(Vec<QueuedJob>),
+        mut f: impl FnMut(Vec<QueuedJob>, bool),
     ) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(OUTBOX_BY_KEY)?;
@@ -202,20 +217,22 @@ impl Store {
         let mut chain: Vec<QueuedJob> = Vec::new();
         // The current employee's chain must wait (its first is not due).
         let mut waits = false;
-        let mut emit = |chain: &mut Vec<QueuedJob>, visited: &mut usize| {
+        // The chain's first entry creates a user.
+        let mut first_creates = false;
+        let mut emit = |chain: &mut Vec<QueuedJob>, visited: &mut usize, creates: bool| {
             if !chain.is_empty() {
                 *visited += chain.len();
-                f(std::mem::take(chain));
+                f(std::mem::take(chain), creates);
             }
         };
         for item in index.range((sink, start, u64::MAX)..)? {
-            let (k, _) = item?;
+            let (k, what) = item?;
             let (s, k_key, seq) = k.value();
             if s != sink {
                 break;
             }
             if k_key != key {
-                emit(&mut chain, &mut visited);
+                emit(&mut chain, &mut visited, first_creates);
                 if visited >= max_entries {
                     return Ok(Some(key));
                 }
@@ -236,6 +253,9 @@ impl Store {
             if chain.is_empty() && !(force || entry.next_at <= now) {
                 waits = true;
                 continue;
+            }
+            if chain.is_empty() {
+                first_creates = creates(what.value());
             }
             let (mutation, target) = match &entry.item {
                 OutboxItem::Mutation { run, index, key } => {
@@ -267,7 +287,7 @@ impl Store {
                 target,
             });
         }
-        emit(&mut chain, &mut visited);
+        emit(&mut chain, &mut visited, first_creates);
         Ok(None)
     }
 
@@ -283,11 +303,20 @@ impl Store {
         txn.delete_table(OUTBOX_BY_KEY)?;
         let mut index = txn.open_table(OUTBOX_BY_KEY)?;
         let outbox = txn.open_table(OUTBOX)?;
+        let mutations = txn.open_table(MUTATIONS)?;
+        let mut chunks = Chunks::default();
         for item in outbox.iter()? {
             let (k, v) = item?;
             let (sink, seq) = k.value();
             let entry: OutboxEntry = dec("outbox entry", v.value())?;
-            index.insert((sink, entry.item.order_key(), seq), ())?;
+            let what = match &entry.item {
+                // A change purged since reads as a mover: nothing to create.
+                OutboxItem::Mutation { run, index, .. } => chunks
+                    .mutation(&mutations, *run, *index)?
+                    .map_or(kind_byte(MutationKind::Mover), |m| kind_byte(m.kind)),
+                OutboxItem::Run { .. } => RUN_ENTRY,
+            };
+            index.insert((sink, entry.item.order_key(), seq), what)?;
         }
         meta.insert(INDEXED_SEQ, u64_bytes(seq).as_slice())?;
         Ok(())

@@ -27,7 +27,7 @@ fn set_outbox_seq(meta: &mut redb::Table<&str, &[u8]>, seq: u64) -> Result<(), S
 
 pub(super) fn enqueue_run_entries(
     outbox: &mut redb::Table<(&str, u64), &[u8]>,
-    index: &mut redb::Table<(&str, &str, u64), ()>,
+    index: &mut redb::Table<(&str, &str, u64), u8>,
     seq: &mut u64,
     targets: &[SinkKind],
     run: u64,
@@ -39,7 +39,7 @@ pub(super) fn enqueue_run_entries(
             *seq += 1;
             let entry = OutboxEntry::new(OutboxItem::Run { run }, now);
             outbox.insert((t.name(), *seq), enc("outbox entry", &entry)?.as_slice())?;
-            index.insert((t.name(), "", *seq), ())?;
+            index.insert((t.name(), "", *seq), queue::RUN_ENTRY)?;
         }
     }
     Ok(())
@@ -62,7 +62,7 @@ pub struct RunWriter<'t> {
     mutations: redb::Table<'t, (u64, u32), &'static [u8]>,
     history: redb::Table<'t, (&'static str, u64), u32>,
     outbox: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    index: redb::Table<'t, (&'static str, &'static str, u64), ()>,
+    index: redb::Table<'t, (&'static str, &'static str, u64), u8>,
     leavers: redb::Table<'t, (u32, &'static str), ()>,
     packer: MutationPacker,
     targets: &'t [SinkKind],
@@ -151,7 +151,8 @@ impl RunWriter<'_> {
                     (t.name(), self.seq),
                     enc("outbox entry", &OutboxEntry::new(item, self.now))?.as_slice(),
                 )?;
-                self.index.insert((t.name(), key.as_str(), self.seq), ())?;
+                self.index
+                    .insert((t.name(), key.as_str(), self.seq), queue::kind_byte(kind))?;
             }
             self.written = index
                 .checked_add(1)

@@ -239,7 +239,7 @@ impl ScimSink {
     /// them, or a target that cannot be asked by filter, read the target's
     /// users once.
     pub async fn prepare(&self, due: &DueSummary) {
-        let to_create = due.without_target;
+        let to_create = due.to_create;
         {
             let mut m = self.memory();
             m.complete = false;
