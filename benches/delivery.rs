@@ -489,11 +489,7 @@ fn config(
     bulk: bool,
     parallelism: Option<u32>,
 ) -> Result<PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    for (name, secret) in [("afas-token", TOKEN_HEX), ("scim-token", peers::SCIM_TOKEN)] {
-        std::fs::write(dir.join(name), secret).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    }
+    support::write_tokens(dir, TOKEN_HEX, peers::SCIM_TOKEN)?;
     let path = dir.join("config.toml");
     let text = format!(
         "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\nmax_leavers_percent = 100.0\n\n[delivery]\nsync_wait_secs = 3600\n{}\n[sink.scim]\nurl = \"{scim}\"\ntoken_file = \"scim-token\"\nbulk = {bulk}\n",

@@ -16,7 +16,7 @@
 //! RSS. No figure is asserted: this is a benchmark.
 //!
 //!     cargo bench --bench delivery_memory -- [--sizes 100000,1000000] [--scim]
-//!         [--window N] [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
+//!         [--window N] [--max-parallelism N] [--binary target/x86_64-unknown-linux-musl/release/afas-sync]
 //!     cargo bench --bench delivery_memory -- --smoke     (the test command's check)
 
 #[path = "../tests/common/peers.rs"]
@@ -44,6 +44,8 @@ struct Args {
     sizes: Vec<u64>,
     scim: bool,
     window: Option<u32>,
+    /// `delivery.max_parallelism` (the product's default when unset).
+    max_parallelism: Option<u32>,
     binary: Option<PathBuf>,
 }
 
@@ -52,6 +54,7 @@ fn args() -> Result<Args, String> {
         sizes: vec![100_000],
         scim: false,
         window: None,
+        max_parallelism: None,
         binary: None,
     };
     let mut it = std::env::args().skip(1);
@@ -66,6 +69,9 @@ fn args() -> Result<Args, String> {
             }
             "--scim" => a.scim = true,
             "--window" => a.window = Some(value()?.parse().map_err(|e| format!("--window: {e}"))?),
+            "--max-parallelism" => {
+                a.max_parallelism = Some(value()?.parse().map_err(|e| format!("--max-parallelism: {e}"))?)
+            }
             "--binary" => a.binary = Some(PathBuf::from(value()?)),
             "--smoke" => a.sizes = vec![2000],
             "--bench" => {}
@@ -229,7 +235,7 @@ fn real_main() -> Result<(), String> {
         state.set_data(generate(SEED, size, day0));
         // Without a sink: what fetch, diff and commit cost on their own.
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let cfg = config(dir.path(), &emulator.base_url(), None, a.window)?;
+        let cfg = config(dir.path(), &emulator.base_url(), None, &a)?;
         let bare = sync(&binary, &cfg, day0, dir.path())?;
         println!("{}", row(size, "first import, no sink", "none", &bare, None, 0));
 
@@ -237,7 +243,7 @@ fn real_main() -> Result<(), String> {
         let port = rt.block_on(start_responder(asked.clone()))?;
         let url = format!("http://127.0.0.1:{port}/scim/v2");
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let cfg = config(dir.path(), &emulator.base_url(), Some(&url), a.window)?;
+        let cfg = config(dir.path(), &emulator.base_url(), Some(&url), &a)?;
         let run = sync(&binary, &cfg, day0, dir.path())?;
         let delivered = delivered_of(&run)?;
         let requests = asked.posts.load(Ordering::Relaxed)
@@ -303,7 +309,7 @@ fn real_main() -> Result<(), String> {
         if a.scim && size <= 100_000 {
             let mut scim = rt.block_on(peers::ScimPeer::start());
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let cfg = config(dir.path(), &emulator.base_url(), Some(&scim.url()), a.window)?;
+            let cfg = config(dir.path(), &emulator.base_url(), Some(&scim.url()), &a)?;
             let run = sync(&binary, &cfg, day0, dir.path())?;
             let delivered = delivered_of(&run)?;
             println!(
@@ -361,19 +367,21 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn config(dir: &Path, afas: &str, scim: Option<&str>, window: Option<u32>) -> Result<PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    for (name, secret) in [("afas-token", TOKEN_HEX), ("scim-token", peers::SCIM_TOKEN)] {
-        std::fs::write(dir.join(name), secret).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    }
+fn config(dir: &Path, afas: &str, scim: Option<&str>, a: &Args) -> Result<PathBuf, String> {
+    support::write_tokens(dir, TOKEN_HEX, peers::SCIM_TOKEN)?;
     let sink = scim
         .map(|url| format!("[sink.scim]\nurl = \"{url}\"\ntoken_file = \"scim-token\"\nbulk = false\n"))
         .unwrap_or_default();
     let text = format!(
         "[afas]\nbase_url = \"{afas}\"\ntoken_file = \"afas-token\"\n\n[store]\npath = \"{}\"\n\n[guards]\nmax_leavers = 1000000\nmax_leavers_percent = 100.0\n\n[delivery]\nsync_wait_secs = 3600\n{}\n{sink}",
         dir.join("state.redb").display(),
-        window.map(|n| format!("window = {n}\n")).unwrap_or_default(),
+        [
+            a.window.map(|n| format!("window = {n}\n")),
+            a.max_parallelism.map(|n| format!("max_parallelism = {n}\n")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>(),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).map_err(|e| e.to_string())?;

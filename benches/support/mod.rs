@@ -25,3 +25,14 @@ pub fn runtime_and_emulator(
         .map_err(|e| e.to_string())?;
     Ok((rt, emulator, state))
 }
+
+/// Writes the AFAS and SCIM token files a benchmark's config names, owner
+/// only (as `check` wants them).
+pub fn write_tokens(dir: &std::path::Path, afas: &str, scim: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, secret) in [("afas-token", afas), ("scim-token", scim)] {
+        std::fs::write(dir.join(name), secret).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
