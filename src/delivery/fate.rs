@@ -108,6 +108,7 @@ pub fn settle_refusal(
     e
 }
 
+// Test code only: `expect` and `panic!` below read the tests' own values.
 #[cfg(test)]
 mod tests {
     use super::{fate, settle_refusal, Clock, Fate, BACKOFF};
